@@ -1,0 +1,3 @@
+"""stratacache: a multi-level cache for Python."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,79 @@
+"""Every error stratacache raises, in one tree.
+
+::
+
+    CacheError
+    ├── ConfigurationError        permanent: the options given cannot work; says which and why
+    ├── InvalidKeyError           permanent: a key that is not a non-empty str
+    ├── ValueTooLargeError        permanent: the value fits no level of the hierarchy
+    ├── SerializationError        permanent: the value cannot be encoded by the chosen serializer
+    ├── CacheClosedError          permanent: the cache was used after close()
+    ├── OriginError               the origin (or a loader) failed; the cause is chained
+    └── TransientError            a tier's server is unreachable or timed out
+        └── TierUnavailableError  raised by a tier; the hierarchy skips that level and goes on
+
+The split that matters is transient against permanent. A transient error means "this level
+is down right now": the hierarchy treats it as a miss at that level (reads) or a skipped
+level (writes), counts it, and carries on. A permanent error means the call itself is wrong
+and retrying cannot help, so it reaches the caller with a message naming what was wrong and
+what would be right.
+
+A corrupt, truncated or forged payload read from a shared tier is deliberately *not* in
+this tree as something callers see: it is a miss, counted and logged on the ``stratacache``
+logger (see ``serde.PayloadError``, which stays inside the tiers).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheClosedError",
+    "CacheError",
+    "ConfigurationError",
+    "InvalidKeyError",
+    "OriginError",
+    "SerializationError",
+    "TierUnavailableError",
+    "TransientError",
+    "ValueTooLargeError",
+]
+
+
+class CacheError(Exception):
+    """Root of every error raised by stratacache."""
+
+
+class ConfigurationError(CacheError, ValueError):
+    """The configuration cannot work. The message names the option and the accepted values."""
+
+
+class InvalidKeyError(CacheError, TypeError):
+    """A key that is not a non-empty ``str``."""
+
+
+class ValueTooLargeError(CacheError, ValueError):
+    """A value larger than every level's maximum: no level could keep it."""
+
+
+class SerializationError(CacheError, TypeError):
+    """The value cannot be encoded (or, for a typed cache, is not of the declared type)."""
+
+
+class CacheClosedError(CacheError, RuntimeError):
+    """The cache was used after ``close()``."""
+
+
+class OriginError(CacheError):
+    """The origin or a loader raised; the original exception is ``__cause__``."""
+
+
+class TransientError(CacheError):
+    """Something that may work on a later attempt: a server down, a timeout."""
+
+
+class TierUnavailableError(TransientError, ConnectionError):
+    """A tier could not reach its store. The hierarchy skips the level and carries on."""
+
+    def __init__(self, tier: str, reason: str) -> None:
+        super().__init__(f"tier {tier!r} is unavailable: {reason}")
+        self.tier = tier
+        self.reason = reason
