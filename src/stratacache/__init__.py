@@ -1,3 +1,54 @@
-"""stratacache: a multi-level cache for Python."""
+"""stratacache: a multi-level cache for Python.
+
+One object runs the whole hierarchy: an in-process L1, shared levels below it (a SQLite
+file on the host, Redis, memcached), and the origin behind them. See the README.
+"""
+
+from .entry import MISSING, Entry
+from .errors import (
+    CacheClosedError,
+    CacheError,
+    ConfigurationError,
+    InvalidKeyError,
+    OriginError,
+    SerializationError,
+    TierUnavailableError,
+    TransientError,
+    ValueTooLargeError,
+)
+from .hierarchy.aio import AsyncCache
+from .hierarchy.sync import Cache
+from .metrics import CacheStats, LevelSnapshot
+from .origin import CallableOrigin, Origin, SQLOrigin
+from .serde import Signer
+from .tiers.base import Tier
+from .tiers.memory import MemoryTier
+from .tiers.sqlite import SQLiteTier
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "MISSING",
+    "AsyncCache",
+    "Cache",
+    "CacheClosedError",
+    "CacheError",
+    "CacheStats",
+    "CallableOrigin",
+    "ConfigurationError",
+    "Entry",
+    "InvalidKeyError",
+    "LevelSnapshot",
+    "MemoryTier",
+    "Origin",
+    "OriginError",
+    "SQLOrigin",
+    "SQLiteTier",
+    "SerializationError",
+    "Signer",
+    "Tier",
+    "TierUnavailableError",
+    "TransientError",
+    "ValueTooLargeError",
+    "__version__",
+]

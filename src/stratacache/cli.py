@@ -6,7 +6,7 @@ SQLAlchemy.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 try:
     import click
@@ -19,7 +19,7 @@ except ImportError as exc:  # pragma: no cover - only without the [cli] extra
 class _LazyGroup(click.Group):
     """A group whose subcommands live in their own modules, imported on first use."""
 
-    _commands = {
+    _commands: ClassVar[dict[str, tuple[str, str]]] = {
         "demo": ("stratacache.demo", "demo_command"),
         "simulate": ("stratacache.sim.cli", "simulate_command"),
     }

@@ -1,0 +1,61 @@
+"""The unit every level stores: a value with its logical expiry and version.
+
+``expires_at`` is wall-clock time (seconds since the epoch) so that processes on different
+hosts agree on it; the in-process tier converts it to its own monotonic clock on the way
+in. A server-side TTL is only a backstop: every read checks ``expires_at`` against the
+injected clock.
+
+``version`` is reserved for fencing fills (a fill may not overwrite a newer write); the
+foundation stores and returns it unchanged.
+
+``negative`` marks a remembered "not found": the origin had no row for the key, and the
+hierarchy may answer that without asking again until the entry expires.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = ["MISSING", "NEVER", "Entry", "MissingType"]
+
+NEVER: Final = math.inf  # an expiry that never comes
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    value: Any
+    expires_at: float = NEVER
+    version: int = 0
+    negative: bool = False
+
+    def remaining(self, now: float) -> float:
+        """Seconds left at wall-clock time ``now`` (may be negative; ``inf`` for no expiry)."""
+        return self.expires_at - now
+
+
+class MissingType:
+    """The type of :data:`MISSING`: the result of a read that found nothing.
+
+    A sentinel rather than ``None`` so that ``None`` is a value like any other.
+    """
+
+    _instance: MissingType | None = None
+
+    def __new__(cls) -> MissingType:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Final = MissingType()

@@ -1,0 +1,154 @@
+"""The asynchronous cache: drives the same flows, awaiting remote tiers and the origin.
+
+L1 is synchronous: an L1 hit is answered without awaiting anything, and in-process tiers
+are called inline even on the slow path. Only network tiers, file tiers and the origin
+are awaited.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from ..entry import MISSING
+from ..errors import OriginError
+from .facade import L1_MISS, CacheFacade, key_builder
+from .flow import Flow, Loader
+
+__all__ = ["AsyncCache", "arun"]
+
+T = TypeVar("T")
+_tick = time.perf_counter_ns
+
+
+async def arun(flow: Flow) -> Any:
+    """Perform every operation a flow yields, awaiting the non-local ones."""
+    try:
+        op = next(flow)
+        while True:
+            histogram = op.histogram
+            start = _tick() if histogram is not None else 0
+            try:
+                result = op.run() if op.local else await op.arun()
+            except Exception as exc:
+                if histogram is not None:
+                    histogram.record(_tick() - start)
+                op = flow.throw(exc)
+            else:
+                if histogram is not None:
+                    histogram.record(_tick() - start)
+                op = flow.send(result)
+    except StopIteration as stop:
+        return stop.value
+
+
+class AsyncCache(CacheFacade):
+    """The async twin of :class:`~stratacache.Cache`: the same constructor and the same
+    method names, as coroutines. Loaders and origin functions may be sync or async."""
+
+    async def get(self, key: str, default: Any = MISSING) -> Any:
+        reader = self._l1_reader
+        if reader is not None:
+            value = reader(key, L1_MISS)
+            if value is not L1_MISS:
+                return value
+        values = await arun(self._flow_get(key))
+        return values.get(key, default)
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        return await arun(self._flow_get_many(keys))  # type: ignore[no-any-return]
+
+    async def get_or_load(self, key: str, loader: Loader, ttl: float | None = None) -> Any:
+        reader = self._l1_reader
+        if reader is not None:
+            value = reader(key, L1_MISS)
+            if value is not L1_MISS:
+                return value
+        values = await arun(self._flow_get(key, loader, ttl))
+        return values.get(key, MISSING)
+
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        await arun(self._flow_set_many({key: value}, ttl))
+
+    async def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> None:
+        await arun(self._flow_set_many(items, ttl))
+
+    async def delete(self, key: str) -> None:
+        await arun(self._flow_delete([key]))
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        await arun(self._flow_delete(keys))
+
+    async def invalidate(self, key: str) -> None:
+        await arun(self._flow_invalidate([key]))
+
+    async def invalidate_many(self, keys: Iterable[str]) -> None:
+        await arun(self._flow_invalidate(keys))
+
+    async def clear(self) -> None:
+        await arun(self._flow_clear())
+
+    def cached(
+        self,
+        ttl: float | None = None,
+        *,
+        key: Callable[..., Any] | None = None,
+        prefix: str | None = None,
+    ) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+        """Cache an async function's results: ``@cache.cached(ttl=60)``; see
+        :meth:`Cache.cached` for the key rules."""
+
+        def decorate(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+            if not inspect.iscoroutinefunction(fn):
+                raise TypeError(
+                    f"{getattr(fn, '__qualname__', fn)} is not async: decorate it with a "
+                    "sync Cache's cached()"
+                )
+            build = key_builder(fn, key, prefix)
+
+            @functools.wraps(fn)
+            async def wrapper(*args: Any, **kwargs: Any) -> T:
+                cache_key = build(args, kwargs)
+
+                async def load(keys: list[str]) -> dict[str, Any]:
+                    return {cache_key: await fn(*args, **kwargs)}
+
+                try:
+                    return await self.get_or_load(cache_key, load, ttl)  # type: ignore[no-any-return]
+                except OriginError as exc:
+                    if exc.__cause__ is not None:
+                        raise exc.__cause__ from None
+                    raise
+
+            wrapper.cache_key = lambda *a, **kw: build(a, kw)  # type: ignore[attr-defined]
+            wrapper.invalidate = lambda *a, **kw: self.invalidate(build(a, kw))  # type: ignore[attr-defined]
+            return wrapper
+
+        return decorate
+
+    async def close(self) -> None:
+        """Release every level and the origin. Idempotent."""
+        if self._mark_closed():
+            errors: list[BaseException] = []
+            for level in self._hierarchy.levels:
+                try:
+                    await level.aclose()
+                except Exception as exc:
+                    errors.append(exc)
+            origin = self._hierarchy.origin
+            if origin is not None:
+                try:
+                    origin.close()
+                except Exception as exc:
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+
+    async def __aenter__(self) -> AsyncCache:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,204 @@
+"""What ``Cache`` and ``AsyncCache`` share: construction, argument checks, and the flow
+each public method runs. The two public classes only add how a flow is driven."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from ..config import tier_from_url
+from ..errors import CacheClosedError, ConfigurationError
+from ..keys import stable_key_part, validate_key
+from ..metrics import CacheStats
+from ..origin import CallableOrigin, Origin
+from ..tiers.base import Tier
+from ..tiers.memory import MemoryTier
+from .flow import Flow, Hierarchy, Loader
+from .write import WritePolicy
+
+__all__ = ["CacheFacade"]
+
+_L1_MISS = object()  # private: "the fast path did not answer", never returned to callers
+
+
+class CacheFacade:
+    """Shared state and flows. Not public: use :class:`~stratacache.Cache` or
+    :class:`~stratacache.AsyncCache`."""
+
+    def __init__(
+        self,
+        levels: Sequence[Tier | str],
+        origin: Origin | Callable[[list[str]], Any] | None = None,
+        *,
+        write: str | WritePolicy = "through",
+        negative_ttl: float | None = None,
+        ttl_jitter: float = 0.0,
+        measure_l1_latency: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        if isinstance(levels, Tier | str):
+            raise ConfigurationError(
+                "levels is a list of tiers (top first), e.g. [MemoryTier(...), SQLiteTier(...)]"
+            )
+        built: list[Tier] = []
+        for level in levels:
+            if isinstance(level, str):
+                level = tier_from_url(level, clock=clock, wall_clock=wall_clock)
+            if not isinstance(level, Tier):
+                raise ConfigurationError(
+                    f"a level must be a Tier or a tier URL, got {type(level).__qualname__}"
+                )
+            built.append(level)
+        if origin is not None and not isinstance(origin, Origin):
+            if not callable(origin):
+                raise ConfigurationError(
+                    f"origin must be an Origin or a load function, got {type(origin).__qualname__}"
+                )
+            origin = CallableOrigin(origin)
+        self._hierarchy = Hierarchy(
+            built,
+            origin,
+            write=write,
+            negative_ttl=negative_ttl,
+            ttl_jitter=ttl_jitter,
+            wall_clock=wall_clock,
+            rng=rng,
+        )
+        self._closed = False
+        self._measure_l1 = measure_l1_latency
+        top = built[0]
+        # The L1 fast path: a closure bound once, answering hits without a method call,
+        # a lock or any allocation (see tiers/memory.py). It reports "not here" with a
+        # private sentinel; each public class decides what to do then.
+        self._l1_reader: Callable[..., Any] | None = (
+            top.make_reader(lambda key, default: _L1_MISS, timed=measure_l1_latency)
+            if isinstance(top, MemoryTier)
+            else None
+        )
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def levels(self) -> list[Tier]:
+        return list(self._hierarchy.levels)
+
+    @property
+    def origin(self) -> Origin | None:
+        return self._hierarchy.origin
+
+    def stats(self) -> CacheStats:
+        """Counters and latencies per level and for the origin, with the average response
+        time (``.amat_us``) computed from them."""
+        return self._hierarchy.stats()
+
+    def reset_stats(self) -> None:
+        self._hierarchy.reset_stats()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        chain = " -> ".join(f"{t.name}:{t.kind}" for t in self._hierarchy.levels)
+        if self._hierarchy.origin is not None:
+            chain += " -> origin"
+        state = " closed" if self._closed else ""
+        return f"<{type(self).__name__} {chain}{state}>"
+
+    # ------------------------------------------------------------------ loaders
+
+    def register_loader(self, prefix: str, loader: Loader) -> None:
+        """Read-through for keys starting with ``prefix``: ``loader(keys) -> {key: value}``
+        (keys left out are "not found"). The longest matching prefix wins; a loader passed
+        to a call beats a registered one, which beats the origin."""
+        self._check_open()
+        if not isinstance(prefix, str):
+            raise ConfigurationError(f"loader prefix must be a str, got {prefix!r}")
+        self._hierarchy.register_loader(prefix, loader)
+
+    def loader(self, prefix: str) -> Callable[[Loader], Loader]:
+        """Decorator form of :meth:`register_loader`."""
+
+        def decorate(fn: Loader) -> Loader:
+            self.register_loader(prefix, fn)
+            return fn
+
+        return decorate
+
+    # ------------------------------------------------------------------ flows
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheClosedError(f"{type(self).__name__} is closed; create a new one")
+
+    def _flow_get(self, key: str, loader: Loader | None = None, ttl: float | None = None) -> Flow:
+        self._check_open()
+        return self._hierarchy.read([validate_key(key)], loader, ttl=ttl)
+
+    def _flow_get_many(self, keys: Iterable[str]) -> Flow:
+        self._check_open()
+        if isinstance(keys, str):
+            raise ConfigurationError("get_many takes an iterable of keys, not a single str")
+        return self._hierarchy.read([validate_key(k) for k in keys])
+
+    def _flow_set_many(self, items: Mapping[str, Any], ttl: float | None) -> Flow:
+        self._check_open()
+        _check_ttl(ttl)
+        return self._hierarchy.write({validate_key(k): v for k, v in items.items()}, ttl)
+
+    def _flow_delete(self, keys: Iterable[str]) -> Flow:
+        self._check_open()
+        return self._hierarchy.delete([validate_key(k) for k in keys])
+
+    def _flow_invalidate(self, keys: Iterable[str]) -> Flow:
+        self._check_open()
+        return self._hierarchy.invalidate([validate_key(k) for k in keys])
+
+    def _flow_clear(self) -> Flow:
+        self._check_open()
+        return self._hierarchy.clear()
+
+    def _mark_closed(self) -> bool:
+        """True the first time: the caller then releases resources."""
+        if self._closed:
+            return False
+        self._closed = True
+        return True
+
+
+def _check_ttl(ttl: float | None) -> None:
+    if ttl is not None and not (isinstance(ttl, int | float) and ttl > 0):
+        raise ConfigurationError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
+
+
+def key_builder(
+    fn: Callable[..., Any],
+    key: Callable[..., Any] | None,
+    prefix: str | None,
+) -> Callable[[tuple[Any, ...], dict[str, Any]], str]:
+    """How ``cached`` names a call: ``prefix`` (default ``module.qualname``) plus either
+    the user's ``key(*args, **kwargs)`` or a stable text form of the arguments. Never
+    ``hash()`` or a default repr, so every process computes the same key."""
+    base = prefix if prefix is not None else f"{fn.__module__}.{fn.__qualname__}"
+    if key is not None:
+        user_key = key
+
+        def build_user(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+            return f"{base}:{user_key(*args, **kwargs)}"
+
+        return build_user
+
+    def build(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        text = stable_key_part(args)
+        if kwargs:
+            text += stable_key_part(kwargs)
+        return f"{base}:{text}"
+
+    return build
+
+
+L1_MISS = _L1_MISS

@@ -1,0 +1,385 @@
+"""The hierarchy's logic, written once and free of I/O.
+
+Each public operation of a cache (read, write, delete, invalidate, clear) is a generator
+here. It decides what to do and yields an operation from :mod:`.ops` whenever it needs a
+tier or the origin; a driver performs that operation, synchronously (:mod:`.sync`) or with
+``await`` (:mod:`.aio`), and sends the result back (or throws the exception in). The same
+code therefore serves ``Cache`` and ``AsyncCache``, the way httpx drives one auth flow from
+both clients.
+
+Reads go down the levels with only the keys still missing, copy every hit up into the
+levels above it (with no more than its remaining lifetime), and send what is missing
+everywhere to one source: the loader passed to the call, else a registered loader (longest
+key prefix wins), else the origin. What the source returns fills every level on the way
+back; what it leaves out can be remembered as "not found" for ``negative_ttl`` seconds.
+
+A level that raises :class:`~stratacache.errors.TransientError` is skipped (a miss on
+reads, a skipped write on writes), counted in its ``errors`` and logged; the operation
+goes on with the other levels.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import Any
+
+from ..entry import Entry
+from ..errors import ConfigurationError, OriginError, TransientError, ValueTooLargeError
+from ..metrics import CacheStats, OriginStats
+from ..origin import Origin
+from ..tiers.base import Prepared, Tier
+from . import ttl as ttl_rules
+from .ops import LevelClear, LevelDelete, LevelGet, LevelWrite, LoadCall, Op, OriginDelete
+from .write import WritePolicy, make_write_policy
+
+__all__ = ["Flow", "Hierarchy", "Loader"]
+
+logger = logging.getLogger("stratacache")
+
+Loader = Callable[[list[str]], Any]
+Flow = Generator[Op, Any, Any]
+
+
+class Hierarchy:
+    """Levels (top first), an optional origin, and the rules between them."""
+
+    def __init__(
+        self,
+        levels: Sequence[Tier],
+        origin: Origin | None = None,
+        *,
+        write: str | WritePolicy = "through",
+        negative_ttl: float | None = None,
+        ttl_jitter: float = 0.0,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not levels:
+            raise ConfigurationError("a cache needs at least one level")
+        if len({id(level) for level in levels}) != len(levels):
+            raise ConfigurationError("the same tier object appears twice in levels")
+        if not 0.0 <= ttl_jitter < 1.0:
+            raise ConfigurationError(f"ttl_jitter is a fraction in [0, 1), got {ttl_jitter}")
+        if negative_ttl is not None and not negative_ttl > 0:
+            raise ConfigurationError(
+                f"negative_ttl must be > 0 seconds or None, got {negative_ttl}"
+            )
+        self.levels = list(levels)
+        for index, level in enumerate(self.levels):
+            if level.name == level.kind:  # not named by the user: L1, L2, ...
+                level.rename(f"L{index + 1}")
+        names = [level.name for level in self.levels]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"level names must be unique, got {names}")
+        self.ttls = [level.ttl for level in self.levels]
+        ttl_rules.check_ttls(names, self.ttls)
+        self.origin = origin
+        self.write_policy = make_write_policy(write)
+        self.write_policy.check(self)
+        self.negative_ttl = negative_ttl
+        self.ttl_jitter = ttl_jitter
+        self.wall_clock = wall_clock
+        self.rng = rng or random.Random()
+        self.origin_stats = OriginStats()
+        self._loaders: list[tuple[str, Loader]] = []
+
+    # ------------------------------------------------------------------ loaders
+
+    def register_loader(self, prefix: str, loader: Loader) -> None:
+        if not callable(loader):
+            raise ConfigurationError(f"loader for prefix {prefix!r} must be callable")
+        self._loaders = [(p, f) for p, f in self._loaders if p != prefix]
+        self._loaders.append((prefix, loader))
+        self._loaders.sort(key=lambda item: len(item[0]), reverse=True)
+
+    def _sources(self, keys: list[str], loader: Loader | None) -> list[tuple[LoadCall, list[str]]]:
+        """Group missing keys by the source that answers them."""
+        if loader is not None:
+            return [(LoadCall(loader, keys), keys)]
+        groups: dict[int, tuple[Loader | None, list[str]]] = {}
+        for key in keys:
+            chosen: Loader | None = None
+            for prefix, candidate in self._loaders:
+                if key.startswith(prefix):
+                    chosen = candidate
+                    break
+            groups.setdefault(id(chosen), (chosen, []))[1].append(key)
+        calls = []
+        for chosen, group in groups.values():
+            if chosen is not None:
+                calls.append((LoadCall(chosen, group), group))
+            elif self.origin is not None:
+                origin = self.origin
+                calls.append((LoadCall(origin.load_many, group, aloader=origin.aload_many), group))
+        return calls
+
+    # ------------------------------------------------------------------ reads
+
+    def read(
+        self,
+        keys: Sequence[str],
+        loader: Loader | None = None,
+        *,
+        load: bool = True,
+        ttl: float | None = None,
+        start: int = 0,
+    ) -> Flow:
+        """Values for the keys found (or loaded); keys found nowhere are left out.
+        ``start`` skips levels already consulted by the caller (the L1 fast path)."""
+        missing = list(dict.fromkeys(keys))
+        values: dict[str, Any] = {}
+        promote: list[tuple[int, dict[str, Entry]]] = []
+        for index in range(start, len(self.levels)):
+            if not missing:
+                break
+            level = self.levels[index]
+            try:
+                entries: dict[str, Entry] = yield LevelGet(level, missing)
+            except TransientError as exc:
+                self._level_failed(level, "read", exc)
+                continue
+            if not level.local:
+                level.stats.hits += len(entries)
+                level.stats.misses += len(missing) - len(entries)
+            if not entries:
+                continue
+            for key, entry in entries.items():
+                if not entry.negative:
+                    values[key] = entry.value
+            if index > 0:
+                promote.append((index, entries))
+            missing = [key for key in missing if key not in entries]
+
+        for index, entries in promote:
+            yield from self._promote(index, entries)
+
+        if missing and load:
+            yield from self._load(missing, loader, ttl, values)
+        return values
+
+    def _promote(self, index: int, entries: dict[str, Entry]) -> Flow:
+        """Copy hits found at level ``index`` into every level above it, each copy living no
+        longer than what remains of the entry (nor than the upper level's own TTL)."""
+        now = self.wall_clock()
+        upper = self.ttls[:index]
+        per_level: list[dict[str, Entry]] = [{} for _ in upper]
+        for key, entry in entries.items():
+            expiries = ttl_rules.expiries(
+                upper, now, cap=entry.expires_at, jitter=self.ttl_jitter, rng=self.rng
+            )
+            for level_index, expiry in enumerate(expiries):
+                per_level[level_index][key] = Entry(
+                    entry.value, expiry, entry.version, entry.negative
+                )
+        yield from self._write_levels(
+            self._prepare_some(per_level + [{}] * (len(self.levels) - index)),
+            range(index - 1, -1, -1),
+        )
+
+    def _load(
+        self,
+        missing: list[str],
+        loader: Loader | None,
+        ttl: float | None,
+        values: dict[str, Any],
+    ) -> Flow:
+        stats = self.origin_stats
+        loaded_entries: dict[str, Any] = {}
+        not_found: list[str] = []
+        for call, group in self._sources(missing, loader):
+            call.histogram = stats.latency
+            stats.calls += 1
+            stats.loads += len(group)
+            try:
+                loaded = yield call
+            except (ConfigurationError, OriginError):
+                stats.errors += 1
+                raise
+            except Exception as exc:
+                stats.errors += 1
+                raise OriginError(
+                    f"loading {len(group)} key(s) (first {group[0]!r}) failed: {exc!r}"
+                ) from exc
+            if loaded is None:
+                loaded = {}
+            if not isinstance(loaded, Mapping):
+                stats.errors += 1
+                raise OriginError(
+                    f"a loader must return a mapping of key -> value (keys left out mean "
+                    f"'not found'); got {type(loaded).__qualname__}"
+                )
+            for key in group:
+                if key in loaded:
+                    loaded_entries[key] = loaded[key]
+                else:
+                    not_found.append(key)
+        stats.found += len(loaded_entries)
+        values.update(loaded_entries)
+        yield from self._fill(loaded_entries, not_found, ttl)
+
+    def _fill(self, found: Mapping[str, Any], not_found: Sequence[str], ttl: float | None) -> Flow:
+        """Store freshly loaded values (and remembered misses) in every level."""
+        if not found and not (not_found and self.negative_ttl):
+            return
+        per_level = self.entries_for(found, ttl)
+        if not_found and self.negative_ttl:
+            now = self.wall_clock()
+            for key in not_found:
+                expiries = ttl_rules.expiries(self.ttls, now, ttl=self.negative_ttl)
+                for level_index, expiry in enumerate(expiries):
+                    per_level[level_index][key] = Entry(None, expiry, 0, True)
+        yield from self._write_levels(
+            self._prepare_some(per_level), range(len(self.levels) - 1, -1, -1)
+        )
+
+    # ------------------------------------------------------------------ writes
+
+    def entries_for(self, items: Mapping[str, Any], ttl: float | None) -> list[dict[str, Entry]]:
+        """Per level, the entries to store for ``items`` with expiries that agree."""
+        now = self.wall_clock()
+        per_level: list[dict[str, Entry]] = [{} for _ in self.levels]
+        for key, value in items.items():
+            expiries = ttl_rules.expiries(
+                self.ttls, now, ttl=ttl, jitter=self.ttl_jitter, rng=self.rng
+            )
+            for level_index, expiry in enumerate(expiries):
+                per_level[level_index][key] = Entry(value, expiry)
+        return per_level
+
+    def prepare_levels(self, per_level: list[dict[str, Entry]]) -> list[Prepared]:
+        """Encode for every level; refuse, before anything is written anywhere, a value that
+        no level can hold."""
+        prepared = [
+            level.prepare(entries) for level, entries in zip(self.levels, per_level, strict=True)
+        ]
+        if prepared and prepared[0].rejected:
+            everywhere = set(prepared[0].rejected)
+            for item in prepared[1:]:
+                everywhere &= item.rejected.keys()
+            if everywhere:
+                key = next(iter(everywhere))
+                sizes = ", ".join(
+                    f"{level.name} ({level.kind}) max "
+                    f"{getattr(level, 'max_value_size', None) or getattr(level, 'capacity', '?')}"
+                    for level in self.levels
+                )
+                measured = ", ".join(
+                    f"{level.name}: {item.rejected[key]} bytes"
+                    for level, item in zip(self.levels, prepared, strict=True)
+                )
+                raise ValueTooLargeError(
+                    f"the value for key {key!r} is too large for every level ({measured}; "
+                    f"limits: {sizes}); raise a level's maximum or store a smaller value"
+                )
+        return prepared
+
+    def _prepare_some(self, per_level: list[dict[str, Entry]]) -> list[Prepared]:
+        """Encode for the levels that have entries; a value too large for a level is just
+        not cached there (fills and promotions never raise for size)."""
+        return [
+            level.prepare(entries) if entries else Prepared()
+            for level, entries in zip(self.levels, per_level, strict=True)
+        ]
+
+    def _write_levels(self, prepared: list[Prepared], order: range) -> Flow:
+        """Write each level in ``order``, skipping (and counting) a level that is down."""
+        for index in order:
+            level = self.levels[index]
+            item = prepared[index]
+            if not item.items and not item.rejected:
+                continue
+            level.stats.too_large += len(item.rejected)
+            try:
+                yield LevelWrite(level, item)
+            except TransientError as exc:
+                self._level_failed(level, "write", exc)
+
+    def write(self, items: Mapping[str, Any], ttl: float | None) -> Flow:
+        return self.write_policy.write(self, items, ttl)
+
+    def prepare_write(self, items: Mapping[str, Any], ttl: float | None) -> list[Prepared]:
+        """Entries for an explicit write, encoded for every level; raises
+        ValueTooLargeError (before any I/O) for a value no level can hold."""
+        return self.prepare_levels(self.entries_for(items, ttl))
+
+    def store_in_levels(self, prepared: list[Prepared]) -> Flow:
+        """Write prepared entries into every level, bottom-up (so no upper level ever
+        holds what the level below lacks)."""
+        yield from self._write_levels(prepared, range(len(self.levels) - 1, -1, -1))
+
+    # ------------------------------------------------------------------ deletes
+
+    def invalidate(self, keys: Sequence[str]) -> Flow:
+        """Drop the keys from every level (never the origin), bottom-up: an upper level
+        cannot be refilled from a lower one that still has the old value."""
+        keys = list(dict.fromkeys(keys))
+        for index in range(len(self.levels) - 1, -1, -1):
+            level = self.levels[index]
+            try:
+                yield LevelDelete(level, keys)
+            except TransientError as exc:
+                self._level_failed(level, "invalidate", exc)
+
+    def delete(self, keys: Sequence[str]) -> Flow:
+        """Remove from the origin, then from every level."""
+        keys = list(dict.fromkeys(keys))
+        if self.origin is not None:
+            try:
+                yield OriginDelete(self.origin, keys)
+            except ConfigurationError:
+                raise
+            except Exception as exc:
+                self.origin_stats.errors += 1
+                raise OriginError(
+                    f"deleting {len(keys)} key(s) from the origin failed: {exc!r}"
+                ) from exc
+            self.origin_stats.deletes += len(keys)
+        yield from self.invalidate(keys)
+
+    def clear(self) -> Flow:
+        for index in range(len(self.levels) - 1, -1, -1):
+            level = self.levels[index]
+            try:
+                yield LevelClear(level)
+            except TransientError as exc:
+                self._level_failed(level, "clear", exc)
+
+    # ------------------------------------------------------------------ misc
+
+    def _level_failed(self, level: Tier, what: str, exc: BaseException) -> None:
+        level.stats.errors += 1
+        logger.warning("level %s (%s) skipped on %s: %s", level.name, level.kind, what, exc)
+
+    def stats(self) -> CacheStats:
+        origin = self.origin_stats
+        return CacheStats(
+            levels=[level.stats.snapshot() for level in self.levels],
+            origin_loads=origin.loads,
+            origin_calls=origin.calls,
+            origin_errors=origin.errors,
+            origin_mean_us=origin.latency.mean_us(),
+            origin_p99_us=origin.latency.quantile_us(0.99),
+        )
+
+    def reset_stats(self) -> None:
+        for level in self.levels:
+            level.stats.reset()
+        self.origin_stats.reset()
+
+    def close(self) -> None:
+        errors: list[BaseException] = []
+        for level in self.levels:
+            try:
+                level.close()
+            except Exception as exc:  # close everything we can, then report
+                errors.append(exc)
+        if self.origin is not None:
+            try:
+                self.origin.close()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]

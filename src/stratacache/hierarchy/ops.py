@@ -1,0 +1,160 @@
+"""The I/O requests the hierarchy's flows yield, and how each is carried out.
+
+A flow (see :mod:`.flow`) is a generator that decides *what* to do and yields one of these
+operations whenever it needs I/O; a driver (:mod:`.sync` or :mod:`.aio`) performs it and
+sends the result back. Each operation knows how to run itself both ways, which is the only
+place where sync and async differ.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigurationError
+from ..metrics import LatencyHistogram
+from ..origin import Origin
+from ..tiers.base import Prepared, Tier
+
+__all__ = [
+    "LevelClear",
+    "LevelDelete",
+    "LevelGet",
+    "LevelWrite",
+    "LoadCall",
+    "Op",
+    "OriginDelete",
+    "OriginStore",
+]
+
+
+class Op:
+    #: run inline even in async code (in-process tiers are never awaited)
+    local: bool = False
+    #: where the driver records this operation's duration (None: not timed)
+    histogram: LatencyHistogram | None = None
+
+    def run(self) -> Any:
+        raise NotImplementedError
+
+    async def arun(self) -> Any:
+        raise NotImplementedError
+
+
+@dataclass
+class LevelGet(Op):
+    tier: Tier
+    keys: Sequence[str]
+
+    def __post_init__(self) -> None:
+        self.local = self.tier.local
+        self.histogram = None if self.local else self.tier.stats.latency
+
+    def run(self) -> Any:
+        return self.tier.get_many(self.keys)
+
+    async def arun(self) -> Any:
+        return await self.tier.aget_many(self.keys)
+
+
+@dataclass
+class LevelWrite(Op):
+    tier: Tier
+    prepared: Prepared
+
+    def __post_init__(self) -> None:
+        self.local = self.tier.local
+
+    def run(self) -> Any:
+        return self.tier.write(self.prepared)
+
+    async def arun(self) -> Any:
+        return await self.tier.awrite(self.prepared)
+
+
+@dataclass
+class LevelDelete(Op):
+    tier: Tier
+    keys: Sequence[str]
+
+    def __post_init__(self) -> None:
+        self.local = self.tier.local
+
+    def run(self) -> Any:
+        return self.tier.delete_many(self.keys)
+
+    async def arun(self) -> Any:
+        return await self.tier.adelete_many(self.keys)
+
+
+@dataclass
+class LevelClear(Op):
+    tier: Tier
+
+    def __post_init__(self) -> None:
+        self.local = self.tier.local
+
+    def run(self) -> Any:
+        return self.tier.clear()
+
+    async def arun(self) -> Any:
+        return await self.tier.aclear()
+
+
+@dataclass
+class LoadCall(Op):
+    """Ask a loader (a callable, or an origin's ``load_many``) for ``keys``."""
+
+    loader: Callable[[list[str]], Any]
+    keys: list[str]
+    histogram: LatencyHistogram | None = None
+    #: a native coroutine version (an origin's aload_many); None: await what loader returns
+    aloader: Callable[[list[str]], Any] | None = None
+
+    def run(self) -> Any:
+        result = self.loader(self.keys)
+        if inspect.isawaitable(result):
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()  # do not leave a never-awaited coroutine behind
+            raise ConfigurationError(
+                f"loader {_name(self.loader)} is a coroutine function; a sync Cache cannot "
+                "await it: use AsyncCache, or pass a plain function"
+            )
+        return result
+
+    async def arun(self) -> Any:
+        result = (self.aloader or self.loader)(self.keys)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+@dataclass
+class OriginStore(Op):
+    origin: Origin
+    items: Mapping[str, Any]
+
+    def run(self) -> Any:
+        return self.origin.store_many(self.items)
+
+    async def arun(self) -> Any:
+        return await self.origin.astore_many(self.items)
+
+
+@dataclass
+class OriginDelete(Op):
+    origin: Origin
+    keys: Sequence[str]
+
+    def run(self) -> Any:
+        return self.origin.delete_many(self.keys)
+
+    async def arun(self) -> Any:
+        return await self.origin.adelete_many(self.keys)
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)

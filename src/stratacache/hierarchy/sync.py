@@ -1,0 +1,165 @@
+"""The synchronous cache: drives the hierarchy's flows with plain calls."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from ..entry import MISSING
+from ..errors import OriginError
+from ..tiers.memory import MemoryTier
+from .facade import L1_MISS, CacheFacade, key_builder
+from .flow import Flow, Loader
+
+__all__ = ["Cache", "run"]
+
+T = TypeVar("T")
+_tick = time.perf_counter_ns
+
+
+def run(flow: Flow) -> Any:
+    """Perform every operation a flow yields, in this thread, and return its result."""
+    try:
+        op = next(flow)
+        while True:
+            histogram = op.histogram
+            start = _tick() if histogram is not None else 0
+            try:
+                result = op.run()
+            except Exception as exc:
+                if histogram is not None:
+                    histogram.record(_tick() - start)
+                op = flow.throw(exc)
+            else:
+                if histogram is not None:
+                    histogram.record(_tick() - start)
+                op = flow.send(result)
+    except StopIteration as stop:
+        return stop.value
+
+
+class Cache(CacheFacade):
+    """A multi-level cache: ``levels`` (top first: memory, then shared tiers) over an
+    optional ``origin``.
+
+    ``get`` answers an L1 hit without a lock or a method call; anything else walks down
+    the levels, copies hits up, and loads what is missing everywhere from the loader, a
+    registered loader or the origin, filling every level on the way back.
+
+    An L1 hit hands back the stored object itself: do not mutate what you get. Lower
+    levels hand back a decoded copy.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        top = self._hierarchy.levels[0]
+        if isinstance(top, MemoryTier):
+            # Bound on the instance: an L1 hit costs one closure call, no method lookup.
+            self.get = top.make_reader(self._slow_get, timed=self._measure_l1)  # type: ignore[method-assign]
+        else:
+            self.get = self._slow_get  # type: ignore[method-assign]
+
+    def get(self, key: str, default: Any = MISSING) -> Any:  # replaced per instance
+        """The value for ``key``: from the first level that has it, else loaded (a
+        registered loader or the origin) and cached. Returns ``default`` (the
+        :data:`~stratacache.MISSING` sentinel unless given) when nothing has it."""
+        return self._slow_get(key, default)
+
+    def _slow_get(self, key: str, default: Any = MISSING) -> Any:
+        values = run(self._flow_get(key))
+        return values.get(key, default)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Values for the keys that have one (cached or loaded); the others are left out.
+        Each level is asked once, for the keys still missing."""
+        return run(self._flow_get_many(keys))  # type: ignore[no-any-return]
+
+    def get_or_load(self, key: str, loader: Loader, ttl: float | None = None) -> Any:
+        """Like ``get``, but a miss everywhere asks ``loader(keys) -> {key: value}`` first.
+        Returns MISSING when the loader does not have the key either."""
+        reader = self._l1_reader
+        if reader is not None:
+            value = reader(key, L1_MISS)
+            if value is not L1_MISS:
+                return value
+        return run(self._flow_get(key, loader, ttl)).get(key, MISSING)
+
+    def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        """Store ``value`` (write-through: the origin if it can store, then every level,
+        before returning). ``ttl`` bounds the lifetime at every level."""
+        run(self._flow_set_many({key: value}, ttl))
+
+    def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> None:
+        run(self._flow_set_many(items, ttl))
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` from the origin and from every level."""
+        run(self._flow_delete([key]))
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        run(self._flow_delete(keys))
+
+    def invalidate(self, key: str) -> None:
+        """Drop ``key`` from every cache level (the origin is untouched)."""
+        run(self._flow_invalidate([key]))
+
+    def invalidate_many(self, keys: Iterable[str]) -> None:
+        run(self._flow_invalidate(keys))
+
+    def clear(self) -> None:
+        """Remove this cache's entries (its namespace) from every level."""
+        run(self._flow_clear())
+
+    def cached(
+        self,
+        ttl: float | None = None,
+        *,
+        key: Callable[..., Any] | None = None,
+        prefix: str | None = None,
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Cache a function's results: ``@cache.cached(ttl=60)``.
+
+        The key is ``prefix`` (default: the function's module and qualified name) plus the
+        arguments in a form every process computes alike (or ``key(*args, **kwargs)``).
+        The wrapper has ``.cache_key(*args, **kwargs)`` and ``.invalidate(*args, **kwargs)``.
+        """
+
+        def decorate(fn: Callable[..., T]) -> Callable[..., T]:
+            if inspect.iscoroutinefunction(fn):
+                raise TypeError(
+                    f"{fn.__qualname__} is async: decorate it with an AsyncCache's cached()"
+                )
+            build = key_builder(fn, key, prefix)
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> T:
+                cache_key = build(args, kwargs)
+                try:
+                    return self.get_or_load(  # type: ignore[no-any-return]
+                        cache_key, lambda keys: {cache_key: fn(*args, **kwargs)}, ttl
+                    )
+                except OriginError as exc:  # the function's own exception, unwrapped
+                    if exc.__cause__ is not None:
+                        raise exc.__cause__ from None
+                    raise
+
+            wrapper.cache_key = lambda *a, **kw: build(a, kw)  # type: ignore[attr-defined]
+            wrapper.invalidate = lambda *a, **kw: self.invalidate(build(a, kw))  # type: ignore[attr-defined]
+            return wrapper
+
+        return decorate
+
+    def close(self) -> None:
+        """Release every level and the origin. Idempotent; any other call afterwards
+        raises CacheClosedError."""
+        if self._mark_closed():
+            self._hierarchy.close()
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

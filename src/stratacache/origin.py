@@ -1,0 +1,284 @@
+"""The origin: the source of truth behind every cache level.
+
+An origin answers ``load_many(keys) -> {key: value}`` (a key left out means "not found"),
+and may accept ``store_many`` and ``delete_many`` for write-through and delete. Two come
+ready-made: :class:`CallableOrigin` over plain functions (sync or async), and
+:class:`SQLOrigin` over a SQLAlchemy table (SQLite by default, PostgreSQL or any
+SQLAlchemy URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .errors import ConfigurationError
+
+__all__ = ["CallableOrigin", "Origin", "SQLOrigin"]
+
+
+class Origin:
+    """Base class: override ``load_many`` (required) and, if the origin can be written,
+    ``store_many``/``delete_many``. The async faces default to running the sync method in a
+    worker thread so the event loop never blocks on a database call."""
+
+    #: the origin accepts store_many / delete_many
+    writable: bool = False
+
+    def load_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
+        raise NotImplementedError
+
+    def store_many(self, items: Mapping[str, Any]) -> None:
+        raise ConfigurationError(
+            f"{type(self).__name__} cannot store values; give it a store function, or use "
+            "write='cache' (cache-aside: the application writes its database itself)"
+        )
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        raise ConfigurationError(
+            f"{type(self).__name__} cannot delete values; give it a delete function, or call "
+            "invalidate() to drop cached copies only"
+        )
+
+    async def aload_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
+        return await asyncio.to_thread(self.load_many, keys)
+
+    async def astore_many(self, items: Mapping[str, Any]) -> None:
+        await asyncio.to_thread(self.store_many, items)
+
+    async def adelete_many(self, keys: Sequence[str]) -> None:
+        await asyncio.to_thread(self.delete_many, keys)
+
+    def close(self) -> None:
+        """Release connections. Called by the cache's close()."""
+
+
+class CallableOrigin(Origin):
+    """An origin made of functions: ``load(keys) -> mapping`` and, optionally,
+    ``store(mapping)`` and ``delete(keys)``. Each may be a plain or an async function;
+    an async function can only be used from :class:`~stratacache.AsyncCache`."""
+
+    def __init__(
+        self,
+        load: Callable[[list[str]], Any],
+        store: Callable[[dict[str, Any]], Any] | None = None,
+        delete: Callable[[list[str]], Any] | None = None,
+    ) -> None:
+        if not callable(load):
+            raise ConfigurationError(f"load must be callable, got {load!r}")
+        self._load = load
+        self._store = store
+        self._delete = delete
+        self.writable = store is not None
+
+    def load_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
+        return _sync_result(self._load(list(keys)), self._load)  # type: ignore[no-any-return]
+
+    def store_many(self, items: Mapping[str, Any]) -> None:
+        if self._store is None:
+            super().store_many(items)
+        else:
+            _sync_result(self._store(dict(items)), self._store)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        if self._delete is None:
+            super().delete_many(keys)
+        else:
+            _sync_result(self._delete(list(keys)), self._delete)
+
+    # Async: call the function; await it only if it is a coroutine. A plain function runs
+    # inline, as the user wrote it (it may rely on thread-local state).
+    async def aload_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
+        return await _async_result(self._load(list(keys)))  # type: ignore[no-any-return]
+
+    async def astore_many(self, items: Mapping[str, Any]) -> None:
+        if self._store is None:
+            super().store_many(items)
+        await _async_result(self._store(dict(items)))  # type: ignore[misc]
+
+    async def adelete_many(self, keys: Sequence[str]) -> None:
+        if self._delete is None:
+            super().delete_many(keys)
+        await _async_result(self._delete(list(keys)))  # type: ignore[misc]
+
+
+def _sync_result(result: Any, fn: Callable[..., Any]) -> Any:
+    if inspect.isawaitable(result):
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        raise ConfigurationError(
+            f"{getattr(fn, '__qualname__', fn)!s} is a coroutine function; a sync Cache "
+            "cannot await it: use AsyncCache"
+        )
+    return result
+
+
+async def _async_result(result: Any) -> Any:
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+class SQLOrigin(Origin):
+    """A table in a SQL database, through SQLAlchemy.
+
+    ``url`` is any SQLAlchemy URL (``sqlite:///app.db``, ``postgresql+psycopg://...``).
+    Cache keys map to ``key_column`` after removing ``key_prefix`` (``"user:42"`` with
+    prefix ``"user:"`` reads the row whose key is 42; the key is converted to the column's
+    Python type, and a key that cannot be converted is simply not found). With
+    ``value_column`` the cached value is that column; without it, the whole row as a dict.
+    """
+
+    writable = True
+
+    def __init__(
+        self,
+        url: str,
+        table: str,
+        *,
+        key_column: str = "key",
+        value_column: str | None = None,
+        key_prefix: str = "",
+        engine_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        try:
+            import sqlalchemy as sa
+        except ImportError as exc:
+            raise ConfigurationError(
+                "SQLOrigin needs SQLAlchemy: pip install 'stratacache[sql]'"
+            ) from exc
+        self._sa = sa
+        self.engine = sa.create_engine(url, **dict(engine_options or {}))
+        metadata = sa.MetaData()
+        try:
+            self.table = sa.Table(table, metadata, autoload_with=self.engine)
+        except sa.exc.NoSuchTableError:
+            raise ConfigurationError(
+                f"table {table!r} does not exist in {self.engine.url.render_as_string()}"
+            ) from None
+        columns = self.table.c
+        if key_column not in columns:
+            raise ConfigurationError(
+                f"table {table!r} has no column {key_column!r}; "
+                f"columns: {', '.join(columns.keys())}"
+            )
+        if value_column is not None and value_column not in columns:
+            raise ConfigurationError(
+                f"table {table!r} has no column {value_column!r}; "
+                f"columns: {', '.join(columns.keys())}"
+            )
+        self.key_column = columns[key_column]
+        self.value_column = columns[value_column] if value_column is not None else None
+        self.key_prefix = key_prefix
+        try:
+            self._key_type: type = self.key_column.type.python_type
+        except NotImplementedError:
+            self._key_type = str
+
+    def __repr__(self) -> str:
+        return f"<SQLOrigin {self.engine.url!r} table={self.table.name!r}>"
+
+    # -- key mapping
+
+    def _to_db(self, key: str) -> Any:
+        if not key.startswith(self.key_prefix):
+            return None
+        raw = key[len(self.key_prefix) :]
+        try:
+            return self._key_type(raw)
+        except (TypeError, ValueError):
+            return None
+
+    def _to_cache(self, db_key: Any) -> str:
+        return f"{self.key_prefix}{db_key}"
+
+    # -- operations
+
+    def load_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
+        sa = self._sa
+        ids = {db: key for key in keys if (db := self._to_db(key)) is not None}
+        if not ids:
+            return {}
+        if self.value_column is not None:
+            query = sa.select(self.key_column, self.value_column)
+        else:
+            query = sa.select(self.table)
+        query = query.where(self.key_column.in_(list(ids)))
+        found: dict[str, Any] = {}
+        key_name = self.key_column.name
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                mapping = row._mapping
+                db_key = mapping[key_name]
+                cache_key = ids.get(db_key, self._to_cache(db_key))
+                if self.value_column is not None:
+                    found[cache_key] = mapping[self.value_column.name]
+                else:
+                    found[cache_key] = dict(mapping)
+        return found
+
+    def store_many(self, items: Mapping[str, Any]) -> None:
+        rows = []
+        for key, value in items.items():
+            db_key = self._to_db(key)
+            if db_key is None:
+                raise ConfigurationError(
+                    f"cannot store key {key!r}: it does not map to column "
+                    f"{self.key_column.name!r} (prefix {self.key_prefix!r}, "
+                    f"type {self._key_type.__name__})"
+                )
+            if self.value_column is not None:
+                rows.append({self.key_column.name: db_key, self.value_column.name: value})
+            elif isinstance(value, Mapping):
+                rows.append({**value, self.key_column.name: db_key})
+            else:
+                raise ConfigurationError(
+                    f"SQLOrigin without value_column stores whole rows: the value for {key!r} "
+                    f"must be a mapping of column names, got {type(value).__qualname__}"
+                )
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            self._upsert(conn, rows)
+
+    def _upsert(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+        sa = self._sa
+        dialect = self.engine.dialect.name
+        key_name = self.key_column.name
+        # Group rows by their set of columns: one executemany per shape.
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in rows:
+            shapes.setdefault(tuple(sorted(row)), []).append(row)
+        for columns, group in shapes.items():
+            if dialect in ("sqlite", "postgresql"):
+                module = "postgresql" if dialect == "postgresql" else "sqlite"
+                insert: Any = __import__(
+                    f"sqlalchemy.dialects.{module}", fromlist=["insert"]
+                ).insert
+                statement = insert(self.table)
+                updates = {c: statement.excluded[c] for c in columns if c != key_name}
+                if updates:
+                    statement = statement.on_conflict_do_update(
+                        index_elements=[self.key_column], set_=updates
+                    )
+                else:
+                    statement = statement.on_conflict_do_nothing()
+                conn.execute(statement, group)
+            else:
+                # Portable fallback: delete then insert, inside the caller's transaction.
+                keys = [row[key_name] for row in group]
+                conn.execute(sa.delete(self.table).where(self.key_column.in_(keys)))
+                conn.execute(sa.insert(self.table), group)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        ids = [db for key in keys if (db := self._to_db(key)) is not None]
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(self._sa.delete(self.table).where(self.key_column.in_(ids)))
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,384 @@
+"""The in-process tier: a dict, an eviction policy, expiry and weights.
+
+The hit path is the product. A hit does one dict lookup, one clock read to check the
+entry's expiry and one append of the key to a read buffer; nothing else, and no lock.
+Policy bookkeeping (moving a key in an LRU list, bumping a frequency sketch) happens
+later, in batches, when a writer drains the buffer under the lock or when the buffer fills.
+This is the design Caffeine's ``BoundedLocalCache`` argues for: reads vastly outnumber
+writes, so reads record what happened cheaply and writers, who must take the lock anyway,
+replay it to the policy.
+
+The buffer is drained before every insert, so the policy sees exactly the sequence of
+events the simulator feeds it one request at a time (hits in order, then the insert), and
+an L1-only cache replaying a trace has the simulator's miss count. A reader that finds
+the buffer full drains it if the lock is free; if another thread holds the lock the reader
+goes on and the buffer is drained by that thread's write. As a last bound, a buffer that
+reaches ``16 x read_buffer_size`` keys is cut in half, dropping the oldest recorded hits
+(counted in ``hits_dropped``): the policy loses a little information, the cache stays
+correct.
+
+Entries are tuples ``(value, expires_at_monotonic, version)``; a remembered "not found"
+lives in a separate dict so the hit path never has to test for it. Expiry uses the
+monotonic clock (immune to wall-clock steps); entries arrive and leave with wall-clock
+expiries, converted on the way.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+from ..entry import MISSING, NEVER, Entry
+from ..errors import ConfigurationError
+from ..metrics import LevelStats
+from ..policies import DEFAULT_POLICY, Policy, make_policy
+from .base import Prepared, Tier
+
+__all__ = ["MemoryTier", "default_weigher"]
+
+Weigher = Callable[[str, Any], int]
+
+
+def default_weigher(key: str, value: Any) -> int:
+    """A rough size in bytes: exact for str/bytes, msgpack length for plain data,
+    ``sys.getsizeof`` otherwise. Pass ``weigher=`` for anything better."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        size = len(value)
+    elif isinstance(value, str):
+        size = len(value.encode("utf-8", "surrogatepass"))
+    else:
+        try:
+            import msgspec
+
+            size = len(msgspec.msgpack.encode(value))
+        except Exception:
+            size = sys.getsizeof(value)
+    return len(key) + size + 64  # per-entry overhead of the dict slot and tuple
+
+
+class _MemoryStats(LevelStats):
+    """Hits are not counted on the hit path (that would cost a counter update per hit);
+    they are the keys that went through the read buffer."""
+
+    def __init__(self, name: str, kind: str, tier: MemoryTier) -> None:
+        self._tier = tier
+        self._hits_offset = 0
+        super().__init__(name, kind)
+
+    @property
+    def hits(self) -> int:
+        tier = self._tier
+        return tier._hits_drained + tier._hits_dropped + len(tier._buffer) - self._hits_offset
+
+    @hits.setter
+    def hits(self, value: int) -> None:  # reset() sets 0: remember where we stand
+        self._hits_offset = 0
+        self._hits_offset = self.hits - value
+
+
+class MemoryTier(Tier):
+    """L1: process memory, bounded by entries or bytes, with a pluggable eviction policy.
+
+    Values are kept as they are (no copy, no serialization): a hit hands back the stored
+    object itself, so callers must not mutate what they get.
+    """
+
+    kind = "memory"
+    local = True
+
+    def __init__(
+        self,
+        max_entries: int | None = 10_000,
+        *,
+        max_bytes: int | None = None,
+        weigher: Weigher | None = None,
+        max_value_bytes: int | None = None,
+        ttl: float | None = None,
+        policy: str | Callable[[int], Policy] = DEFAULT_POLICY,
+        name: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        read_buffer_size: int = 64,
+    ) -> None:
+        super().__init__(name=name, ttl=ttl)
+        if max_bytes is not None:
+            if max_entries not in (None, 10_000):
+                raise ConfigurationError(
+                    "MemoryTier is bounded either by max_entries or by max_bytes, not both; "
+                    f"got max_entries={max_entries} and max_bytes={max_bytes}"
+                )
+            capacity = max_bytes
+            self._weighted = True
+        else:
+            if max_entries is None:
+                raise ConfigurationError("MemoryTier needs max_entries or max_bytes")
+            capacity = max_entries
+            self._weighted = False
+        if not isinstance(capacity, int) or capacity < 1:
+            raise ConfigurationError(f"MemoryTier bound must be a positive int, got {capacity!r}")
+        if read_buffer_size < 1:
+            raise ConfigurationError("read_buffer_size must be >= 1")
+        self.capacity = capacity
+        self.max_value_bytes = max_value_bytes
+        self._weigher: Weigher | None = weigher or (
+            default_weigher if (self._weighted or max_value_bytes is not None) else None
+        )
+        if isinstance(policy, str):
+            self.policy_name = policy
+            self._policy = make_policy(policy, capacity)
+        else:
+            self._policy = policy(capacity)
+            self.policy_name = getattr(self._policy, "name", type(self._policy).__name__)
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._data: dict[str, tuple[Any, float, int]] = {}
+        self._negative: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+        self._buffer: list[Hashable] = []
+        self._buffer_limit = read_buffer_size
+        self._hits_drained = 0
+        self._hits_dropped = 0
+        self.stats = _MemoryStats(self.name, self.kind, self)
+
+    # ------------------------------------------------------------------ the hit path
+
+    def make_reader(
+        self,
+        slow: Callable[[str, Any], Any],
+        *,
+        timed: bool = False,
+    ) -> Callable[..., Any]:
+        """A ``get(key, default=MISSING)`` closure: answers L1 hits itself and calls
+        ``slow(key, default)`` for everything else (miss, expired, negative, bad key).
+        With ``timed``, every call is timed into ``stats.latency`` (costs two clock reads)."""
+        data_get = self._data.get
+        now = self._clock
+        buffer = self._buffer
+        record = buffer.append
+        limit = self._buffer_limit
+        drain = self._drain_from_reader
+
+        if not timed:
+
+            def get(key: str, default: Any = MISSING) -> Any:
+                try:
+                    entry = data_get(key)
+                except TypeError:  # unhashable: let the slow path name the problem
+                    return slow(key, default)
+                if entry is not None and entry[1] > now():
+                    record(key)
+                    if len(buffer) >= limit:
+                        drain()
+                    return entry[0]
+                return slow(key, default)
+
+            return get
+
+        histogram = self.stats.latency
+        tick = time.perf_counter_ns
+
+        def timed_get(key: str, default: Any = MISSING) -> Any:
+            start = tick()
+            try:
+                entry = data_get(key)
+            except TypeError:
+                return slow(key, default)
+            if entry is not None and entry[1] > now():
+                record(key)
+                if len(buffer) >= limit:
+                    drain()
+                histogram.record(tick() - start)
+                return entry[0]
+            histogram.record(tick() - start)
+            return slow(key, default)
+
+        return timed_get
+
+    def _drain_from_reader(self) -> None:
+        lock = self._lock
+        if lock.acquire(blocking=False):
+            try:
+                self._drain()
+            finally:
+                lock.release()
+        elif len(self._buffer) >= 16 * self._buffer_limit:
+            half = len(self._buffer) // 2
+            del self._buffer[:half]
+            self._hits_dropped += half
+
+    def _drain(self) -> None:
+        """Replay buffered hits to the policy. Call with the lock held."""
+        buffer = self._buffer
+        if buffer:
+            batch = buffer[:]
+            # Only the keys copied: readers may have appended more meanwhile.
+            del buffer[: len(batch)]
+            self._hits_drained += len(batch)
+            self._policy.on_hits(batch)
+
+    # ------------------------------------------------------------------ tier protocol
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        found: dict[str, Entry] = {}
+        now = self._clock()
+        wall_now = self._wall_clock()
+        data, negative = self._data, self._negative
+        expired: list[str] = []
+        misses = 0
+        for key in keys:
+            item = data.get(key)
+            if item is not None:
+                if item[1] > now:
+                    self._buffer.append(key)
+                    found[key] = Entry(item[0], _to_wall(item[1], now, wall_now), item[2])
+                    continue
+                expired.append(key)
+            else:
+                neg = negative.get(key)
+                if neg is not None:
+                    if neg[0] > now:
+                        self._buffer.append(key)
+                        found[key] = Entry(None, _to_wall(neg[0], now, wall_now), neg[1], True)
+                        continue
+                    expired.append(key)
+            misses += 1
+        self.stats.misses += misses
+        if expired:
+            with self._lock:
+                self._drain()
+                for key in expired:
+                    self._remove_if_expired(key, now)
+        elif len(self._buffer) >= self._buffer_limit:
+            self._drain_from_reader()
+        return found
+
+    def prepare(self, entries: Mapping[str, Entry]) -> Prepared:
+        prepared = Prepared()
+        weigher = self._weigher
+        for key, entry in entries.items():
+            if weigher is None:
+                weight = 1
+            else:
+                weight = 1 if entry.negative else max(1, int(weigher(key, entry.value)))
+                if self._weighted and weight > self.capacity:
+                    prepared.rejected[key] = weight
+                    continue
+                if (
+                    self.max_value_bytes is not None
+                    and not entry.negative
+                    and weight > self.max_value_bytes
+                ):
+                    prepared.rejected[key] = weight
+                    continue
+            prepared.items[key] = (entry, weight if self._weighted else 1)
+        return prepared
+
+    def write(self, prepared: Prepared) -> None:
+        now = self._clock()
+        wall_now = self._wall_clock()
+        evicted = 0
+        with self._lock:
+            self._drain()
+            for key in prepared.rejected:
+                self._remove(key)
+            for key, (entry, weight) in prepared.items.items():
+                expires = entry.expires_at
+                mono_expires = NEVER if expires == NEVER else now + (expires - wall_now)
+                if mono_expires <= now:
+                    self._remove(key)
+                    continue
+                evicted += self._store(key, entry, mono_expires, weight)
+        self.stats.writes += len(prepared.items)
+        self.stats.evictions += evicted
+
+    def _store(self, key: str, entry: Entry, mono_expires: float, weight: int) -> int:
+        data, negative = self._data, self._negative
+        if key in data or key in negative:
+            victims = self._policy.on_update(key, weight)
+            if entry.negative:
+                data.pop(key, None)
+            else:
+                negative.pop(key, None)
+        else:
+            victims = self._policy.on_insert(key, weight)
+        if entry.negative:
+            negative[key] = (mono_expires, entry.version)
+        else:
+            data[key] = (entry.value, mono_expires, entry.version)
+        for victim in victims:
+            if data.pop(victim, None) is None:  # type: ignore[call-overload]
+                negative.pop(victim, None)  # type: ignore[call-overload]
+        return sum(1 for v in victims if v != key)
+
+    def _remove(self, key: str) -> None:
+        if self._data.pop(key, None) is not None or self._negative.pop(key, None) is not None:
+            self._policy.on_remove(key)
+
+    def _remove_if_expired(self, key: str, now: float) -> None:
+        item = self._data.get(key)
+        if item is not None and item[1] <= now:
+            del self._data[key]
+            self._policy.on_remove(key)
+            return
+        neg = self._negative.get(key)
+        if neg is not None and neg[0] <= now:
+            del self._negative[key]
+            self._policy.on_remove(key)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        with self._lock:
+            self._drain()
+            for key in keys:
+                self._remove(key)
+
+    def clear(self) -> None:
+        with self._lock:
+            del self._buffer[:]
+            self._data.clear()
+            self._negative.clear()
+            self._policy.clear()
+
+    def close(self) -> None:
+        self.clear()
+        super().close()
+
+    # async: in-process, never awaited by the hierarchy; these exist for direct callers.
+
+    async def aget_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        return self.get_many(keys)
+
+    async def awrite(self, prepared: Prepared) -> None:
+        self.write(prepared)
+
+    async def adelete_many(self, keys: Sequence[str]) -> None:
+        self.delete_many(keys)
+
+    async def aclear(self) -> None:
+        self.clear()
+
+    # ------------------------------------------------------------------ introspection
+
+    def __len__(self) -> int:
+        return len(self._data) + len(self._negative)
+
+    def __contains__(self, key: object) -> bool:
+        item = self._data.get(key)  # type: ignore[call-overload]
+        return item is not None and item[1] > self._clock()
+
+    @property
+    def weight(self) -> int:
+        return self._policy.weight
+
+    def keys(self) -> list[str]:
+        return list(self._data)
+
+    def __repr__(self) -> str:
+        bound = f"max_bytes={self.capacity}" if self._weighted else f"max_entries={self.capacity}"
+        return f"<MemoryTier {self.name!r} {bound} policy={self.policy_name} ttl={self.ttl}>"
+
+
+def _to_wall(mono_expires: float, mono_now: float, wall_now: float) -> float:
+    return NEVER if mono_expires == NEVER else wall_now + (mono_expires - mono_now)
