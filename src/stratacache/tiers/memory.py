@@ -80,7 +80,9 @@ class _MemoryStats(LevelStats):
 
 
 class MemoryTier(Tier):
-    """L1: process memory, bounded by entries or bytes, with a pluggable eviction policy.
+    """L1: process memory, bounded by ``max_entries`` (default 10,000) or by ``max_bytes``
+    (entries weighed by ``weigher``, default :func:`default_weigher`), with a pluggable
+    eviction policy.
 
     Values are kept as they are (no copy, no serialization): a hit hands back the stored
     object itself, so callers must not mutate what they get.
@@ -91,7 +93,7 @@ class MemoryTier(Tier):
 
     def __init__(
         self,
-        max_entries: int | None = 10_000,
+        max_entries: int | None = None,
         *,
         max_bytes: int | None = None,
         weigher: Weigher | None = None,
@@ -105,7 +107,7 @@ class MemoryTier(Tier):
     ) -> None:
         super().__init__(name=name, ttl=ttl)
         if max_bytes is not None:
-            if max_entries not in (None, 10_000):
+            if max_entries is not None:
                 raise ConfigurationError(
                     "MemoryTier is bounded either by max_entries or by max_bytes, not both; "
                     f"got max_entries={max_entries} and max_bytes={max_bytes}"
@@ -113,9 +115,7 @@ class MemoryTier(Tier):
             capacity = max_bytes
             self._weighted = True
         else:
-            if max_entries is None:
-                raise ConfigurationError("MemoryTier needs max_entries or max_bytes")
-            capacity = max_entries
+            capacity = 10_000 if max_entries is None else max_entries
             self._weighted = False
         if not isinstance(capacity, int) or capacity < 1:
             raise ConfigurationError(f"MemoryTier bound must be a positive int, got {capacity!r}")
@@ -128,7 +128,10 @@ class MemoryTier(Tier):
         )
         if isinstance(policy, str):
             self.policy_name = policy
-            self._policy = make_policy(policy, capacity)
+            try:
+                self._policy = make_policy(policy, capacity)
+            except ValueError as exc:
+                raise ConfigurationError(f"MemoryTier: {exc}") from None
         else:
             self._policy = policy(capacity)
             self.policy_name = getattr(self._policy, "name", type(self._policy).__name__)
