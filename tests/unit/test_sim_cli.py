@@ -131,3 +131,26 @@ def test_clean_errors(hand: Path, tmp_path: Path, args: list[str], message: str)
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_plot_draws_opt_without_tabling_it(
+    hand: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stratacache.sim.engine as engine
+    from stratacache.policies.lru import LRUPolicy
+
+    built: list[int] = []
+
+    def fake_opt(capacity: int, keys: list[object]) -> LRUPolicy:
+        # Stands in for Belady until policies/opt.py lands: only the wiring is tested.
+        built.append(capacity)
+        return LRUPolicy(capacity)
+
+    monkeypatch.setattr(engine, "_opt_class", lambda: fake_opt)
+    png = tmp_path / "with-opt.png"
+    result = simulate(hand, "--size", "2,3", "--plot", png)
+    assert result.exit_code == 0, result.output
+    assert built == [2, 3]  # OPT ran once per size for the plot
+    assert " opt " not in result.stdout  # ...but the table keeps to the asked policies
+    assert "not available" not in result.output
+    assert png.read_bytes().startswith(b"\x89PNG")
