@@ -20,12 +20,17 @@ Why carry the key: a shared tier may hash long keys, and anyone with write acces
 store can put bytes under any name. Comparing the stored key on read means two keys that
 hash alike never return each other's value, and a payload copied under another key is a
 miss. Why sign the header too: a signature over the payload alone would let an attacker
-replay a validly signed payload under another key or extend its expiry.
+replay a validly signed payload under another key or extend its expiry. A codec may also
+have a ``context`` (remote tiers use their namespace): it is not stored, but it is fed to
+the HMAC ahead of the envelope, so that an entry signed for one cache cannot be replayed
+into another cache that shares the store and the signing key. An empty context signs
+exactly as before, so existing signed entries stay valid.
 
 Decoding is defensive: lengths are checked against the actual buffer before anything is
 sliced, the signature (when configured) is verified before decompression and before the
-serializer runs, decompression is bounded by the maximum value size, and pickle refuses to
-run unless the envelope carried a valid signature. Any failure raises :class:`PayloadError`,
+serializer runs, decompression is bounded by the maximum value size (a compressed frame must
+declare its size, be complete, and be followed by nothing), and pickle refuses to run unless
+the envelope carried a valid signature. Any failure raises :class:`PayloadError`,
 which tiers turn into a counted, logged miss: it never reaches the caller.
 """
 
@@ -35,6 +40,7 @@ import hashlib
 import hmac
 import pickle
 import struct
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -232,14 +238,27 @@ class Signer:
             return cls({1: secret}, 1)
         return cls(dict(secret), max(secret))
 
-    def sign(self, data: bytes | memoryview) -> bytes:
-        return hmac.new(self._keys[self.current], data, hashlib.sha256).digest()
+    def sign(self, data: bytes | memoryview, context: bytes = b"") -> bytes:
+        return _mac(self._keys[self.current], data, context)
 
-    def verify(self, key_id: int, data: bytes | memoryview, signature: bytes) -> bool:
+    def verify(
+        self, key_id: int, data: bytes | memoryview, signature: bytes, context: bytes = b""
+    ) -> bool:
         secret = self._keys.get(key_id)
         if secret is None:
             return False
-        return hmac.compare_digest(hmac.new(secret, data, hashlib.sha256).digest(), signature)
+        return hmac.compare_digest(_mac(secret, data, context), signature)
+
+
+def _mac(secret: bytes, data: bytes | memoryview, context: bytes) -> bytes:
+    mac = hmac.new(secret, digestmod=hashlib.sha256)
+    if context:
+        # Length-prefixed, so that no (context, data) pair can pass for another; an empty
+        # context adds nothing, which keeps signatures made before contexts existed valid.
+        mac.update(len(context).to_bytes(4, "big"))
+        mac.update(context)
+    mac.update(data)
+    return mac.digest()
 
 
 # ---------------------------------------------------------------------------- compression
@@ -247,7 +266,18 @@ class Signer:
 
 class _Zstd:
     """zstd with a bounded decompressor (so a small forged frame cannot expand into
-    gigabytes). Imported lazily: zstandard is an optional extra."""
+    gigabytes). Imported lazily: zstandard is an optional extra.
+
+    zstd contexts must not be used by two threads at once, and a codec is shared by every
+    thread of a process (and by the worker threads of async tiers), so each thread gets its
+    own compressor and decompressor.
+
+    Frames are checked strictly, because a frame that decodes "successfully" into the wrong
+    bytes is worse than one that fails: it must declare its content size (ours always do:
+    without it a truncated frame silently yields a shorter payload), that size must be
+    within the limit (zstd then refuses to produce more or fewer bytes than declared), the
+    frame must be complete, and nothing may follow it.
+    """
 
     def __init__(self, level: int) -> None:
         try:
@@ -257,31 +287,42 @@ class _Zstd:
                 "compression needs the zstandard package: pip install 'stratacache[zstd]'"
             ) from exc
         self._zstd = zstandard
-        self._compressor = zstandard.ZstdCompressor(level=level)
-        self._decompressor = zstandard.ZstdDecompressor()
+        self._level = level
+        self._local = threading.local()
+
+    def _contexts(self) -> Any:
+        local = self._local
+        if not hasattr(local, "compressor"):
+            local.compressor = self._zstd.ZstdCompressor(level=self._level, write_content_size=True)
+            local.decompressor = self._zstd.ZstdDecompressor()
+        return local
 
     def compress(self, data: bytes) -> bytes:
-        return bytes(self._compressor.compress(data))
+        return bytes(self._contexts().compressor.compress(data))
 
     def decompress(self, data: bytes, limit: int) -> bytes:
         try:
-            # The frame header declares its content size; refuse big claims up front.
             params = self._zstd.get_frame_parameters(data)
-            declared = params.content_size
-            if declared != self._zstd.CONTENTSIZE_UNKNOWN and declared > limit:
-                raise PayloadError(
-                    f"compressed frame declares {declared} bytes, above the {limit}-byte limit"
-                )
-            reader = self._decompressor.stream_reader(data)
-            out = reader.read(limit + 1)
-        except PayloadError:
-            raise
         except Exception as exc:
             raise PayloadError(f"bad zstd frame: {exc}") from exc
-        if len(out) > limit:
-            raise PayloadError(f"payload decompresses beyond the {limit}-byte limit")
-        if declared != self._zstd.CONTENTSIZE_UNKNOWN and len(out) != declared:
+        declared = params.content_size
+        if declared == self._zstd.CONTENTSIZE_UNKNOWN:
+            raise PayloadError("zstd frame does not declare its content size")
+        if declared > limit:
+            raise PayloadError(
+                f"compressed frame declares {declared} bytes, above the {limit}-byte limit"
+            )
+        stream = self._contexts().decompressor.decompressobj()
+        try:
+            out = stream.decompress(data)
+        except Exception as exc:
+            raise PayloadError(f"bad zstd frame: {exc}") from exc
+        if not stream.eof:
             raise PayloadError("truncated zstd frame")
+        if stream.unused_data:
+            raise PayloadError(f"{len(stream.unused_data)} bytes after the zstd frame")
+        if len(out) != declared:  # zstd enforces this; belt and braces
+            raise PayloadError("zstd frame size does not match its header")
         return bytes(out)
 
 
@@ -296,7 +337,8 @@ class Codec:
     Parameters mirror the tier options: ``serializer`` (name or object), ``value_type``,
     ``signer`` (a :class:`Signer`, a secret, or None), ``compress_threshold`` (bytes; None
     disables compression), ``max_value_size`` (bytes of serialized payload, before
-    compression; larger values are refused on write and on read).
+    compression; larger values are refused on write and on read), ``context`` (bound into
+    every signature, never stored: envelopes signed under another context do not verify).
     """
 
     sizes_are_exact: ClassVar[bool] = True
@@ -310,8 +352,10 @@ class Codec:
         compress_threshold: int | None = None,
         compression_level: int = 3,
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+        context: bytes | str = b"",
     ) -> None:
         self.serializer = make_serializer(serializer, value_type)
+        self.context = context.encode() if isinstance(context, str) else bytes(context)
         self.signer = Signer.of(signer) if signer is not None else None
         if self.serializer.executes_code and self.signer is None:
             raise ConfigurationError(
@@ -364,7 +408,7 @@ class Codec:
         )
         body = b"".join((header, key_bytes, payload))
         if signer is not None:
-            body += signer.sign(body)
+            body += signer.sign(body, self.context)
         return body
 
     # -- read side
@@ -401,7 +445,7 @@ class Codec:
             if not signed:
                 raise PayloadError("unsigned envelope where a signature is required")
             body_end = total - SIGNATURE_SIZE
-            if not signer.verify(key_id, view[:body_end], bytes(view[body_end:])):
+            if not signer.verify(key_id, view[:body_end], bytes(view[body_end:]), self.context):
                 raise PayloadError(f"bad signature (key id {key_id})")
         elif signed and self.serializer.executes_code:
             # We cannot check the signature: never let such bytes reach pickle.
