@@ -55,6 +55,9 @@ class AsyncCache(CacheFacade):
             value = reader(key, L1_MISS)
             if value is not L1_MISS:
                 return value
+        local_miss = self._local_miss
+        if local_miss is not None and not self._closed:
+            return local_miss(key, default)
         values = await arun(self._flow_get(key))
         return values.get(key, default)
 
@@ -71,6 +74,10 @@ class AsyncCache(CacheFacade):
         return values.get(key, MISSING)
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        writer = self._local_writer
+        if writer is not None and not self._closed:
+            writer(key, value, ttl)
+            return
         await arun(self._flow_set_many({key: value}, ttl))
 
     async def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> None:
@@ -132,6 +139,8 @@ class AsyncCache(CacheFacade):
     async def close(self) -> None:
         """Release every level and the origin. Idempotent."""
         if self._mark_closed():
+            self._local_writer = None
+            self._local_miss = None
             errors: list[BaseException] = []
             for level in self._hierarchy.levels:
                 try:

@@ -86,6 +86,22 @@ class Hierarchy:
         self.origin_stats = OriginStats()
         self._loaders: list[tuple[str, Loader]] = []
 
+    def misses_stay_local(self) -> bool:
+        """True when a miss can be answered by the only level alone: no origin and no
+        registered loader to ask."""
+        return len(self.levels) == 1 and self.levels[0].local and (
+            self.origin is None and not self._loaders
+        )
+
+    def sets_stay_local(self) -> bool:
+        """True when ``set`` touches nothing but the only level, itself in-process."""
+        if len(self.levels) != 1 or not self.levels[0].local:
+            return False
+        origin_written = self.origin is not None and self.origin.writable
+        return self.write_policy.name == "cache" or (
+            self.write_policy.name == "through" and not origin_written
+        )
+
     # ------------------------------------------------------------------ loaders
 
     def register_loader(self, prefix: str, loader: Loader) -> None:

@@ -55,10 +55,18 @@ class Cache(CacheFacade):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        writer = self._local_writer
+        if writer is not None:
+            self.set = writer  # type: ignore[method-assign]
+
+    def _bind_get(self) -> None:
+        # ``get`` is bound on the instance: an L1 hit costs one closure call, no method
+        # lookup. What the closure calls on a miss is decided here too, so a cache with
+        # nothing below L1 answers its misses without a second indirection.
         top = self._hierarchy.levels[0]
+        slow = self._local_miss or self._slow_get
         if isinstance(top, MemoryTier):
-            # Bound on the instance: an L1 hit costs one closure call, no method lookup.
-            self.get = top.make_reader(self._slow_get, timed=self._measure_l1)  # type: ignore[method-assign]
+            self.get = top.make_reader(slow, timed=self._measure_l1)  # type: ignore[method-assign]
         else:
             self.get = self._slow_get  # type: ignore[method-assign]
 
@@ -69,6 +77,9 @@ class Cache(CacheFacade):
         return self._slow_get(key, default)
 
     def _slow_get(self, key: str, default: Any = MISSING) -> Any:
+        local_miss = self._local_miss
+        if local_miss is not None and not self._closed:
+            return local_miss(key, default)
         values = run(self._flow_get(key))
         return values.get(key, default)
 
@@ -156,6 +167,11 @@ class Cache(CacheFacade):
         """Release every level and the origin. Idempotent; any other call afterwards
         raises CacheClosedError."""
         if self._mark_closed():
+            # Drop the bound fast paths: from now on every call meets the closed check.
+            self.__dict__.pop("set", None)
+            self._local_writer = None
+            self._local_miss = None
+            self._bind_get()
             self._hierarchy.close()
 
     def __enter__(self) -> Cache:

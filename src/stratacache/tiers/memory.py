@@ -25,6 +25,7 @@ expiries, converted on the way.
 
 from __future__ import annotations
 
+import random
 import sys
 import threading
 import time
@@ -32,7 +33,8 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from ..entry import MISSING, NEVER, Entry
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, ValueTooLargeError
+from ..keys import validate_key
 from ..metrics import LevelStats
 from ..policies import DEFAULT_POLICY, Policy, make_policy
 from .base import Prepared, Tier
@@ -199,6 +201,111 @@ class MemoryTier(Tier):
             return slow(key, default)
 
         return timed_get
+
+    def lookup_or_default(self, key: str, default: Any) -> Any:
+        """The whole read for a cache whose only source is this tier: a hit (found after
+        all, or a remembered "not found" answering ``default``) or a counted miss. What the
+        hierarchy's generic read would do, without building a flow."""
+        if type(key) is not str or not key:
+            validate_key(key)
+        now = self._clock()
+        item = self._data.get(key)
+        if item is not None:
+            if item[1] > now:
+                self._buffer.append(key)
+                return item[0]
+        else:
+            neg = self._negative.get(key)
+            if neg is None:
+                self.stats.misses += 1
+                return default
+            if neg[0] > now:
+                self._buffer.append(key)
+                return default
+        with self._lock:
+            self._drain()
+            self._remove_if_expired(key, now)
+        self.stats.misses += 1
+        return default
+
+    def make_writer(
+        self, *, jitter: float = 0.0, rng: random.Random | None = None
+    ) -> Callable[[str, Any, float | None], None]:
+        """A ``put(key, value, ttl)`` closure for a cache whose only level is this tier:
+        the same TTL rules, size checks and policy events as the hierarchy's write, bound
+        once instead of built per call."""
+        data, negative = self._data, self._negative
+        lock = self._lock
+        drain = self._drain
+        buffer = self._buffer
+        policy = self._policy
+        on_insert = policy.on_insert
+        now = self._clock
+        level_ttl = self.ttl
+        weigher = self._weigher
+        weighted = self._weighted
+        stats = self.stats
+        random_fraction = rng.random if (rng is not None and jitter) else None
+
+        def put(key: str, value: Any, ttl: float | None = None) -> None:
+            if type(key) is not str or not key:
+                validate_key(key)
+            lifetime = level_ttl
+            if ttl is not None:
+                if not (isinstance(ttl, int | float) and ttl > 0):
+                    raise ConfigurationError(
+                        f"ttl must be a positive number of seconds or None, got {ttl!r}"
+                    )
+                if lifetime is None or ttl < lifetime:
+                    lifetime = ttl
+            if lifetime is None:
+                expires = NEVER
+            else:
+                if random_fraction is not None:
+                    lifetime *= 1.0 - jitter * random_fraction()
+                expires = now() + lifetime
+            weight = 1
+            if weigher is not None:
+                weight = self._checked_weight(key, value)
+                if not weighted:
+                    weight = 1
+            with lock:
+                if buffer:
+                    drain()
+                if key in data or key in negative:
+                    victims = policy.on_update(key, weight)
+                    negative.pop(key, None)
+                else:
+                    victims = on_insert(key, weight)
+                data[key] = (value, expires, 0)
+                if victims:
+                    for victim in victims:
+                        if data.pop(victim, None) is None:
+                            negative.pop(victim, None)
+                    stats.evictions += len(victims) - (key in victims)
+            stats.writes += 1
+
+        return put
+
+    def _checked_weight(self, key: str, value: Any) -> int:
+        """The entry's weight; a value that can never fit raises ValueTooLargeError (the
+        caller has no other level to put it in)."""
+        assert self._weigher is not None
+        weight = max(1, int(self._weigher(key, value)))
+        limit = self.capacity if self._weighted else None
+        if self.max_value_bytes is not None and (limit is None or self.max_value_bytes < limit):
+            limit = self.max_value_bytes
+        if limit is not None and weight > limit:
+            self.stats.too_large += 1
+            with self._lock:
+                self._drain()
+                self._remove(key)
+            raise ValueTooLargeError(
+                f"the value for key {key!r} weighs {weight} bytes, more than level "
+                f"{self.name}'s limit of {limit}; raise max_bytes/max_value_bytes or store "
+                "a smaller value"
+            )
+        return weight
 
     def _drain_from_reader(self) -> None:
         lock = self._lock

@@ -1,0 +1,112 @@
+"""SQLOrigin behaviour, shared by the SQLite (unit) and PostgreSQL (integration) tests:
+each calls these with an engine URL and a fresh table name."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import sqlalchemy as sa
+
+from stratacache import Cache, ConfigurationError, MemoryTier, SQLOrigin
+
+
+def create_tables(url: str, table: str) -> None:
+    engine = sa.create_engine(url)
+    metadata = sa.MetaData()
+    sa.Table(
+        table,
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(100), nullable=False),
+        sa.Column("score", sa.Integer, nullable=True),
+    )
+    sa.Table(
+        table + "_kv",
+        metadata,
+        sa.Column("key", sa.String(200), primary_key=True),
+        sa.Column("value", sa.JSON, nullable=True),
+    )
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(f"INSERT INTO {table} (id, name, score) VALUES (1, 'ada', 10), (2, 'bob', NULL)")
+        )
+    engine.dispose()
+
+
+def check_rows_by_prefixed_integer_key(url: str, table: str) -> None:
+    origin = SQLOrigin(url, table, key_column="id", key_prefix="user:")
+    got = origin.load_many(["user:1", "user:2", "user:3", "user:x", "other:1"])
+    assert got == {
+        "user:1": {"id": 1, "name": "ada", "score": 10},
+        "user:2": {"id": 2, "name": "bob", "score": None},
+    }
+    origin.store_many({"user:3": {"name": "cy", "score": 3}, "user:1": {"name": "ada", "score": 11}})
+    assert origin.load_many(["user:1", "user:3"]) == {
+        "user:1": {"id": 1, "name": "ada", "score": 11},
+        "user:3": {"id": 3, "name": "cy", "score": 3},
+    }
+    origin.delete_many(["user:3", "user:nope"])
+    assert origin.load_many(["user:3"]) == {}
+    with pytest.raises(ConfigurationError, match="mapping of column names"):
+        origin.store_many({"user:4": "not a row"})
+    with pytest.raises(ConfigurationError, match="does not map"):
+        origin.store_many({"user:abc": {"name": "z"}})
+    origin.close()
+
+
+def check_value_column(url: str, table: str) -> None:
+    origin = SQLOrigin(url, table + "_kv", key_column="key", value_column="value")
+    origin.store_many({"a": {"x": [1, 2]}, "b": None, "c": "text"})
+    assert origin.load_many(["a", "b", "c", "d"]) == {"a": {"x": [1, 2]}, "b": None, "c": "text"}
+    origin.store_many({"a": 5})
+    assert origin.load_many(["a"]) == {"a": 5}
+    origin.close()
+
+
+def check_cache_over_sql_origin(url: str, table: str) -> None:
+    origin = SQLOrigin(url, table, key_column="id", key_prefix="user:")
+    cache = Cache([MemoryTier(100)], origin, negative_ttl=30)
+    assert cache.get("user:1")["name"] == "ada"
+    cache.set("user:9", {"name": "new", "score": 1})  # write-through inserts the row
+    fresh = SQLOrigin(url, table, key_column="id", key_prefix="user:")
+    assert fresh.load_many(["user:9"])["user:9"]["name"] == "new"
+    cache.delete("user:9")
+    assert fresh.load_many(["user:9"]) == {}
+    assert cache.get("user:9") is not None and not cache.get("user:9")  # MISSING
+    fresh.close()
+    cache.close()
+
+
+def check_async_faces(url: str, table: str) -> None:
+    origin = SQLOrigin(url, table, key_column="id", key_prefix="user:")
+
+    async def scenario() -> None:
+        assert (await origin.aload_many(["user:2"]))["user:2"]["name"] == "bob"
+        await origin.astore_many({"user:5": {"name": "eve", "score": 5}})
+        assert "user:5" in await origin.aload_many(["user:5"])
+        await origin.adelete_many(["user:5"])
+        assert await origin.aload_many(["user:5"]) == {}
+
+    asyncio.run(scenario())
+    origin.close()
+
+
+def check_configuration_errors(url: str, table: str) -> None:
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        SQLOrigin(url, "no_such_table_here")
+    with pytest.raises(ConfigurationError, match="no column 'nope'.*columns: id, name, score"):
+        SQLOrigin(url, table, key_column="nope")
+    with pytest.raises(ConfigurationError, match="no column 'val'"):
+        SQLOrigin(url, table, key_column="id", value_column="val")
+
+
+CASES = [
+    check_rows_by_prefixed_integer_key,
+    check_value_column,
+    check_cache_over_sql_origin,
+    check_async_faces,
+    check_configuration_errors,
+]
