@@ -30,9 +30,19 @@ from ..entry import Entry
 from ..errors import ConfigurationError, OriginError, TransientError, ValueTooLargeError
 from ..metrics import CacheStats, OriginStats
 from ..origin import Origin
+from ..stampede import SingleFlight
 from ..tiers.base import Prepared, Tier
 from . import ttl as ttl_rules
-from .ops import LevelClear, LevelDelete, LevelGet, LevelWrite, LoadCall, Op, OriginDelete
+from .ops import (
+    LevelClear,
+    LevelDelete,
+    LevelGet,
+    LevelWrite,
+    LoadCall,
+    Op,
+    OriginDelete,
+    WaitFlights,
+)
 from .write import WritePolicy, make_write_policy
 
 __all__ = ["Flow", "Hierarchy", "Loader"]
@@ -84,13 +94,16 @@ class Hierarchy:
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
         self.origin_stats = OriginStats()
+        self.single_flight = SingleFlight()
         self._loaders: list[tuple[str, Loader]] = []
 
     def misses_stay_local(self) -> bool:
         """True when a miss can be answered by the only level alone: no origin and no
         registered loader to ask."""
-        return len(self.levels) == 1 and self.levels[0].local and (
-            self.origin is None and not self._loaders
+        return (
+            len(self.levels) == 1
+            and self.levels[0].local
+            and (self.origin is None and not self._loaders)
         )
 
     def sets_stay_local(self) -> bool:
@@ -196,6 +209,49 @@ class Hierarchy:
         )
 
     def _load(
+        self,
+        missing: list[str],
+        loader: Loader | None,
+        ttl: float | None,
+        values: dict[str, Any],
+    ) -> Flow:
+        """Load what every level lacks, once: keys another caller is already loading are
+        awaited rather than loaded again (see :mod:`stratacache.stampede`)."""
+        flights = self.single_flight
+        lead, waits = flights.claim(missing)
+        if lead:
+            loaded: dict[str, Any] = {}
+            try:
+                yield from self._load_now(lead, loader, ttl, loaded)
+            except BaseException as exc:
+                flights.fail(lead, exc)
+                raise
+            flights.complete(lead, loaded)
+            values.update(loaded)
+        if waits:
+            late = yield WaitFlights(flights, waits)
+            flights.coalesced += len(waits) - len(late)
+            for flight in waits:
+                if flight in late:
+                    continue
+                if flight.error is not None:
+                    # Chain to the root cause (the loader's own exception), as the
+                    # leader's OriginError does.
+                    cause = flight.error
+                    if isinstance(cause, OriginError) and cause.__cause__ is not None:
+                        cause = cause.__cause__
+                    raise OriginError(
+                        f"loading {flight.key!r} failed in the concurrent call this one "
+                        f"waited for: {cause!r}"
+                    ) from cause
+                if flight.found:
+                    values[flight.key] = flight.value
+            if late:  # the leader is stuck: load them ourselves rather than wait forever
+                loaded = {}
+                yield from self._load_now([f.key for f in late], loader, ttl, loaded)
+                values.update(loaded)
+
+    def _load_now(
         self,
         missing: list[str],
         loader: Loader | None,

@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import ConfigurationError
 from ..metrics import LatencyHistogram
 from ..origin import Origin
+from ..stampede import Flight, SingleFlight
 from ..tiers.base import Prepared, Tier
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Op",
     "OriginDelete",
     "OriginStore",
+    "WaitFlights",
 ]
 
 
@@ -158,3 +160,18 @@ class OriginDelete(Op):
 
 def _name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+@dataclass
+class WaitFlights(Op):
+    """Wait for loads another caller has in flight; returns the flights still unfinished
+    when the wait timed out."""
+
+    single_flight: SingleFlight
+    flights: list[Flight]
+
+    def run(self) -> Any:
+        return self.single_flight.wait(self.flights)
+
+    async def arun(self) -> Any:
+        return await self.single_flight.await_(self.flights)

@@ -57,7 +57,7 @@ class Cache(CacheFacade):
         super().__init__(*args, **kwargs)
         writer = self._local_writer
         if writer is not None:
-            self.set = writer  # type: ignore[method-assign]
+            self.set = writer  # type: ignore[method-assign, assignment]
 
     def _bind_get(self) -> None:
         # ``get`` is bound on the instance: an L1 hit costs one closure call, no method
