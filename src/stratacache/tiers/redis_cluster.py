@@ -1,0 +1,221 @@
+"""Redis Cluster as a cache level: one level sharded over many nodes.
+
+A cluster splits the key space into 16384 hash slots (CRC16 of the key, or of the part
+between the first ``{`` and the next ``}`` when there is one: a *hash tag*), each served by
+one master and copied to its replicas. A multi-key command is only allowed when all its
+keys share a slot, so a batch is grouped **by slot**:
+
+* reads use redis-py's ``mget_nonatomic``, which groups the names by slot and sends one
+  MGET per slot through a cluster pipeline: one round trip per node, all nodes in turn;
+  a single key is a plain MGET to its node;
+* deletes group names by slot here (:func:`by_slot`) and queue one UNLINK per slot in a
+  cluster pipeline; writes queue one SET per key, which the pipeline sends to each key's
+  node, again one round trip per node;
+* ``clear()`` runs ``SCAN MATCH <namespace>:*`` on every master in turn and UNLINKs each
+  page (split by slot by redis-py): keys live only on masters, so that visits each once.
+
+Storage names start with ``<namespace>:``, which has no braces, so the slot comes from the
+cache key: keys that share a hash tag (``user:{42}:profile``, ``user:{42}:prefs``) share a
+slot and a node. Hashed keys (too long, or not printable) have no tag and spread evenly.
+
+Redirections and failover are redis-py's job: a ``MOVED`` reply updates its slot table
+(and every few of them it reloads the whole topology), an ``ASK`` is followed once. When a
+master dies, calls routed to it fail until a replica has taken over (about the cluster's
+``cluster-node-timeout`` plus an election); each such call raises
+:class:`~stratacache.errors.TierUnavailableError` after ``retries`` quick attempts (each
+one reloads the topology first), so the hierarchy skips the level meanwhile, and the first
+call after the promotion finds the new master. Nothing is read from replicas: a replica
+may lag behind its master, and a cache level must not serve what was just invalidated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis.asyncio.cluster
+import redis.cluster
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.crc import key_slot
+from redis.retry import Retry
+
+from ..config import SchemeSpec, register_scheme
+from ..errors import ConfigurationError
+from ..keys import KeyRules
+from ..serde import DEFAULT_MAX_VALUE_SIZE, Serializer
+from .redis import (
+    _BATCH,
+    REDIS_OPTIONS,
+    Call,
+    RedisFamilyTier,
+    Steps,
+    _connection_options,
+    _split_url,
+    _unlink,
+)
+from .remote import SigningKey, parse_location
+
+__all__ = ["RedisClusterTier", "by_slot"]
+
+
+def by_slot(names: Sequence[str]) -> dict[int, list[str]]:
+    """Storage names grouped by their cluster hash slot (hash tags respected)."""
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        groups.setdefault(key_slot(name.encode("utf-8", "surrogatepass")), []).append(name)
+    return groups
+
+
+class RedisClusterTier(RedisFamilyTier):
+    """A Redis Cluster as a cache level.
+
+    ``url`` is ``redis+cluster://[user[:password]@]host:port[,host:port...]``
+    (``rediss+cluster://`` for TLS): any reachable node is enough to discover the rest,
+    more nodes make start-up survive some of them being down. Options as for
+    :class:`~stratacache.tiers.redis.RedisTier`; there is no database number (a cluster
+    only has database 0). ``retries`` is how many more times a command is tried, after
+    reloading the topology, when a node fails.
+    """
+
+    kind = "redis-cluster"
+    key_rules = KeyRules(1024)
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "default",
+        ttl: float | None = None,
+        ttl_grace: float = 1.0,
+        serializer: str | Serializer = "msgpack",
+        value_type: Any = Any,
+        signing_key: SigningKey | None = None,
+        compress_threshold: int | None = None,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+        connect_timeout: float | None = 0.5,
+        socket_timeout: float | None = 1.0,
+        retries: int = 1,
+        max_connections_per_node: int | None = None,
+        client_name: str | None = None,
+        ssl_ca_certs: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        ssl_cert_reqs: str = "required",
+        ssl_check_hostname: bool = True,
+        name: str | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        scheme, location = _split_url(url, ("redis+cluster", "rediss+cluster"))
+        where = parse_location(url, location, default_port=6379)
+        if where.path.strip("/") not in ("", "0"):
+            raise ConfigurationError(
+                f"{where.display(scheme)}: a Redis Cluster has only database 0; drop the path"
+            )
+        super().__init__(
+            location_text=where.display(scheme),
+            retries=retries,
+            namespace=namespace,
+            ttl=ttl,
+            ttl_grace=ttl_grace,
+            serializer=serializer,
+            value_type=value_type,
+            signing_key=signing_key,
+            compress_threshold=compress_threshold,
+            max_value_size=max_value_size,
+            max_item_size=None,
+            name=name,
+            wall_clock=wall_clock,
+            secrets=(where.password,),
+        )
+        self.nodes = where.hosts
+        options = _connection_options(
+            where,
+            scheme.removesuffix("+cluster"),
+            connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            client_name=client_name,
+            ssl_ca_certs=ssl_ca_certs,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+            ssl_cert_reqs=ssl_cert_reqs,
+            ssl_check_hostname=ssl_check_hostname,
+        )
+        if max_connections_per_node is not None:
+            options["max_connections"] = max_connections_per_node
+        hosts = where.hosts
+        # A short backoff between attempts: each one reloads the slot table from the
+        # surviving nodes, and hammering them during a failover helps nobody.
+        backoff = ExponentialBackoff(cap=0.1, base=0.02)
+
+        # Closures, not attributes: the password stays out of vars(tier) and its repr.
+        # The sync client connects (and loads the slot table) when it is made, so it is
+        # made on first use: a cache must start even while its cluster is down.
+        def make_client() -> Any:
+            return redis.cluster.RedisCluster(
+                startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in hosts],  # type: ignore[no-untyped-call]
+                retry=Retry(backoff, retries),
+                **options,
+            )
+
+        def make_async_client() -> Any:
+            return redis.asyncio.cluster.RedisCluster(
+                startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in hosts],
+                retry=AsyncRetry(backoff, retries),
+                **options,
+            )
+
+        self._make_client = make_client  # type: ignore[method-assign]
+        self._make_async_client = make_async_client  # type: ignore[method-assign]
+
+    def _read(self, client: Any, names: list[str]) -> Any:
+        if len(names) == 1:
+            return client.mget(names)
+        return client.mget_nonatomic(names)
+
+    def _queue_unlink(self, pipe: Any, names: Sequence[str]) -> None:
+        for group in by_slot(names).values():
+            for start in range(0, len(group), _BATCH):
+                pipe.unlink(*group[start : start + _BATCH])
+
+    def _clear_steps(self) -> Steps:
+        pattern = self._scan_pattern
+        primaries = yield _primaries
+        for node in primaries:
+            cursor = 0
+            while True:
+                cursors, names = yield _scan_node(node, cursor, pattern)
+                cursor = next(iter(cursors.values()), 0) if isinstance(cursors, dict) else 0
+                if names:
+                    yield _unlink(names)
+                if not cursor:
+                    break
+
+
+def _primaries(client: Any) -> Any:
+    """The masters, after loading the topology (the asyncio client loads it lazily)."""
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+
+        async def loaded() -> Any:
+            await client.initialize()
+            return client.get_primaries()
+
+        return loaded()
+    return client.get_primaries()  # the sync client loaded the topology when it was made
+
+
+def _scan_node(node: Any, cursor: int, pattern: str) -> Call:
+    return lambda client: client.scan(cursor=cursor, match=pattern, count=_BATCH, target_nodes=node)
+
+
+def _build(
+    *, url: str, location: str, options: dict[str, Any], clock: Any, wall_clock: Any
+) -> RedisClusterTier:
+    scheme = url.split("://", 1)[0].lower()
+    return RedisClusterTier(f"{scheme}://{location}", wall_clock=wall_clock, **options)
+
+
+_SPEC = SchemeSpec(options={**REDIS_OPTIONS, "max_connections_per_node": "int"}, build=_build)
+register_scheme("redis+cluster", _SPEC)
+register_scheme("rediss+cluster", _SPEC)

@@ -1,0 +1,326 @@
+"""What every network tier shares: storage names, envelopes, server-side TTLs, URLs, errors.
+
+A network tier (Redis, Redis Cluster, memcached) is a thin layer over its client library.
+Everything that is not a client call lives here, once, for all of them and for both of
+their faces (sync and async):
+
+* **Storage names.** A cache key becomes ``<namespace>:<key>`` when the store's
+  :class:`~stratacache.keys.KeyRules` accept that name, else ``<namespace>:#<sha256>``
+  (see :func:`~stratacache.keys.storage_key`). The check runs on every read, so the common
+  case (a short printable ASCII key) is answered by two ``str`` methods implemented in C
+  before the general rules run. Hashing loses the key, so the envelope carries it and
+  :meth:`~stratacache.serde.Codec.decode` compares it: two keys that hash alike can never
+  return each other's value. Names are sent as length-prefixed arguments (RESP) or
+  validated tokens (memcached), so no key can smuggle a command.
+* **Envelopes.** :class:`RemoteTier` owns a :class:`~stratacache.serde.Codec` whose
+  signing context is the namespace, so an entry signed for one cache cannot be replayed
+  into another that shares the store and the key. Anything that does not decode is a
+  miss, counted in ``stats.corrupt`` and logged with the reason, never raised.
+* **Server-side TTLs are a backstop.** Reads check the envelope's expiry against the
+  injected wall clock; the store is only told to drop the entry ``ttl_grace`` seconds
+  after that, so that it does not keep dead entries forever. An entry already expired
+  when it is written is deleted instead.
+* **Errors.** Every client failure that means "the store cannot answer now" becomes
+  :class:`~stratacache.errors.TierUnavailableError` with a reason from which every
+  configured secret has been scrubbed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import unquote
+
+from ..config import redact
+from ..entry import NEVER, Entry
+from ..errors import ConfigurationError, TierUnavailableError
+from ..keys import KeyRules, storage_key, validate_namespace
+from ..serde import Codec, PayloadError, Serializer, Signer
+from .base import Prepared, Tier, logger
+
+__all__ = [
+    "COMMON_OPTIONS",
+    "Location",
+    "NameMapper",
+    "RemoteTier",
+    "chunks",
+    "parse_location",
+]
+
+SigningKey = Signer | bytes | str | Mapping[int, bytes]
+
+#: URL query options every network tier accepts (converter names from config.CONVERTERS).
+COMMON_OPTIONS: dict[str, str] = {
+    "namespace": "str",
+    "ttl": "optional_float",
+    "ttl_grace": "float",
+    "serializer": "str",
+    "compress_threshold": "int",
+    "max_value_size": "int",
+    "connect_timeout": "float",
+    "socket_timeout": "float",
+    "name": "str",
+}
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ---------------------------------------------------------------------------- names
+
+
+class NameMapper:
+    """Maps cache keys to storage names under ``prefix`` following ``rules``."""
+
+    __slots__ = ("max_bytes", "prefix", "rules", "spaces_ok")
+
+    def __init__(self, prefix: str, rules: KeyRules) -> None:
+        self.prefix = prefix
+        self.rules = rules
+        self.max_bytes = rules.max_bytes
+        self.spaces_ok = rules.allow_whitespace
+
+    def name(self, key: str) -> str:
+        name = self.prefix + key
+        # Fast path, exact for ASCII: isprintable() is False for every control character
+        # and DEL, so it agrees with KeyRules.accepts; anything else takes the full check.
+        if (
+            name.isascii()
+            and len(name) <= self.max_bytes
+            and name.isprintable()
+            and (self.spaces_ok or " " not in name)
+        ):
+            return name
+        return storage_key(self.prefix, key, self.rules)
+
+    def names(self, keys: Iterable[str]) -> list[str]:
+        name = self.name
+        return [name(key) for key in keys]
+
+
+# ---------------------------------------------------------------------------- URLs
+
+
+@dataclass(frozen=True)
+class Location:
+    """The part of a tier URL before ``?``: credentials, hosts, path."""
+
+    username: str | None
+    password: str | None
+    hosts: tuple[tuple[str, int], ...]
+    path: str
+
+    def display(self, scheme: str) -> str:
+        """The location as a URL with the password left out."""
+        user = f"{self.username}:***@" if self.password and self.username else ""
+        if self.password and not self.username:
+            user = ":***@"
+        elif self.username and not self.password:
+            user = f"{self.username}@"
+        hosts = ",".join(_host_text(host, port) for host, port in self.hosts)
+        return f"{scheme}://{user}{hosts}{self.path}"
+
+
+def _host_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_location(
+    url: str, location: str, *, default_port: int, default_host: str = "localhost"
+) -> Location:
+    """Split ``[user[:password]@]host[:port][,host[:port]...][/path]``.
+
+    urllib cannot parse comma-separated host lists, hence this small parser. Errors show
+    the URL with its password replaced by ``***``.
+    """
+    shown = _redact_location(url, location)
+    credentials, at, hostpart = location.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = credentials.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+        if password == "":
+            password = None
+    hostlist, slash, rest = hostpart.partition("/")
+    path = slash + rest
+    hosts: list[tuple[str, int]] = []
+    for item in hostlist.split(",") if hostlist else [""]:
+        item = item.strip()
+        if item.startswith("["):  # [IPv6]:port
+            host, bracket, after = item[1:].partition("]")
+            if not bracket or (after and not after.startswith(":")):
+                raise ConfigurationError(f"bad host {item!r} in {shown}")
+            port_text = after[1:]
+        elif item.count(":") > 1:
+            raise ConfigurationError(f"write IPv6 hosts in brackets ([::1]:6379) in {shown}")
+        else:
+            host, _, port_text = item.partition(":")
+        try:
+            port = int(port_text) if port_text else default_port
+        except ValueError:
+            raise ConfigurationError(f"bad port {port_text!r} in {shown}") from None
+        if not 0 < port < 65536:
+            raise ConfigurationError(f"port {port} out of range in {shown}")
+        hosts.append((host or default_host, port))
+    return Location(username, password, tuple(hosts), path)
+
+
+def _redact_location(url: str, location: str) -> str:
+    """Like :func:`stratacache.config.redact`, also for comma-separated host lists."""
+    scheme = url.split("://", 1)[0]
+    credentials, at, hostpart = location.rpartition("@")
+    if at and ":" in credentials:
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{hostpart}"
+    try:
+        return redact(url)
+    except ValueError:
+        return f"{scheme}://{hostpart}"
+
+
+# ---------------------------------------------------------------------------- the tier
+
+
+class RemoteTier(Tier):
+    """Base of the network tiers: envelopes, storage names, expiry, error mapping.
+
+    Subclasses set ``key_rules`` and implement the client calls; see the module docstring.
+    """
+
+    local = False
+    #: what the store accepts as a key name (longer or stranger keys are hashed)
+    key_rules: ClassVar[KeyRules]
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        ttl: float | None,
+        ttl_grace: float,
+        serializer: str | Serializer,
+        value_type: Any,
+        signing_key: SigningKey | None,
+        compress_threshold: int | None,
+        max_value_size: int,
+        max_item_size: int | None,
+        name: str | None,
+        wall_clock: Callable[[], float],
+        secrets: Iterable[str | None] = (),
+    ) -> None:
+        super().__init__(name=name, ttl=ttl)
+        self.namespace = validate_namespace(namespace)
+        if not (isinstance(ttl_grace, int | float) and ttl_grace >= 0):
+            raise ConfigurationError(f"ttl_grace must be >= 0 seconds, got {ttl_grace!r}")
+        if max_item_size is not None and max_item_size < 1:
+            raise ConfigurationError(f"max_item_size must be positive, got {max_item_size}")
+        self.codec = Codec(
+            serializer,
+            value_type=value_type,
+            signer=signing_key,
+            compress_threshold=compress_threshold,
+            max_value_size=max_value_size,
+            context=self.namespace,
+        )
+        #: the largest serialized value (before compression) this tier stores
+        self.max_value_size = max_value_size
+        #: the largest envelope the store takes (None: no limit of its own)
+        self.max_item_size = max_item_size
+        self.ttl_grace = float(ttl_grace)
+        self._wall_clock = wall_clock
+        self._secrets = tuple(s for s in secrets if s)
+        self._names = NameMapper(f"{self.namespace}:", self.key_rules)
+
+    # -- reads
+
+    def _found(self, keys: Sequence[str], blobs: Iterable[Any]) -> dict[str, Entry]:
+        """The live entries among ``blobs`` (aligned with ``keys``; None = absent)."""
+        found: dict[str, Entry] = {}
+        decode = self.codec.decode
+        now = self._wall_clock()
+        for key, blob in zip(keys, blobs, strict=True):
+            if blob is None:
+                continue
+            try:
+                entry = decode(key, blob)
+            except PayloadError as exc:
+                self._corrupt(key, exc.reason)
+                continue
+            if entry.expires_at > now:
+                found[key] = entry
+        return found
+
+    def _corrupt(self, key: str, reason: str) -> None:
+        self.stats.corrupt += 1
+        logger.warning(
+            "tier %s (%s): ignoring the stored value of key %.200r: %s",
+            self.name,
+            self.kind,
+            key,
+            reason,
+        )
+
+    # -- writes
+
+    def prepare(self, entries: Mapping[str, Entry]) -> Prepared:
+        prepared = Prepared()
+        codec = self.codec
+        limit = self.max_value_size
+        item_limit = self.max_item_size
+        for key, entry in entries.items():
+            payload = codec.payload(entry)
+            if len(payload) > limit:
+                prepared.rejected[key] = len(payload)
+                continue
+            blob = codec.encode(key, entry, payload)
+            if item_limit is not None and len(blob) > item_limit:
+                prepared.rejected[key] = len(blob)
+                continue
+            prepared.items[key] = (blob, entry.expires_at)
+        return prepared
+
+    def _plan(self, prepared: Prepared) -> tuple[list[tuple[str, bytes, float]], list[str]]:
+        """What ``write`` sends: ``(name, envelope, seconds the store keeps it)`` for each
+        entry still alive (``inf``: no server-side expiry), and the names to delete (the
+        rejected keys, so an older value cannot outlive a refused newer one, and entries
+        that expired before they could be written)."""
+        now = self._wall_clock()
+        grace = self.ttl_grace
+        name = self._names.name
+        sets: list[tuple[str, bytes, float]] = []
+        deletes = [name(key) for key in prepared.rejected]
+        for key, (blob, expires_at) in prepared.items.items():
+            if expires_at == NEVER:
+                sets.append((name(key), blob, math.inf))
+            elif expires_at > now:
+                sets.append((name(key), blob, expires_at - now + grace))
+            else:
+                deletes.append(name(key))
+        return sets, deletes
+
+    # -- errors
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _unavailable(self, exc: BaseException, doing: str = "") -> TierUnavailableError:
+        detail = str(exc) or type(exc).__name__
+        reason = self._scrub(f"{doing}{type(exc).__name__}: {detail}")
+        return TierUnavailableError(self.name, reason)
+
+
+def milliseconds(seconds: float) -> int:
+    """A server-side TTL in whole milliseconds, never 0 (which would mean "now")."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+def check_timeout(name: str, value: float | None) -> float | None:
+    if value is not None and not (isinstance(value, int | float) and value > 0):
+        raise ConfigurationError(f"{name} must be > 0 seconds or None, got {value!r}")
+    return value
