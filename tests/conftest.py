@@ -58,3 +58,15 @@ def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
     d = Driver(request.param)
     yield d
     d.close()
+
+
+@pytest.fixture(params=["c", "python"])
+def both_implementations(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the C speedups (when built) and again with the pure-Python paths."""
+    from stratacache import _accel
+
+    if request.param == "python":
+        monkeypatch.setattr(_accel, "speedups", None)
+    elif _accel.speedups is None:
+        pytest.skip("the C speedups are not built here (pure-Python install)")
+    return str(request.param)

@@ -19,6 +19,8 @@ from stratacache.tiers.sqlite import SQLiteTier
 
 from ..conftest import FakeClock
 
+pytestmark = pytest.mark.usefixtures("both_implementations")
+
 
 @dataclasses.dataclass
 class Profile:

@@ -31,7 +31,9 @@ def create_tables(url: str, table: str) -> None:
     metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(
-            sa.text(f"INSERT INTO {table} (id, name, score) VALUES (1, 'ada', 10), (2, 'bob', NULL)")
+            sa.text(
+                f"INSERT INTO {table} (id, name, score) VALUES (1, 'ada', 10), (2, 'bob', NULL)"
+            )
         )
     engine.dispose()
 
@@ -43,7 +45,9 @@ def check_rows_by_prefixed_integer_key(url: str, table: str) -> None:
         "user:1": {"id": 1, "name": "ada", "score": 10},
         "user:2": {"id": 2, "name": "bob", "score": None},
     }
-    origin.store_many({"user:3": {"name": "cy", "score": 3}, "user:1": {"name": "ada", "score": 11}})
+    origin.store_many(
+        {"user:3": {"name": "cy", "score": 3}, "user:1": {"name": "ada", "score": 11}}
+    )
     assert origin.load_many(["user:1", "user:3"]) == {
         "user:1": {"id": 1, "name": "ada", "score": 11},
         "user:3": {"id": 3, "name": "cy", "score": 3},

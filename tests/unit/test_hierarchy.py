@@ -28,6 +28,8 @@ from stratacache.entry import Entry
 
 from ..conftest import Driver, FakeClock
 
+pytestmark = pytest.mark.usefixtures("both_implementations")
+
 
 class RecordingOrigin:
     """A dict standing in for a database, recording every call."""

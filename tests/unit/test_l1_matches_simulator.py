@@ -17,6 +17,8 @@ from stratacache.sim.cli import simulate_command
 from stratacache.sim.engine import replay
 from stratacache.sim.traces import Trace
 
+pytestmark = pytest.mark.usefixtures("both_implementations")
+
 
 def mixed_trace(seed: int, length: int = 20_000) -> list[str]:
     """A Zipf-like hot set, interrupted by scans and a shifting working set: enough

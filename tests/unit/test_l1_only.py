@@ -22,6 +22,8 @@ from stratacache import (
 
 from ..conftest import Driver, FakeClock
 
+pytestmark = pytest.mark.usefixtures("both_implementations")
+
 
 def make(driver: Driver, clock: FakeClock, **tier_options: Any) -> Any:
     cls = AsyncCache if driver.mode == "async" else Cache

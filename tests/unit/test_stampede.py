@@ -13,6 +13,8 @@ import pytest
 from stratacache import AsyncCache, Cache, MemoryTier, OriginError, SQLiteTier
 from stratacache.stampede import SingleFlight
 
+pytestmark = pytest.mark.usefixtures("both_implementations")
+
 
 def test_claim_splits_leaders_and_waiters() -> None:
     flights = SingleFlight()

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
+from .. import _accel
 from ..entry import MISSING, NEVER, Entry
 from ..errors import ConfigurationError, ValueTooLargeError
 from ..keys import validate_key
@@ -68,7 +69,37 @@ class _MemoryStats(LevelStats):
     def __init__(self, name: str, kind: str, tier: MemoryTier) -> None:
         self._tier = tier
         self._hits_offset = 0
+        self._writes = 0
+        self._evictions = 0
+        self._c_offsets = (0, 0)
         super().__init__(name, kind)
+
+    # Writes and evictions: what Python code counted plus what C writers counted.
+
+    def _c_counts(self) -> tuple[int, int]:
+        writers = self._tier._c_writers
+        return (sum(w.writes for w in writers), sum(w.evictions for w in writers))
+
+    @property
+    def writes(self) -> int:
+        return self._writes + self._c_counts()[0] - self._c_offsets[0]
+
+    @writes.setter
+    def writes(self, value: int) -> None:
+        self._writes = value - (self._c_counts()[0] - self._c_offsets[0])
+
+    @property
+    def evictions(self) -> int:
+        return self._evictions + self._c_counts()[1] - self._c_offsets[1]
+
+    @evictions.setter
+    def evictions(self, value: int) -> None:
+        self._evictions = value - (self._c_counts()[1] - self._c_offsets[1])
+
+    def reset(self) -> None:
+        super().reset()
+        self._writes = self._evictions = 0
+        self._c_offsets = self._c_counts()
 
     @property
     def hits(self) -> int:
@@ -146,6 +177,7 @@ class MemoryTier(Tier):
         self._buffer_limit = read_buffer_size
         self._hits_drained = 0
         self._hits_dropped = 0
+        self._c_writers: list[Any] = []  # C writers count their own writes and evictions
         self.stats = _MemoryStats(self.name, self.kind, self)
 
     # ------------------------------------------------------------------ the hit path
@@ -167,6 +199,17 @@ class MemoryTier(Tier):
         drain = self._drain_from_reader
 
         if not timed:
+            if _accel.speedups is not None:
+                reader: Callable[..., Any] = _accel.speedups.Reader(
+                    data=self._data,
+                    clock=now,
+                    buffer=buffer,
+                    limit=limit,
+                    drain=drain,
+                    slow=slow,
+                    missing=MISSING,
+                )
+                return reader
 
             def get(key: str, default: Any = MISSING) -> Any:
                 try:
@@ -285,6 +328,23 @@ class MemoryTier(Tier):
                     stats.evictions += len(victims) - (key in victims)
             stats.writes += 1
 
+        if _accel.speedups is not None and weigher is None and random_fraction is None:
+            # The same closure in C; it hands unusual calls (bad key, odd ttl) back to
+            # ``put``, which raises or handles them.
+            writer = _accel.speedups.Writer(
+                data=data,
+                negative=negative,
+                lock=lock,
+                buffer=buffer,
+                drain=drain,
+                on_insert=on_insert,
+                on_update=policy.on_update,
+                clock=now,
+                level_ttl=level_ttl,
+                fallback=put,
+            )
+            self._c_writers.append(writer)
+            return writer  # type: ignore[no-any-return]
         return put
 
     def _checked_weight(self, key: str, value: Any) -> int:

@@ -1,0 +1,523 @@
+/*
+ * stratacache._speedups: the L1 hit path and the L1-only write path in C.
+ *
+ * Optional. When this module does not build (no compiler) or STRATACACHE_PURE_PYTHON=1 is
+ * set, tiers/memory.py uses its pure-Python closures, which do exactly the same thing; the
+ * test suite runs both and compares them. Nothing here decides anything the Python code
+ * does not: these are the two closures of MemoryTier.make_reader and make_writer, with the
+ * interpreter's per-call overhead removed.
+ *
+ * Reader(data, clock, buffer, limit, drain, slow, missing)
+ *     reader(key, default=missing): an entry (value, expires_at, version) found in `data`
+ *     whose expiry is later than clock() is a hit: the key is appended to `buffer`
+ *     (drain() is called when it reaches `limit`) and the value returned. Anything else
+ *     (absent, expired, unhashable key) is slow(key, default).
+ *
+ * Writer(data, negative, lock, buffer, drain, on_insert, on_update, clock, level_ttl,
+ *        fallback)
+ *     writer(key, value, ttl=None) stores (value, expiry, 0) under the lock, replaying
+ *     buffered hits first and applying the policy's victims. Unusual calls (a key that is
+ *     not a non-empty str, a ttl that is not a positive int or float, keywords) go to
+ *     `fallback`, the Python closure, which raises the right error or handles them.
+ *     `writes` and `evictions` count what it did.
+ *
+ * Thread safety: the reader takes no lock (one dict lookup and one list append are atomic
+ * under the GIL; the entry is held by a new reference while the clock is read). The writer
+ * holds the tier's lock across the whole update, as the Python closure does, because the
+ * policy it calls may be Python code.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stddef.h>
+
+/* ------------------------------------------------------------------------ helpers */
+
+static int
+as_double(PyObject *obj, double *out)
+{
+    if (PyFloat_CheckExact(obj)) {
+        *out = PyFloat_AS_DOUBLE(obj);
+        return 0;
+    }
+    double d = PyFloat_AsDouble(obj);
+    if (d == -1.0 && PyErr_Occurred())
+        return -1;
+    *out = d;
+    return 0;
+}
+
+static int
+call_clock(PyObject *clock, double *out)
+{
+    PyObject *now = PyObject_CallNoArgs(clock);
+    if (now == NULL)
+        return -1;
+    int rc = as_double(now, out);
+    Py_DECREF(now);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ Reader */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *data;
+    PyObject *clock;
+    PyObject *buffer;
+    Py_ssize_t limit;
+    PyObject *drain;
+    PyObject *slow;
+    PyObject *missing;
+} Reader;
+
+static PyObject *
+reader_slow(Reader *self, PyObject *key, PyObject *dflt)
+{
+    PyObject *args[2] = {key, dflt};
+    return PyObject_Vectorcall(self->slow, args, 2, NULL);
+}
+
+static PyObject *
+reader_vectorcall(Reader *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *key, *dflt = self->missing;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+
+    if (nargs + nkw < 1 || nargs + nkw > 2 || nargs < 1) {
+        PyErr_Format(PyExc_TypeError, "get() takes a key and an optional default");
+        return NULL;
+    }
+    key = args[0];
+    if (nargs == 2)
+        dflt = args[1];
+    else if (nkw == 1) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, 0);
+        if (!PyUnicode_Check(name) || PyUnicode_CompareWithASCIIString(name, "default") != 0) {
+            PyErr_Format(PyExc_TypeError, "get() got an unexpected keyword argument %R", name);
+            return NULL;
+        }
+        dflt = args[1];
+    }
+
+    PyObject *entry = PyDict_GetItemWithError(self->data, key); /* borrowed */
+    if (entry == NULL) {
+        if (PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_TypeError))
+                return NULL;
+            PyErr_Clear(); /* unhashable: the slow path names the problem */
+        }
+        return reader_slow(self, key, dflt);
+    }
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) < 2)
+        return reader_slow(self, key, dflt);
+    Py_INCREF(entry); /* the clock may run Python code that changes the dict */
+    double now, expires;
+    if (call_clock(self->clock, &now) < 0 || as_double(PyTuple_GET_ITEM(entry, 1), &expires) < 0) {
+        Py_DECREF(entry);
+        return NULL;
+    }
+    if (expires > now) {
+        PyObject *value = PyTuple_GET_ITEM(entry, 0);
+        Py_INCREF(value);
+        Py_DECREF(entry);
+        if (PyList_Append(self->buffer, key) < 0) {
+            Py_DECREF(value);
+            return NULL;
+        }
+        if (PyList_GET_SIZE(self->buffer) >= self->limit) {
+            PyObject *r = PyObject_CallNoArgs(self->drain);
+            if (r == NULL) {
+                Py_DECREF(value);
+                return NULL;
+            }
+            Py_DECREF(r);
+        }
+        return value;
+    }
+    Py_DECREF(entry);
+    return reader_slow(self, key, dflt);
+}
+
+static int
+reader_init(Reader *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"data", "clock", "buffer", "limit", "drain", "slow", "missing", NULL};
+    PyObject *data, *clock, *buffer, *drain, *slow, *missing;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO!nOOO", kwlist, &PyDict_Type, &data, &clock,
+                                     &PyList_Type, &buffer, &limit, &drain, &slow, &missing))
+        return -1;
+    if (limit < 1) {
+        PyErr_SetString(PyExc_ValueError, "limit must be >= 1");
+        return -1;
+    }
+    Py_XSETREF(self->data, Py_NewRef(data));
+    Py_XSETREF(self->clock, Py_NewRef(clock));
+    Py_XSETREF(self->buffer, Py_NewRef(buffer));
+    Py_XSETREF(self->drain, Py_NewRef(drain));
+    Py_XSETREF(self->slow, Py_NewRef(slow));
+    Py_XSETREF(self->missing, Py_NewRef(missing));
+    self->limit = limit;
+    self->vectorcall = (vectorcallfunc)reader_vectorcall;
+    return 0;
+}
+
+static int
+reader_traverse(Reader *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->data);
+    Py_VISIT(self->clock);
+    Py_VISIT(self->buffer);
+    Py_VISIT(self->drain);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->missing);
+    return 0;
+}
+
+static int
+reader_clear(Reader *self)
+{
+    Py_CLEAR(self->data);
+    Py_CLEAR(self->clock);
+    Py_CLEAR(self->buffer);
+    Py_CLEAR(self->drain);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->missing);
+    return 0;
+}
+
+static void
+reader_dealloc(Reader *self)
+{
+    PyObject_GC_UnTrack(self);
+    reader_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "stratacache._speedups.Reader",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "An L1 get(key, default=MISSING): hits in C, everything else to slow().",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)reader_init,
+    .tp_dealloc = (destructor)reader_dealloc,
+    .tp_traverse = (traverseproc)reader_traverse,
+    .tp_clear = (inquiry)reader_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Reader, vectorcall),
+};
+
+/* ------------------------------------------------------------------------ Writer */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *data;
+    PyObject *negative;
+    PyObject *acquire;
+    PyObject *release;
+    PyObject *buffer;
+    PyObject *drain;
+    PyObject *on_insert;
+    PyObject *on_update;
+    PyObject *clock;
+    PyObject *fallback;
+    PyObject *zero;
+    PyObject *one;
+    double level_ttl; /* < 0: the level has no ttl of its own */
+    Py_ssize_t writes;
+    Py_ssize_t evictions;
+} Writer;
+
+/* Remove `key` from `dict`; 1 if it was there, 0 if not, -1 on error. */
+static int
+discard(PyObject *dict, PyObject *key)
+{
+    if (PyDict_DelItem(dict, key) == 0)
+        return 1;
+    if (PyErr_ExceptionMatches(PyExc_KeyError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+}
+
+/* The part that runs under the lock. Returns 0, or -1 with an exception set. */
+static int
+writer_store(Writer *self, PyObject *key, PyObject *entry)
+{
+    if (PyList_GET_SIZE(self->buffer) > 0) {
+        PyObject *r = PyObject_CallNoArgs(self->drain);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    int resident = PyDict_Contains(self->data, key);
+    if (resident == 0)
+        resident = PyDict_Contains(self->negative, key);
+    if (resident < 0)
+        return -1;
+    PyObject *call_args[2] = {key, self->one};
+    PyObject *victims = PyObject_Vectorcall(resident ? self->on_update : self->on_insert,
+                                            call_args, 2, NULL);
+    if (victims == NULL)
+        return -1;
+    int rc = 0;
+    if (resident && discard(self->negative, key) < 0)
+        rc = -1;
+    if (rc == 0 && PyDict_SetItem(self->data, key, entry) < 0)
+        rc = -1;
+    if (rc == 0) {
+        PyObject *seq = PySequence_Fast(victims, "a policy must return a list of victims");
+        if (seq == NULL)
+            rc = -1;
+        else {
+            Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+            PyObject **items = PySequence_Fast_ITEMS(seq);
+            for (Py_ssize_t i = 0; i < n && rc == 0; i++) {
+                PyObject *victim = items[i];
+                int gone = discard(self->data, victim);
+                if (gone == 0)
+                    gone = discard(self->negative, victim);
+                if (gone < 0) {
+                    rc = -1;
+                    break;
+                }
+                int same = PyObject_RichCompareBool(victim, key, Py_EQ);
+                if (same < 0)
+                    rc = -1;
+                else if (!same)
+                    self->evictions++;
+            }
+            Py_DECREF(seq);
+        }
+    }
+    Py_DECREF(victims);
+    return rc;
+}
+
+static PyObject *
+writer_vectorcall(Writer *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames != NULL || nargs < 2 || nargs > 3)
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    PyObject *key = args[0], *value = args[1];
+    PyObject *ttl = nargs == 3 ? args[2] : Py_None;
+    if (!PyUnicode_CheckExact(key) || PyUnicode_GET_LENGTH(key) == 0)
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+
+    double lifetime = self->level_ttl;
+    if (ttl != Py_None) {
+        double asked;
+        if (PyFloat_CheckExact(ttl))
+            asked = PyFloat_AS_DOUBLE(ttl);
+        else if (PyLong_CheckExact(ttl)) {
+            asked = PyLong_AsDouble(ttl);
+            if (asked == -1.0 && PyErr_Occurred()) {
+                PyErr_Clear();
+                return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+            }
+        }
+        else
+            return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+        if (!(asked > 0))
+            return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+        if (lifetime < 0 || asked < lifetime)
+            lifetime = asked;
+    }
+    double expires = INFINITY;
+    if (lifetime >= 0) {
+        double now;
+        if (call_clock(self->clock, &now) < 0)
+            return NULL;
+        expires = now + lifetime;
+    }
+    PyObject *expiry = PyFloat_FromDouble(expires);
+    if (expiry == NULL)
+        return NULL;
+    PyObject *entry = PyTuple_Pack(3, value, expiry, self->zero);
+    Py_DECREF(expiry);
+    if (entry == NULL)
+        return NULL;
+
+    PyObject *locked = PyObject_CallNoArgs(self->acquire);
+    if (locked == NULL) {
+        Py_DECREF(entry);
+        return NULL;
+    }
+    Py_DECREF(locked);
+    int rc = writer_store(self, key, entry);
+    Py_DECREF(entry);
+    /* Release even when the store failed, keeping its exception. */
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    PyObject *released = PyObject_CallNoArgs(self->release);
+    if (released == NULL) {
+        Py_XDECREF(exc_type);
+        Py_XDECREF(exc_value);
+        Py_XDECREF(exc_tb);
+        return NULL;
+    }
+    Py_DECREF(released);
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+    if (rc < 0)
+        return NULL;
+    self->writes++;
+    Py_RETURN_NONE;
+}
+
+static int
+writer_init(Writer *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"data",      "negative", "lock",  "buffer",    "drain",   "on_insert",
+                             "on_update", "clock",    "level_ttl", "fallback", NULL};
+    PyObject *data, *negative, *lock, *buffer, *drain, *on_insert, *on_update, *clock, *ttl,
+        *fallback;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OO!OOOOOO", kwlist, &PyDict_Type, &data,
+                                     &PyDict_Type, &negative, &lock, &PyList_Type, &buffer, &drain,
+                                     &on_insert, &on_update, &clock, &ttl, &fallback))
+        return -1;
+    double level_ttl = -1.0;
+    if (ttl != Py_None) {
+        if (as_double(ttl, &level_ttl) < 0)
+            return -1;
+        if (!(level_ttl > 0)) {
+            PyErr_SetString(PyExc_ValueError, "level_ttl must be > 0 or None");
+            return -1;
+        }
+    }
+    PyObject *acquire = PyObject_GetAttrString(lock, "acquire");
+    if (acquire == NULL)
+        return -1;
+    PyObject *release = PyObject_GetAttrString(lock, "release");
+    if (release == NULL) {
+        Py_DECREF(acquire);
+        return -1;
+    }
+    Py_XSETREF(self->acquire, acquire);
+    Py_XSETREF(self->release, release);
+    Py_XSETREF(self->data, Py_NewRef(data));
+    Py_XSETREF(self->negative, Py_NewRef(negative));
+    Py_XSETREF(self->buffer, Py_NewRef(buffer));
+    Py_XSETREF(self->drain, Py_NewRef(drain));
+    Py_XSETREF(self->on_insert, Py_NewRef(on_insert));
+    Py_XSETREF(self->on_update, Py_NewRef(on_update));
+    Py_XSETREF(self->clock, Py_NewRef(clock));
+    Py_XSETREF(self->fallback, Py_NewRef(fallback));
+    Py_XSETREF(self->zero, PyLong_FromLong(0));
+    Py_XSETREF(self->one, PyLong_FromLong(1));
+    if (self->zero == NULL || self->one == NULL)
+        return -1;
+    self->level_ttl = level_ttl;
+    self->writes = 0;
+    self->evictions = 0;
+    self->vectorcall = (vectorcallfunc)writer_vectorcall;
+    return 0;
+}
+
+static int
+writer_traverse(Writer *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->data);
+    Py_VISIT(self->negative);
+    Py_VISIT(self->acquire);
+    Py_VISIT(self->release);
+    Py_VISIT(self->buffer);
+    Py_VISIT(self->drain);
+    Py_VISIT(self->on_insert);
+    Py_VISIT(self->on_update);
+    Py_VISIT(self->clock);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int
+writer_clear(Writer *self)
+{
+    Py_CLEAR(self->data);
+    Py_CLEAR(self->negative);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->release);
+    Py_CLEAR(self->buffer);
+    Py_CLEAR(self->drain);
+    Py_CLEAR(self->on_insert);
+    Py_CLEAR(self->on_update);
+    Py_CLEAR(self->clock);
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->zero);
+    Py_CLEAR(self->one);
+    return 0;
+}
+
+static void
+writer_dealloc(Writer *self)
+{
+    PyObject_GC_UnTrack(self);
+    writer_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+writer_get_writes(Writer *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->writes);
+}
+
+static PyObject *
+writer_get_evictions(Writer *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->evictions);
+}
+
+static PyGetSetDef writer_getset[] = {
+    {"writes", (getter)writer_get_writes, NULL, "entries stored by this writer", NULL},
+    {"evictions", (getter)writer_get_evictions, NULL, "other entries evicted by its stores", NULL},
+    {NULL},
+};
+
+static PyTypeObject WriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "stratacache._speedups.Writer",
+    .tp_basicsize = sizeof(Writer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "An L1-only put(key, value, ttl=None); unusual calls go to the Python fallback.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)writer_init,
+    .tp_dealloc = (destructor)writer_dealloc,
+    .tp_traverse = (traverseproc)writer_traverse,
+    .tp_clear = (inquiry)writer_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Writer, vectorcall),
+    .tp_getset = writer_getset,
+};
+
+/* ------------------------------------------------------------------------ module */
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "stratacache._speedups",
+    .m_doc = "Optional C versions of the L1 tier's hit and write paths.",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    if (PyType_Ready(&ReaderType) < 0 || PyType_Ready(&WriterType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&speedups_module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
+        PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
