@@ -323,8 +323,8 @@ class MemoryTier(Tier):
                 data[key] = (value, expires, 0)
                 if victims:
                     for victim in victims:
-                        if data.pop(victim, None) is None:
-                            negative.pop(victim, None)
+                        if data.pop(victim, None) is None:  # type: ignore[call-overload]
+                            negative.pop(victim, None)  # type: ignore[call-overload]
                     stats.evictions += len(victims) - (key in victims)
             stats.writes += 1
 
