@@ -38,9 +38,16 @@ def test_table_for_the_default_policy(hand: Path, loop: Path) -> None:
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stdout.splitlines() if DEFAULT_POLICY in line]
     assert len(lines) == 4  # one row per trace and size
-    assert "hand" in lines[0] and "0.6667" in lines[0]
+    assert "hand" in lines[0] and "3 " in lines[0]
     assert "3 (50%)" in lines[1]  # 50% of 5 unique keys, rounded half up
     assert "loop" in lines[3] and "5 (50%)" in lines[3]  # 50% of 10 unique keys
+
+
+def test_lru_miss_ratio_in_the_table(hand: Path) -> None:
+    result = simulate(hand, "--size", "3", "--policy", "lru")
+    assert result.exit_code == 0, result.output
+    (row,) = [line for line in result.stdout.splitlines() if "hand" in line]
+    assert "lru" in row and "0.6667" in row
 
 
 def test_csv_columns(hand: Path, tmp_path: Path) -> None:
@@ -66,7 +73,7 @@ def test_plot_is_written(hand: Path, loop: Path, tmp_path: Path) -> None:
 def test_by_bytes_reports_byte_miss_ratio(tmp_path: Path) -> None:
     path = tmp_path / "sized.csv"
     path.write_text("key,size\na,6\nb,5\na,6\nc,4\na,6\n")
-    result = simulate(path, "--by-bytes", "--size", "10")
+    result = simulate(path, "--by-bytes", "--size", "10", "--policy", "lru")
     assert result.exit_code == 0, result.output
     assert "byte miss ratio" in result.stdout
     assert "0.7778" in result.stdout  # 21 of 27 bytes missed
@@ -75,7 +82,9 @@ def test_by_bytes_reports_byte_miss_ratio(tmp_path: Path) -> None:
 def test_csv_key_column_and_format_override(tmp_path: Path) -> None:
     path = tmp_path / "requests.log"
     path.write_text("t,user\n1,x\n2,y\n3,x\n")
-    result = simulate(path, "--format", "CSV", "--key-column", "user", "--size", "5")
+    result = simulate(
+        path, "--format", "CSV", "--key-column", "user", "--size", "5", "--policy", "lru"
+    )
     assert result.exit_code == 0, result.output
     assert "0.6667" in result.stdout
 
