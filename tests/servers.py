@@ -324,6 +324,27 @@ def _postgres_accepts(host: str, port: int, user: str, database: str, timeout: f
 # The process lifecycle shared by every server
 # --------------------------------------------------------------------------------------
 
+
+def _group_stopped(pgid: int) -> bool:
+    """Whether every thread of every process in group ``pgid`` is stopped (Linux /proc).
+
+    Where there is no /proc, say yes: the signal is delivered soon after anyway.
+    """
+    proc = Path("/proc")
+    if not (proc / "self" / "task").is_dir():
+        return True
+    for stat in proc.glob("[0-9]*/task/[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the thread has just exited
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == pgid and state not in ("T", "t", "Z", "X"):
+            return False
+    return True
+
+
 _live_servers: set[ManagedServer] = set()
 
 
@@ -526,12 +547,20 @@ class ManagedServer(ABC):
         self._process = None
         self._paused = False
 
-    def pause(self) -> None:
+    def pause(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """SIGSTOP the server: connections stay open, but nothing answers until resume()."""
         if not self.is_running:
             raise RuntimeError(f"cannot pause {self!r}")
+        assert self._process is not None
         self._signal_group(signal.SIGSTOP)
         self._paused = True
+        # kill() returns before the signal has stopped every thread: until then a thread
+        # can still answer a request, and a test that expects a timeout would not get it.
+        deadline = time.monotonic() + timeout
+        while not _group_stopped(self._process.pid):
+            if time.monotonic() > deadline:
+                raise ServerStartError(f"{self!r} did not stop within {timeout:.0f}s")
+            time.sleep(_POLL_INTERVAL / 4)
 
     def resume(self) -> None:
         if self.is_running:

@@ -29,17 +29,12 @@ install, except under ``CI=true``, where it fails: CI must never pass by skippin
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import NoReturn, Protocol, TypeVar
 
 import pytest
 
-# tests/ is not a package; this makes ``import servers`` work here and in test modules.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from servers import (
+from ..servers import (
     MemcachedServer,
     PostgresServer,
     RedisCluster,

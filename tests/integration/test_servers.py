@@ -23,8 +23,8 @@ import redis
 import sqlalchemy as sa
 from redis.cluster import RedisCluster as RedisClusterClient
 
-import servers
-from servers import (
+from .. import servers
+from ..servers import (
     MemcachedServer,
     PostgresServer,
     RedisCluster,
@@ -36,10 +36,15 @@ from servers import (
 pytestmark = pytest.mark.servers
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
+REPO_ROOT = TESTS_DIR.parent
 
 
 def memcached_client(server: MemcachedServer, timeout: float = 2.0) -> pymemcache.Client:
-    return pymemcache.Client(server.address, connect_timeout=timeout, timeout=timeout)
+    # default_noreply=False: a set is done when it returns, not still in flight when the
+    # test kills or pauses the server.
+    return pymemcache.Client(
+        server.address, connect_timeout=timeout, timeout=timeout, default_noreply=False
+    )
 
 
 # -- Redis -----------------------------------------------------------------------------
@@ -317,6 +322,8 @@ def test_a_missing_binary_names_its_debian_package(
 def _inner_pytest(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run a test that needs redis_server in a child pytest with these fixtures."""
     (tmp_path / "tests" / "integration").mkdir(parents=True)
+    (tmp_path / "tests" / "__init__.py").touch()
+    (tmp_path / "tests" / "integration" / "__init__.py").touch()
     (tmp_path / "tests" / "servers.py").write_text((TESTS_DIR / "servers.py").read_text())
     conftest = (TESTS_DIR / "integration" / "conftest.py").read_text()
     (tmp_path / "tests" / "integration" / "conftest.py").write_text(conftest)
@@ -371,7 +378,7 @@ SERVER_IN_A_CHILD = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, sys.argv[1])
-    from servers import RedisServer
+    from tests.servers import RedisServer
     server = RedisServer().start()
     print(server.pid, server.dir, flush=True)
     sys.stdin.read()  # until the parent closes stdin (or kills us)
@@ -383,7 +390,7 @@ SERVER_IN_A_CHILD = textwrap.dedent(
 def server_in_a_child() -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
     find_binary("redis-server")
     child = subprocess.Popen(
-        [sys.executable, "-c", SERVER_IN_A_CHILD, str(TESTS_DIR)],
+        [sys.executable, "-c", SERVER_IN_A_CHILD, str(REPO_ROOT)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
