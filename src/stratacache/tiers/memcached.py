@@ -261,6 +261,9 @@ class MemcachedTier(RemoteTier):
             self.generation = generation
         self._names = NameMapper(f"{self.namespace}:{generation}:", self.key_rules)
 
+    def storage_name(self, key: str) -> str:
+        return self._current_names().name(key)
+
     def _current_names(self) -> NameMapper:
         """The name mapper for the current generation, re-read when it is due."""
         if self._clock() >= self._generation_due:

@@ -235,6 +235,10 @@ class RemoteTier(Tier):
         self._secrets = tuple(s for s in secrets if s)
         self._names = NameMapper(f"{self.namespace}:", self.key_rules)
 
+    def storage_name(self, key: str) -> str:
+        """The name under which this tier stores ``key`` (for operators and tests)."""
+        return self._names.name(key)
+
     # -- reads
 
     def _found(self, keys: Sequence[str], blobs: Iterable[Any]) -> dict[str, Entry]:

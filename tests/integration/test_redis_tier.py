@@ -1,0 +1,347 @@
+"""The Redis tier on a real redis-server: the tier conformance suite, then what only a
+single Redis does (outages, timeouts, ACL, databases, SCAN-based clear, TLS, round trips)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from stratacache import Cache, MemoryTier
+from stratacache.config import tier_from_url
+from stratacache.entry import Entry
+from stratacache.errors import ConfigurationError, TierUnavailableError
+from stratacache.tiers.redis import RedisTier
+from stratacache.tiers.remote import RemoteTier
+
+from ..conformance.test_tier_conformance_remote import (
+    RawStore,
+    raw_store,
+    remote_factory,
+    remote_suite,
+)
+from ..conftest import Driver, FakeClock
+from ..servers import RedisServer, free_port
+
+globals().update(remote_suite())
+
+TierFactory = Callable[..., RemoteTier]
+
+
+@pytest.fixture
+def tier_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def make_tier(redis_server: RedisServer, clock: FakeClock) -> Iterator[TierFactory]:
+    factory = remote_factory("redis", redis_server, clock)
+    made: list[RemoteTier] = []
+
+    def make(**options: Any) -> RemoteTier:
+        made.append(factory(**options))
+        return made[-1]
+
+    yield make
+    for tier in made:
+        tier.close()
+
+
+@pytest.fixture
+def tier(make_tier: TierFactory) -> RemoteTier:
+    return make_tier()
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[RawStore]:
+    store = raw_store("redis", redis_server)
+    yield store
+    store.close()
+
+
+def entry(value: Any, clock: FakeClock, ttl: float = 60.0) -> Entry:
+    return Entry(value, clock.time() + ttl)
+
+
+# ---------------------------------------------------------------------------- outages
+
+
+def quick_tier(server: RedisServer, clock: FakeClock, **options: Any) -> RedisTier:
+    tier = tier_from_url(
+        server.url,
+        wall_clock=clock.time,
+        connect_timeout=0.2,
+        socket_timeout=0.3,
+        **options,
+    )
+    assert isinstance(tier, RedisTier)
+    return tier
+
+
+def test_stopped_server_raises_tier_unavailable(
+    fresh_redis_server: RedisServer, clock: FakeClock, driver: Driver
+) -> None:
+    tier = quick_tier(fresh_redis_server, clock)
+    tier.set_many({"k": entry(1, clock)})
+    fresh_redis_server.stop()
+    is_async = driver.mode == "async"
+    calls: list[Callable[[], Any]] = [
+        (lambda: tier.aget_many(["k"])) if is_async else (lambda: tier.get_many(["k"])),
+        (lambda: tier.awrite(tier.prepare({"k": entry(2, clock)})))
+        if is_async
+        else (lambda: tier.set_many({"k": entry(2, clock)})),
+        (lambda: tier.adelete_many(["k"])) if is_async else (lambda: tier.delete_many(["k"])),
+        (lambda: tier.aclear()) if is_async else (lambda: tier.clear()),
+    ]
+    for call in calls:
+        with pytest.raises(TierUnavailableError) as caught:
+            driver(call())
+        assert "Connection refused" in str(caught.value) or "connecting" in str(caught.value)
+    fresh_redis_server.start()
+    assert driver(tier.aget_many(["k"]) if is_async else tier.get_many(["k"])) == {}
+    driver(tier.aclose() if is_async else _close(tier))
+
+
+def _close(tier: RemoteTier) -> None:
+    tier.close()
+
+
+def test_hung_server_times_out_into_tier_unavailable(
+    fresh_redis_server: RedisServer, clock: FakeClock
+) -> None:
+    """SIGSTOP: the socket stays open, nothing answers; socket_timeout bounds the wait."""
+    tier = quick_tier(fresh_redis_server, clock)
+    tier.set_many({"k": entry(1, clock)})
+    fresh_redis_server.pause()
+    try:
+        with pytest.raises(TierUnavailableError, match="Timeout"):
+            tier.get_many(["k"])
+    finally:
+        fresh_redis_server.resume()
+    assert tier.get_many(["k"])["k"].value == 1
+    tier.close()
+
+
+def test_cache_answers_through_a_redis_outage_and_uses_redis_again(
+    fresh_redis_server: RedisServer, clock: FakeClock, driver: Driver
+) -> None:
+    """L1 + Redis + origin: while Redis is down the cache answers from L1 and the origin;
+    after the restart it fills and reads Redis again."""
+    loads: list[str] = []
+
+    def origin(keys: list[str]) -> dict[str, str]:
+        loads.extend(keys)
+        return {key: key.upper() for key in keys}
+
+    def make_cache() -> Any:
+        levels = [
+            MemoryTier(100, clock=clock.monotonic, wall_clock=clock.time),
+            quick_tier(fresh_redis_server, clock, namespace="app"),
+        ]
+        cls = Cache if driver.mode == "sync" else _async_cache()
+        return cls(levels, origin, clock=clock.monotonic, wall_clock=clock.time)
+
+    cache = make_cache()
+    assert driver(cache.get("a")) == "A"
+    fresh_redis_server.stop()
+    assert driver(cache.get("a")) == "A"  # L1
+    assert driver(cache.get("b")) == "B"  # origin, Redis skipped
+    assert driver(cache.get_many(["a", "b", "c"])) == {"a": "A", "b": "B", "c": "C"}
+    l2 = cache.stats().levels[1]
+    assert l2.errors >= 2  # the failed read of "b" and the skipped fill
+    assert loads == ["a", "b", "c"]
+
+    fresh_redis_server.start()  # empty again: no persistence
+    assert driver(cache.get("d")) == "D"  # loaded and written to Redis
+    direct = redis.Redis.from_url(fresh_redis_server.url)
+    assert direct.exists("app:d") == 1
+    direct.close()
+    driver(cache.close())
+
+    second = make_cache()  # empty L1: Redis answers
+    assert driver(second.get("d")) == "D"
+    assert loads == ["a", "b", "c", "d"]
+    assert second.stats().levels[1].hits == 1
+    driver(second.close())
+
+
+def _async_cache() -> type[Any]:
+    from stratacache import AsyncCache
+
+    return AsyncCache
+
+
+# ---------------------------------------------------------------------------- auth, db, URL
+
+
+def test_acl_user_and_password(
+    make_redis_server: Callable[..., RedisServer],
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    password = "pa:ss/w@rd-Secret"
+    server = make_redis_server(username="app", password=password)
+    tier = tier_from_url(server.url + "?namespace=acl", wall_clock=clock.time)
+    tier.set_many({"k": entry("v", clock)})
+    assert tier.get_many(["k"])["k"].value == "v"
+    assert password not in repr(tier) and "app:***@" in repr(tier)
+    tier.close()
+
+    wrong = server.url.replace("pa%3Ass", "nope")
+    assert wrong != server.url
+    bad = tier_from_url(wrong, wall_clock=clock.time)
+    with pytest.raises(TierUnavailableError) as caught:
+        bad.get_many(["k"])
+    assert "AuthenticationError" in str(caught.value)
+
+    # Through the hierarchy: the level is skipped and logged, the password is nowhere.
+    cache = Cache([MemoryTier(10), bad], lambda keys: {k: 1 for k in keys})
+    with caplog.at_level(logging.WARNING, logger="stratacache"):
+        assert cache.get("x") == 1
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "skipped" in logged
+    for secret in (password, "nope", "pa%3Ass"):
+        assert secret not in logged
+        assert secret not in str(caught.value)
+        assert secret not in repr(bad)
+    cache.close()
+
+
+def test_database_number_selects_the_database(redis_server: RedisServer, clock: FakeClock) -> None:
+    base = redis_server.url.rsplit("/", 1)[0]
+    tier = tier_from_url(f"{base}/3?namespace=db", wall_clock=clock.time)
+    tier.set_many({"k": entry(1, clock)})
+    in_3 = redis.Redis.from_url(f"{base}/3")
+    in_0 = redis.Redis.from_url(f"{base}/0")
+    assert in_3.exists("db:k") == 1 and in_0.exists("db:k") == 0
+    in_3.flushdb()
+    in_3.close()
+    in_0.close()
+    tier.close()
+
+
+def test_url_options_are_parsed_and_unknown_ones_named(redis_server: RedisServer) -> None:
+    url = (
+        f"{redis_server.url}?namespace=opts&ttl=30&ttl_grace=2&connect_timeout=0.1"
+        "&socket_timeout=0.2&compress_threshold=100&max_value_size=5000&retries=0&name=L2"
+    )
+    tier = tier_from_url(url)
+    assert isinstance(tier, RedisTier)
+    assert (tier.namespace, tier.ttl, tier.ttl_grace, tier.name) == ("opts", 30.0, 2.0, "L2")
+    assert tier.max_value_size == 5000 and tier.codec.compress_threshold == 100
+    tier.close()
+
+    with pytest.raises(
+        ConfigurationError, match=r"unknown option 'namspace'.*accepted: .*namespace"
+    ):
+        tier_from_url(f"{redis_server.url}?namspace=x")
+    with pytest.raises(ConfigurationError, match="socket_timeout"):
+        tier_from_url(f"{redis_server.url}?socket_timeout=-1")
+    with pytest.raises(ConfigurationError, match="does not use TLS"):
+        tier_from_url(f"{redis_server.url}?ssl_ca_certs=/tmp/ca.pem")
+    with pytest.raises(ConfigurationError, match="one server"):
+        tier_from_url("redis://h1:1,h2:2/0")
+    with pytest.raises(ConfigurationError, match="database number"):
+        tier_from_url("redis://localhost:6379/zero")
+    with pytest.raises(ConfigurationError, match="keyword arguments"):
+        RedisTier("redis://localhost:6379/0?namespace=x")
+
+
+# ---------------------------------------------------------------------------- behaviour
+
+
+def test_clear_removes_only_its_namespace(
+    redis_server: RedisServer, make_tier: TierFactory, clock: FakeClock
+) -> None:
+    tier = make_tier(namespace="mine")
+    tier.set_many({f"k{i}": entry(i, clock) for i in range(2500)})
+    tier.set_many({"x" * 2000: entry("hashed", clock)})
+    direct = redis.Redis.from_url(redis_server.url)
+    direct.set("mine", b"bare")  # no colon: not in the namespace
+    direct.set("mine2:k1", b"neighbour")  # a namespace that starts alike
+    direct.set("other:k1", b"other")
+    tier.clear()
+    assert sorted(direct.keys("*")) == [b"mine", b"mine2:k1", b"other:k1"]
+    direct.close()
+
+
+def test_batches_take_one_round_trip(
+    redis_server: RedisServer, make_tier: TierFactory, clock: FakeClock
+) -> None:
+    """Counted by the server itself: 100 keys are one MGET, a write is one pipeline."""
+    tier = make_tier()
+    keys = [f"k{i}" for i in range(100)]
+    redis_server.command("CONFIG", "RESETSTAT")
+    tier.set_many({k: entry(k, clock) for k in keys})
+    assert len(tier.get_many(keys)) == 100
+    stats = redis_server.info("commandstats")
+    assert stats["cmdstat_mget"].startswith("calls=1,")
+    assert stats["cmdstat_set"].startswith("calls=100,")
+    assert "cmdstat_get" not in stats
+
+
+def test_keys_cannot_smuggle_commands(
+    redis_server: RedisServer, make_tier: TierFactory, clock: FakeClock
+) -> None:
+    tier = make_tier()
+    tier.set_many({"keep": entry("kept", clock)})
+    evil = ["x\r\nFLUSHALL\r\n", "*1\r\n$8\r\nFLUSHALL\r\n", "k FLUSHALL", "\x00"]
+    tier.set_many({k: entry(k, clock) for k in evil})
+    got = tier.get_many([*evil, "keep"])
+    assert {k: e.value for k, e in got.items()} == {**{k: k for k in evil}, "keep": "kept"}
+
+
+# ---------------------------------------------------------------------------- TLS
+
+
+def _make_certificates(directory: Path) -> dict[str, Path]:
+    paths = {name: directory / f"{name}.pem" for name in ("ca", "ca-key", "cert", "key")}
+    csr = directory / "server.csr"
+    ext = directory / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    commands = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", paths["ca-key"], "-out", paths["ca"], "-subj", "/CN=stratacache test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", paths["key"],
+         "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", paths["ca"], "-CAkey", paths["ca-key"],
+         "-CAcreateserial", "-days", "2", "-out", paths["cert"], "-extfile", ext],
+    ]  # fmt: skip
+    for args in commands:
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+    return paths
+
+
+def test_rediss_speaks_tls(
+    make_redis_server: Callable[..., RedisServer], tmp_path: Path, clock: FakeClock
+) -> None:
+    try:
+        certs = _make_certificates(tmp_path)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.fail(f"openssl could not make test certificates: {exc}")
+    tls_port = free_port()
+    tls = {
+        "--tls-port": str(tls_port),
+        "--tls-cert-file": str(certs["cert"]),
+        "--tls-key-file": str(certs["key"]),
+        "--tls-ca-cert-file": str(certs["ca"]),
+        "--tls-auth-clients": "no",
+    }
+    server = make_redis_server(extra_args=[part for pair in tls.items() for part in pair])
+    url = f"rediss://127.0.0.1:{tls_port}/0?namespace=tls&ssl_ca_certs={certs['ca']}"
+    tier = tier_from_url(url, wall_clock=clock.time)
+    tier.set_many({"k": entry("over tls", clock)})
+    assert tier.get_many(["k"])["k"].value == "over tls"
+    assert server.command("EXISTS", "tls:k") == 1
+    tier.close()
+
+    # Without the CA the certificate is refused: unavailable, not silently plaintext.
+    untrusted = tier_from_url(f"rediss://127.0.0.1:{tls_port}/0", wall_clock=clock.time)
+    with pytest.raises(TierUnavailableError):
+        untrusted.get_many(["k"])
+    untrusted.close()
