@@ -177,7 +177,9 @@ class RedisClusterTier(RedisFamilyTier):
     def _queue_unlink(self, pipe: Any, names: Sequence[str]) -> None:
         for group in by_slot(names).values():
             for start in range(0, len(group), _BATCH):
-                pipe.unlink(*group[start : start + _BATCH])
+                # execute_command queues in every pipeline; the asyncio cluster pipeline's
+                # unlink() is a coroutine that would send at once.
+                pipe.execute_command("UNLINK", *group[start : start + _BATCH])
 
     def _clear_steps(self) -> Steps:
         pattern = self._scan_pattern
