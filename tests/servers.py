@@ -44,6 +44,7 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, ClassVar, Self
@@ -345,6 +346,15 @@ def _group_stopped(pgid: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class _Identity:
+    """subprocess's user/group/extra_groups; all None means "as we are"."""
+
+    user: int | None = None
+    group: int | None = None
+    extra_groups: tuple[int, ...] | None = None
+
+
 _live_servers: set[ManagedServer] = set()
 
 
@@ -399,8 +409,9 @@ class ManagedServer(ABC):
     def _choose_ports(self) -> None:
         self._port = free_port()
 
-    def _popen_options(self) -> dict[str, object]:
-        return {}
+    def _run_as(self) -> _Identity:
+        """Who the server runs as: by default, whoever runs the tests."""
+        return _Identity()
 
     # -- properties --------------------------------------------------------------------
 
@@ -470,6 +481,7 @@ class ManagedServer(ABC):
         return self
 
     def _launch_and_wait(self, log_offset: int) -> None:
+        identity = self._run_as()
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 [*_pdeathsig_prefix(), *self._command()],
@@ -480,7 +492,9 @@ class ManagedServer(ABC):
                 # Its own process group: pause/kill reach every process of the server, and
                 # a Ctrl-C meant for the test runner does not kill servers behind its back.
                 start_new_session=True,
-                **self._popen_options(),  # type: ignore[arg-type]
+                user=identity.user,
+                group=identity.group,
+                extra_groups=identity.extra_groups,
             )
         self._paused = False
         deadline = time.monotonic() + self.start_timeout
@@ -866,14 +880,16 @@ class RedisCluster:
         """(first slot, last slot, master port, replica ports), as ``node`` sees it."""
         reply = node.command("CLUSTER", "SLOTS") if node else self._ask("CLUSTER", "SLOTS")
         assert isinstance(reply, list)
-        table = []
+        table: list[tuple[int, int, int, list[int]]] = []
         for entry in reply:
             assert isinstance(entry, list)
             first, last, master, *replicas = entry
             assert isinstance(first, int) and isinstance(last, int)
             assert isinstance(master, list) and isinstance(master[1], int)
-            replica_ports = [r[1] for r in replicas if isinstance(r, list)]
-            table.append((first, last, master[1], sorted(replica_ports)))  # type: ignore[arg-type]
+            replica_ports = [
+                r[1] for r in replicas if isinstance(r, list) and isinstance(r[1], int)
+            ]
+            table.append((first, last, master[1], sorted(replica_ports)))
         return sorted(table)
 
     def keyslot(self, key: str) -> int:
@@ -1083,15 +1099,15 @@ class PostgresServer(ManagedServer):
         self.database = database
         self.user = user
         self._bindir: Path | None = None
-        self._run_as: pwd.struct_passwd | None = None
+        self._owner: pwd.struct_passwd | None = None  # as root: the postgres user
         super().__init__(start_timeout=start_timeout)
         self.data_dir = self.dir / "data"
 
     def _prepare(self) -> None:
         self._bindir = find_postgres_bindir()
-        if os.geteuid() == 0 and self._run_as is None:
+        if os.geteuid() == 0 and self._owner is None:
             try:
-                self._run_as = pwd.getpwnam("postgres")
+                self._owner = pwd.getpwnam("postgres")
             except KeyError:
                 raise ServerUnavailable(
                     "PostgreSQL refuses to run as root and there is no 'postgres' user to "
@@ -1099,20 +1115,18 @@ class PostgresServer(ManagedServer):
                     binary="postgres",
                     package="postgresql",
                 ) from None
-            os.chown(self.dir, self._run_as.pw_uid, self._run_as.pw_gid)
+            os.chown(self.dir, self._owner.pw_uid, self._owner.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
 
-    def _popen_options(self) -> dict[str, object]:
-        if self._run_as is None:
-            return {}
-        return {
-            "user": self._run_as.pw_uid,
-            "group": self._run_as.pw_gid,
-            "extra_groups": [],  # drop root's supplementary groups too
-        }
+    def _run_as(self) -> _Identity:
+        if self._owner is None:
+            return _Identity()
+        # extra_groups=(): drop root's supplementary groups too.
+        return _Identity(self._owner.pw_uid, self._owner.pw_gid, extra_groups=())
 
     def _run_as_owner(self, args: list[str], stdin: str | None = None) -> None:
+        identity = self._run_as()
         result = subprocess.run(
             args,
             input=stdin,
@@ -1120,7 +1134,9 @@ class PostgresServer(ManagedServer):
             text=True,
             cwd=self.dir,
             timeout=self.start_timeout,
-            **self._popen_options(),  # type: ignore[arg-type]
+            user=identity.user,
+            group=identity.group,
+            extra_groups=identity.extra_groups,
         )
         if result.returncode != 0:
             raise ServerStartError(
