@@ -25,21 +25,7 @@ from ..conformance.test_tier_conformance_remote import (
 from ..conftest import FakeClock
 from ..servers import RedisCluster, RedisServer
 
-globals().update(remote_suite())
-_password_contract = remote_suite()["test_remote_repr_and_errors_never_show_the_password"]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="config.redact() cannot parse a comma-separated host list with a password "
-    "(urllib's .port raises); reported to the owner of config.py",
-)
-def test_remote_repr_and_errors_never_show_the_password(
-    make_tier: TierFactory, tier_url: str
-) -> None:
-    _password_contract(make_tier, tier_url)
-
+globals().update(remote_suite(host_list=True))
 
 TierFactory = Callable[..., RemoteTier]
 DEADLINE = 30.0  # seconds for the cluster to do something it does in a few
