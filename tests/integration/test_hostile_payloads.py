@@ -11,6 +11,7 @@ length prefixes, truncated and oversized compression frames, and broken header f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pickle
@@ -354,3 +355,25 @@ def test_broken_header_fields(
     expect_misses(tier, raw, blobs, caplog)
     raw.put(tier.storage_name("fine"), envelope("fine", good))
     assert tier.get_many(["fine"])["fine"].value == {"v": 1}
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])  # memcached has no types
+def test_foreign_redis_types_are_misses(
+    kind: str, server: Any, make_tier: TierFactory, clock: FakeClock
+) -> None:
+    """A hash or a list under the tier's name: GET says WRONGTYPE, MGET says nil."""
+    tier = make_tier(namespace="types")
+    tier.set_many({"fine": Entry("v", clock.time() + 60)})
+    for key, command in (("hash", ("HSET", "f", "v")), ("list", ("RPUSH", "x"))):
+        name = tier.storage_name(key)
+        node = server if kind == "redis" else server.master_for_key(name)
+        node.command(command[0], name, *command[1:])
+    assert tier.get_many(["hash"]) == {} and tier.stats.corrupt == 1
+    assert tier.get_many(["list", "hash", "fine"]).keys() == {"fine"}
+
+    async def from_async() -> None:
+        assert await tier.aget_many(["list"]) == {}
+        await tier.aclose()
+
+    asyncio.run(from_async())
+    assert tier.stats.corrupt == 2

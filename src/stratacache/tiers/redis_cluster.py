@@ -170,8 +170,6 @@ class RedisClusterTier(RedisFamilyTier):
         self._make_async_client = make_async_client  # type: ignore[method-assign]
 
     def _read(self, client: Any, names: list[str]) -> Any:
-        if len(names) == 1:
-            return client.mget(names)
         return client.mget_nonatomic(names)
 
     def _queue_unlink(self, pipe: Any, names: Sequence[str]) -> None:
