@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
@@ -79,6 +80,7 @@ class RedisFamilyTier(RemoteTier):
             raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
         self._location_text = location_text
         self._client: Any = None
+        self._client_lock = threading.Lock()
         self._aclient: Any = None
         self._aloop: asyncio.AbstractEventLoop | None = None
 
@@ -93,14 +95,15 @@ class RedisFamilyTier(RemoteTier):
     def _sync_client(self) -> Any:
         if self.closed:
             raise CacheClosedError(f"tier {self.name!r} is closed")
-        client = self._client
-        if client is None:
-            try:
-                client = self._client = self._make_client()
-            except DataError:
-                raise
-            except REDIS_ERRORS as exc:
-                raise self._unavailable(exc, "connecting: ") from exc
+        with self._client_lock:  # one client, however many threads get here first
+            client = self._client
+            if client is None:
+                try:
+                    client = self._client = self._make_client()
+                except DataError:
+                    raise
+                except REDIS_ERRORS as exc:
+                    raise self._unavailable(exc, "connecting: ") from exc
         return client
 
     def _async_client(self) -> Any:
@@ -131,7 +134,7 @@ class RedisFamilyTier(RemoteTier):
     def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         if not keys:
             return {}
-        client = self._client or self._sync_client()
+        client = self._client if self._client is not None else self._sync_client()
         try:
             if len(keys) == 1:  # GET: a little cheaper than an MGET of one, on both clients
                 return self._found(keys, (client.get(self._names.name(keys[0])),))
@@ -202,7 +205,7 @@ class RedisFamilyTier(RemoteTier):
         yield unlink
 
     def _drive(self, steps: Steps) -> None:
-        client = self._client or self._sync_client()
+        client = self._client if self._client is not None else self._sync_client()
         try:
             call = next(steps)
             while True:
