@@ -1,0 +1,185 @@
+"""W-TinyLFU's signature behaviours: scan resistance, admission by frequency, the adaptive
+window (growing under recency, shrinking under frequency), hash-flooding jitter, weights."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from stratacache.policies import LRUPolicy, WTinyLFUPolicy
+
+
+def hits(policy: WTinyLFUPolicy | LRUPolicy, keys: list[int]) -> int:
+    return sum(map(policy.access, keys))
+
+
+def test_a_hot_set_survives_a_long_one_time_scan() -> None:
+    capacity = 200
+    hot = list(range(100))
+    rng = random.Random(1)
+    warmup = [rng.choice(hot) for _ in range(20_000)]
+    scan = list(range(10_000, 60_000))  # 50,000 keys, each requested once
+
+    policy = WTinyLFUPolicy(capacity)
+    lru = LRUPolicy(capacity)
+    for cache in (policy, lru):
+        hits(cache, warmup)
+        hits(cache, scan)
+    survivors = sum(1 for key in hot if key in policy)
+    assert survivors >= 95, f"only {survivors} of 100 hot keys survived the scan"
+    assert not any(key in lru for key in hot), "LRU, for contrast, is flushed"
+    # And the hot set is served straight away afterwards.
+    assert hits(policy, hot) >= 95
+
+
+def test_a_candidate_is_admitted_only_if_more_popular_than_the_victim() -> None:
+    policy = WTinyLFUPolicy(10, adaptation="fixed")  # a window of 1, a main area of 9
+    for key in range(10):
+        for _ in range(3):
+            policy.access(key)
+    assert len(policy) == 10
+    # A key waits in the window; it duels when the next newcomer pushes it out.
+    policy.on_insert("new")
+    victims = policy.on_insert("next")
+    assert victims == ["new"], "seen once, it loses to main's victim (seen three times)"
+    for _ in range(6):
+        policy.sketch.increment("popular")  # requested often while not resident
+    policy.on_insert("popular")
+    victims = policy.on_insert("after")
+    assert "popular" in policy and victims and victims[0] in range(10)
+
+
+def recency_trace(length: int, span: int) -> list[int]:
+    """Each key is requested a few times within a short stretch, then never again: what an
+    LRU of about ``span`` entries catches and a frequency filter with a tiny window misses."""
+    rng = random.Random(5)
+    keys: list[int] = []
+    for start in range(length // 4):
+        keys.append(start)
+        for _ in range(3):
+            keys.append(max(0, start - rng.randrange(span // 4)))
+    return keys
+
+
+def test_the_window_grows_on_a_recency_biased_trace() -> None:
+    capacity = 400
+    policy = WTinyLFUPolicy(capacity)
+    start = policy.window_maximum
+    trace = recency_trace(120_000, span=600)
+    got = hits(policy, trace)
+    assert policy.window_maximum > start + capacity // 5
+    # And adapting pays: a fixed 1% window does worse.
+    fixed = WTinyLFUPolicy(capacity, adaptation="fixed")
+    assert got > hits(fixed, trace)
+
+
+def frequency_trace(length: int, hot: int) -> list[int]:
+    """A hot set that fits the cache, requested uniformly, interleaved half and half with a
+    stream of keys requested once: a small window and a large main area hold the whole hot
+    set, a large window wastes room on the stream."""
+    rng = random.Random(9)
+    keys: list[int] = []
+    for position in range(length):
+        keys.append(rng.randrange(hot) if position % 2 else 10**6 + position)
+    return keys
+
+
+def test_the_window_shrinks_on_a_frequency_biased_trace() -> None:
+    capacity = 300
+    policy = WTinyLFUPolicy(capacity, window_percent=0.5)
+    start = policy.window_maximum
+    trace = frequency_trace(100_000, hot=250)
+    got = hits(policy, trace)
+    assert policy.window_maximum < start // 2
+    assert got > hits(WTinyLFUPolicy(capacity, window_percent=0.5, adaptation="fixed"), trace)
+
+
+def test_caffeines_climber_also_moves_the_window_toward_recency() -> None:
+    capacity = 400
+    policy = WTinyLFUPolicy(capacity, adaptation="climb")
+    start = policy.window_maximum
+    hits(policy, recency_trace(200_000, span=600))
+    assert policy.window_maximum > start
+
+
+def test_fixed_adaptation_never_moves_the_window() -> None:
+    policy = WTinyLFUPolicy(300, adaptation="fixed", window_percent=0.2)
+    hits(policy, recency_trace(40_000, span=500))
+    assert policy.window_maximum == 60
+
+
+def test_hash_flooding_jitter_admits_a_warm_loser_about_once_in_128() -> None:
+    def admissions(seed: int) -> tuple[int, int]:
+        policy = WTinyLFUPolicy(4, seed=seed, adaptation="fixed", window_percent=0.25)
+        admitted = duels = 0
+        for trial in range(6000):
+            policy.clear()
+            for key in ("a", "b", "c", "d"):
+                for _ in range(15):
+                    policy.access(key)
+            candidate = f"c{trial}"
+            for _ in range(6):  # warm (at the threshold) but colder than any victim
+                policy.sketch.increment(candidate)
+            policy.on_insert(candidate)
+            if policy.sketch.frequency(candidate) != 7:
+                continue  # a tiny sketch: this name collides with the hot keys' counters
+            duels += 1
+            policy.on_insert(f"push{trial}")  # forces the candidate's duel
+            admitted += candidate in policy
+        return admitted, duels
+
+    admitted, duels = admissions(seed=1)
+    assert duels > 5000
+    assert duels / 128 / 3 < admitted < duels / 128 * 3
+    assert admissions(seed=1) == (admitted, duels), "the jitter is reproducible from the seed"
+
+
+def test_without_warmth_a_losing_candidate_is_never_admitted() -> None:
+    policy = WTinyLFUPolicy(4, adaptation="fixed", window_percent=0.25)
+    for key in ("a", "b", "c", "d"):
+        for _ in range(15):
+            policy.access(key)
+    for trial in range(500):
+        for key in ("a", "b", "c"):
+            policy.access(key)  # they stay hot
+        policy.on_insert(f"cold{trial}")
+        assert all(key in policy for key in ("a", "b", "c"))
+
+
+def test_a_heavy_candidate_must_beat_every_victim_it_displaces() -> None:
+    policy = WTinyLFUPolicy(10, adaptation="fixed", window_percent=0.1)
+    for key in range(9):
+        policy.access(key)  # weight 1 each, seen once
+    for key in (7, 8):
+        for _ in range(10):
+            policy.access(key)  # two of them are hot
+    for _ in range(4):
+        policy.sketch.increment("heavy")
+    policy.on_insert("heavy", 4)
+    victims = policy.on_insert("light", 1)
+    # "heavy" (estimate 5) beats the cold keys but not the hot ones: it may displace cold
+    # keys only, so the hot keys stay whatever happens to "heavy".
+    assert 7 in policy and 8 in policy
+    assert policy.weight <= 10
+    assert "heavy" in victims or "heavy" in policy
+
+
+@pytest.mark.parametrize("adaptation", ["shadow", "climb"])
+def test_weighted_adaptation_keeps_the_bounds_consistent(adaptation: str) -> None:
+    rng = random.Random(3)
+    policy = WTinyLFUPolicy(5000, adaptation=adaptation)  # type: ignore[arg-type]
+    for key in recency_trace(60_000, span=300):
+        policy.access(key, weight=1 + (key * 2654435761) % 97)
+        if rng.random() < 0.01:
+            assert policy.weight <= policy.capacity
+            assert 1 <= policy.window_maximum <= policy.capacity
+            assert policy.protected_maximum >= 0
+    assert policy.sketch.capacity >= len(policy) // 2
+
+
+def test_unknown_adaptation_and_bad_window_are_rejected() -> None:
+    with pytest.raises(ValueError, match="adaptation"):
+        WTinyLFUPolicy(10, adaptation="magic")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="window_percent"):
+        WTinyLFUPolicy(10, window_percent=1.5)
