@@ -27,6 +27,7 @@ from ..conformance.test_tier_conformance_remote import (
 )
 from ..conftest import Driver, FakeClock
 from ..servers import RedisServer, free_port
+from .conftest import in_ci
 
 globals().update(remote_suite())
 
@@ -323,7 +324,10 @@ def test_rediss_speaks_tls(
     try:
         certs = _make_certificates(tmp_path)
     except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.fail(f"openssl could not make test certificates: {exc}")
+        message = f"openssl could not make test certificates (apt-get install openssl): {exc}"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
     tls_port = free_port()
     tls = {
         "--tls-port": str(tls_port),
