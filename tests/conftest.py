@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 
+# Real servers (Redis, Redis Cluster, memcached, PostgreSQL) for any test that asks.
+pytest_plugins = ["tests.server_fixtures"]
+
 
 class FakeClock:
     """Both clocks a cache uses, moved by hand: ``monotonic()`` for L1, ``time()`` for

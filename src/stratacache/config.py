@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl
 
 from .errors import ConfigurationError
 
@@ -68,19 +68,25 @@ def register_scheme(scheme: str, spec: SchemeSpec) -> None:
 
 
 def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
+    """``url`` with any password replaced by ``***``.
+
+    Done on the text rather than with urllib, which cannot parse the comma-separated host
+    lists of cluster and pool URLs. The credentials are whatever precedes the last ``@``
+    before the query string, so a password holding an unescaped ``/`` or ``#`` is still
+    hidden; the password is whatever follows the first ``:`` in them.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" if user else f":***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    query = rest.find("?")
+    region = rest if query == -1 else rest[:query]
+    at = region.rfind("@")
+    if at == -1:
+        return url
+    user, colon, _password = region[:at].partition(":")
+    if not colon:
+        return url
+    return f"{scheme}://{user}:***{rest[at:]}"
 
 
 def parse_options(url: str, query: str, accepted: Mapping[str, str]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""One suite every tier passes. A new tier joins by adding a factory to ``TIER_FACTORIES``
-(remote tiers add theirs from tests/integration, where their servers are started)."""
+"""One suite every tier passes: memory, SQLite, Redis, Redis Cluster, memcached (the
+networked ones on real servers the test suite starts). A new tier joins by adding a
+factory to ``TIER_FACTORIES``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from stratacache.tiers.memory import MemoryTier
 from stratacache.tiers.sqlite import SQLiteTier
 
 from ..conftest import FakeClock
+from .remote_kit import REMOTE_SERVERS, remote_factory
 
 pytestmark = pytest.mark.usefixtures("both_implementations")
 
@@ -70,9 +72,20 @@ def sqlite_factory(tmp_path: Path, clock: FakeClock, request: Any) -> TierFactor
     return make
 
 
+def remote(kind: str) -> Callable[[Path, FakeClock, Any], TierFactory]:
+    """A networked tier on its real server, started by the session fixture for its kind."""
+
+    def factory(tmp_path: Path, clock: FakeClock, request: Any) -> TierFactory:
+        server = request.getfixturevalue(REMOTE_SERVERS[kind])
+        return remote_factory(kind, server, clock)
+
+    return factory
+
+
 TIER_FACTORIES: dict[str, Callable[[Path, FakeClock, Any], TierFactory]] = {
     "memory": memory_factory,
     "sqlite": sqlite_factory,
+    **{kind: remote(kind) for kind in REMOTE_SERVERS},
 }
 
 

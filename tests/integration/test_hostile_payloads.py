@@ -30,7 +30,7 @@ from stratacache.entry import Entry
 from stratacache.serde import _HEADER, FLAG_COMPRESSED, FLAG_NEGATIVE, FLAG_SIGNED, MAGIC, Signer
 from stratacache.tiers.remote import RemoteTier
 
-from ..conformance.test_tier_conformance_remote import (
+from ..conformance.remote_kit import (
     SIGNING_KEY,
     RawStore,
     raw_store,

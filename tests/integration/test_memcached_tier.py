@@ -17,17 +17,14 @@ from stratacache.errors import ConfigurationError, TierUnavailableError
 from stratacache.tiers.memcached import MemcachedTier
 from stratacache.tiers.remote import RemoteTier
 
-from ..conformance.test_tier_conformance_remote import (
+from ..conformance.remote_kit import (
     RawStore,
     raw_store,
     remote_factory,
-    remote_suite,
     server_url,
 )
 from ..conftest import FakeClock
 from ..servers import MemcachedServer
-
-globals().update(remote_suite(host_list=True))
 
 TierFactory = Callable[..., RemoteTier]
 

@@ -16,16 +16,13 @@ from stratacache.errors import ConfigurationError, TierUnavailableError
 from stratacache.tiers.redis_cluster import RedisClusterTier, by_slot
 from stratacache.tiers.remote import RemoteTier
 
-from ..conformance.test_tier_conformance_remote import (
+from ..conformance.remote_kit import (
     RawStore,
     raw_store,
     remote_factory,
-    remote_suite,
 )
 from ..conftest import FakeClock
 from ..servers import RedisCluster, RedisServer
-
-globals().update(remote_suite(host_list=True))
 
 TierFactory = Callable[..., RemoteTier]
 DEADLINE = 30.0  # seconds for the cluster to do something it does in a few

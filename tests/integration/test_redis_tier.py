@@ -19,17 +19,14 @@ from stratacache.errors import ConfigurationError, TierUnavailableError
 from stratacache.tiers.redis import RedisTier
 from stratacache.tiers.remote import RemoteTier
 
-from ..conformance.test_tier_conformance_remote import (
+from ..conformance.remote_kit import (
     RawStore,
     raw_store,
     remote_factory,
-    remote_suite,
 )
 from ..conftest import Driver, FakeClock
+from ..server_fixtures import in_ci
 from ..servers import RedisServer, free_port
-from .conftest import in_ci
-
-globals().update(remote_suite())
 
 TierFactory = Callable[..., RemoteTier]
 

@@ -325,8 +325,9 @@ def _inner_pytest(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedPr
     (tmp_path / "tests" / "__init__.py").touch()
     (tmp_path / "tests" / "integration" / "__init__.py").touch()
     (tmp_path / "tests" / "servers.py").write_text((TESTS_DIR / "servers.py").read_text())
-    conftest = (TESTS_DIR / "integration" / "conftest.py").read_text()
-    (tmp_path / "tests" / "integration" / "conftest.py").write_text(conftest)
+    fixtures = (TESTS_DIR / "server_fixtures.py").read_text()
+    (tmp_path / "tests" / "server_fixtures.py").write_text(fixtures)
+    (tmp_path / "tests" / "conftest.py").write_text('pytest_plugins = ["tests.server_fixtures"]\n')
     (tmp_path / "tests" / "integration" / "test_needs_redis.py").write_text(
         "def test_it(redis_server):\n    pass\n"
     )

@@ -101,7 +101,7 @@ def check_async_faces(url: str, table: str) -> None:
 def check_configuration_errors(url: str, table: str) -> None:
     with pytest.raises(ConfigurationError, match="does not exist"):
         SQLOrigin(url, "no_such_table_here")
-    with pytest.raises(ConfigurationError, match="no column 'nope'.*columns: id, name, score"):
+    with pytest.raises(ConfigurationError, match=r"no column 'nope'.*columns: id, name, score"):
         SQLOrigin(url, table, key_column="nope")
     with pytest.raises(ConfigurationError, match="no column 'val'"):
         SQLOrigin(url, table, key_column="id", value_column="val")

@@ -117,22 +117,43 @@ class SQLiteTier(Tier):
             raise CacheClosedError(f"tier {self.name!r} is closed")
         if self._conn is None or self._pid != os.getpid():
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(
-                    self.path,
-                    timeout=self._busy_timeout,
-                    isolation_level=None,  # autocommit; explicit BEGIN where needed
-                    check_same_thread=False,
-                )
+                self._conn = self._open()
+            except sqlite3.Error as exc:
+                raise TierUnavailableError(self.name, f"cannot open {self.path}: {exc}") from exc
+            self._pid = os.getpid()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        """Open the file, switch it to WAL and make sure the table exists.
+
+        Switching the journal mode takes an exclusive lock and SQLite reports "database is
+        locked" at once, without its busy handler, when another process holds the file at
+        that moment (typically several processes starting together). So the setup is
+        retried until ``busy_timeout``, like every later statement waits that long.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout,
+            isolation_level=None,  # autocommit; explicit BEGIN where needed
+            check_same_thread=False,
+        )
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.002
+        while True:
+            try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
                 conn.executescript(_SCHEMA)
-            except sqlite3.Error as exc:
-                raise TierUnavailableError(self.name, f"cannot open {self.path}: {exc}") from exc
-            self._conn = conn
-            self._pid = os.getpid()
-        return self._conn
+                return conn
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() >= deadline:
+                    conn.close()
+                    raise
+            time.sleep(pause)  # a real wait for another process, not simulated time
+            pause = min(pause * 2, 0.05)
 
     def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         with self._lock:

@@ -1,4 +1,6 @@
-"""Fixtures that start real servers (see ``tests/servers.py``).
+"""Fixtures that start real servers (see ``tests/servers.py``), loaded for the whole test
+tree by ``tests/conftest.py`` (``pytest_plugins``), so the tier conformance suite and the
+integration tests share them.
 
 Shared, session-scoped: one instance for the whole run, cheap to use.
 
@@ -34,7 +36,7 @@ from typing import NoReturn, Protocol, TypeVar
 
 import pytest
 
-from ..servers import (
+from .servers import (
     MemcachedServer,
     PostgresServer,
     RedisCluster,
