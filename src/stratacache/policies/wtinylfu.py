@@ -121,7 +121,7 @@ class WTinyLFUPolicy(PolicyBase):
             raise ValueError(
                 f"WTinyLFUPolicy: window_percent must be in [0, 1), got {window_percent!r}"
             )
-        self._seed = seed
+        self._rng = random.Random(seed)
         self._adaptation = adaptation
         self._window_percent = window_percent
         self._sketch = FrequencySketch(
@@ -131,6 +131,7 @@ class WTinyLFUPolicy(PolicyBase):
             conservative=conservative,
             seed=seed,
         )
+        self._increment = self._sketch.increment
         self._window: _Segment = OrderedDict()
         self._probation: _Segment = OrderedDict()
         self._protected: _Segment = OrderedDict()
@@ -144,7 +145,6 @@ class WTinyLFUPolicy(PolicyBase):
 
     def _reset_state(self) -> None:
         capacity = self._capacity
-        self._rng = random.Random(self._seed)
         self._weight = 0
         self._window_weight = 0
         self._protected_weight = 0
@@ -190,26 +190,44 @@ class WTinyLFUPolicy(PolicyBase):
     def on_hit(self, key: Key) -> None:
         segment = self._where.get(key)
         if segment is not None:
-            self._sketch.increment(key)
-            self._record_hit(key, segment)
+            self._increment(key)
+            if segment is self._protected or segment is self._window:
+                segment.move_to_end(key)
+                if self._climbing:
+                    self._sample(hit=True)
+            else:
+                self._promote(key, segment)
 
     def on_hits(self, keys: Iterable[Key]) -> None:
         where = self._where
-        increment = self._sketch.increment
-        record = self._record_hit
+        increment = self._increment
+        protected, window = self._protected, self._window
+        promote = self._promote
+        climbing = self._climbing
         for key in keys:
             segment = where.get(key)
-            if segment is not None:
-                increment(key)
-                record(key, segment)
+            if segment is None:
+                continue  # evicted since it was buffered
+            increment(key)
+            if segment is protected or segment is window:
+                segment.move_to_end(key)
+                if climbing:
+                    self._sample(hit=True)
+            else:
+                promote(key, segment)
 
     def access(self, key: Key, weight: int = 1, cost: float = 1.0) -> bool:
         segment = self._where.get(key)
         if segment is None:
             self.on_insert(key, weight, cost)
             return False
-        self._sketch.increment(key)
-        self._record_hit(key, segment)
+        self._increment(key)
+        if segment is self._protected or segment is self._window:
+            segment.move_to_end(key)
+            if self._climbing:
+                self._sample(hit=True)
+        else:
+            self._promote(key, segment)
         return True
 
     def on_insert(self, key: Key, weight: int = 1, cost: float = 1.0) -> list[Key]:
@@ -217,7 +235,7 @@ class WTinyLFUPolicy(PolicyBase):
         if key in where:
             # Not a new key: treat it as a weight change, so the bound still holds.
             return self.on_update(key, weight)
-        self._sketch.increment(key)
+        self._increment(key)
         if self._shadowing:
             self._consult_shadows(key, weight)
         if weight > self._capacity:
@@ -277,22 +295,19 @@ class WTinyLFUPolicy(PolicyBase):
         self._sketch.clear()
         self._reset_state()
 
-    # -- hits and segments --------------------------------------------------------------------
+    # -- segments --------------------------------------------------------------------
 
-    def _record_hit(self, key: Key, segment: _Segment) -> None:
-        if segment is self._protected or segment is self._window:
-            segment.move_to_end(key)
+    def _promote(self, key: Key, segment: _Segment) -> None:
+        """A hit on probation: a second request earns a place in protected."""
+        weight = segment.pop(key)
+        if weight > self._protected_max:
+            segment[key] = weight  # too heavy for protected: stays, as most recent
         else:
-            # A second request while on probation earns a place in protected.
-            weight = segment.pop(key)
-            if weight > self._protected_max:
-                segment[key] = weight  # too heavy for protected: stays, as most recent
-            else:
-                self._protected[key] = weight
-                self._where[key] = self._protected
-                self._protected_weight += weight
-                if self._protected_weight > self._protected_max:
-                    self._demote_protected()
+            self._protected[key] = weight
+            self._where[key] = self._protected
+            self._protected_weight += weight
+            if self._protected_weight > self._protected_max:
+                self._demote_protected()
         if self._climbing:
             self._sample(hit=True)
 
