@@ -40,10 +40,12 @@ the current period lets a request through to the counters. So a key requested on
 keeps its unit across resets, much as a key requested twice per period keeps a count of one
 after halving; the asymmetry disappears, and a reset costs the doorkeeper nothing.
 
-Hashing: ``hash(key)`` is mixed with a per-sketch seed by one 64-bit multiply and xor-shift
-(one call to ``hash``, four integer operations). The low bits pick a column and an odd stride
-from the high bits picks the others (double hashing, Kirsch and Mitzenmacher 2006); the
-doorkeeper's two probes come from other bits of the same word. ``hash`` of an int is
+Hashing: ``hash(key)`` is xored with a per-sketch seed and multiplied by an odd 64-bit constant
+(one call to ``hash``, three integer operations). The product's top bits, which depend on
+every bit of the input, pick the first column; its middle bits an odd stride that picks the
+others (double hashing, Kirsch and Mitzenmacher 2006). The doorkeeper's two probes come from
+the top bits and from bits 5 and up of the same word. Indexes are then small ints, which
+CPython adds and masks much faster than 64-bit ones. ``hash`` of an int is
 deterministic, so results for integer keys are reproducible; ``str`` hashes are randomized per
 process (PYTHONHASHSEED), which only moves which keys happen to collide.
 """
@@ -91,6 +93,7 @@ class FrequencySketch:
         "_period",
         "_sample_factor",
         "_seed",
+        "_shift",
         "_size",
         "_table",
         "_use_doorkeeper",
@@ -121,7 +124,7 @@ class FrequencySketch:
         self._capacity = 0
         self._table = bytearray()
         self._doorkeeper = bytearray()
-        self._width = self._mask = self._dk_mask = self._dk_shift = 0
+        self._width = self._mask = self._shift = self._dk_mask = self._dk_shift = 0
         self._size = 0
         self._period = 1
         self.sample_size = 0
@@ -143,6 +146,8 @@ class FrequencySketch:
         width = max(16, _ceil_pow2(capacity * self._counters_per_entry // self.DEPTH))
         self._width = width
         self._mask = width - 1
+        # The first column comes from the hash's top bits (they depend on every input bit).
+        self._shift = 64 - (width.bit_length() - 1)
         self._table = bytearray(width * self.DEPTH)
         self.sample_size = self._sample_factor * capacity
         # Two periods (one sample) hold at most ``sample_size`` distinct keys; with two slots
@@ -168,12 +173,11 @@ class FrequencySketch:
     def frequency(self, key: Hashable) -> int:
         """The estimated number of recent requests for ``key`` (0 to ``MAX_COUNT + 1``)."""
         h = ((hash(key) ^ self._seed) * _MIX) & _MASK64
-        h ^= h >> 29
         mask = self._mask
         width = self._width
         table = self._table
-        index = h & mask
-        step = (h >> 32) | 1
+        index = h >> self._shift
+        step = ((h >> 20) & mask) | 1
         count = table[index]
         index = (index + step) & mask
         value = table[width + index]
@@ -192,21 +196,19 @@ class FrequencySketch:
             dk_mask = self._dk_mask
             # Marked in this period or the previous one (0 means never marked).
             lowest = self._period - 1 or 1
-            if dk[(h >> 7) & dk_mask] >= lowest and dk[(h >> self._dk_shift) & dk_mask] >= lowest:
+            if dk[(h >> 5) & dk_mask] >= lowest and dk[h >> self._dk_shift] >= lowest:
                 count += 1
         return count
 
     def increment(self, key: Hashable) -> None:
         """Record one request for ``key``."""
         h = ((hash(key) ^ self._seed) * _MIX) & _MASK64
-        h ^= h >> 29
         self._size += 1
         if self._use_doorkeeper:
             dk = self._doorkeeper
-            dk_mask = self._dk_mask
             period = self._period
-            first = (h >> 7) & dk_mask
-            second = (h >> self._dk_shift) & dk_mask
+            first = (h >> 5) & self._dk_mask
+            second = h >> self._dk_shift
             if dk[first] != period or dk[second] != period:
                 # The key's first request this period: it only marks the doorkeeper.
                 dk[first] = period
@@ -217,31 +219,40 @@ class FrequencySketch:
         mask = self._mask
         width = self._width
         table = self._table
-        index = h & mask
-        step = (h >> 32) | 1
-        i1 = width + ((index + step) & mask)
-        i2 = 2 * width + ((index + 2 * step) & mask)
-        i3 = 3 * width + ((index + 3 * step) & mask)
-        c0 = table[index]
+        i0 = h >> self._shift
+        step = ((h >> 20) & mask) | 1
+        i1 = (i0 + step) & mask
+        i2 = (i1 + step) & mask
+        i3 = 3 * width + ((i2 + step) & mask)
+        i1 += width
+        i2 += 2 * width
+        c0 = table[i0]
         c1 = table[i1]
         c2 = table[i2]
         c3 = table[i3]
         if self._conservative:
             # Raise only the counters at the minimum: the estimate grows by one, and keys
             # sharing the other counters are not inflated.
-            low = min(c0, c1, c2, c3)
+            low = c0
+            if c1 < low:
+                low = c1
+            if c2 < low:
+                low = c2
+            if c3 < low:
+                low = c3
             if low < MAX_COUNT:
-                if c0 == low:
-                    table[index] = low + 1
-                if c1 == low:
-                    table[i1] = low + 1
-                if c2 == low:
-                    table[i2] = low + 1
-                if c3 == low:
-                    table[i3] = low + 1
+                low += 1
+                if c0 < low:
+                    table[i0] = low
+                if c1 < low:
+                    table[i1] = low
+                if c2 < low:
+                    table[i2] = low
+                if c3 < low:
+                    table[i3] = low
         else:
             if c0 < MAX_COUNT:
-                table[index] = c0 + 1
+                table[i0] = c0 + 1
             if c1 < MAX_COUNT:
                 table[i1] = c1 + 1
             if c2 < MAX_COUNT:
