@@ -334,8 +334,7 @@ class Hierarchy:
             if everywhere:
                 key = next(iter(everywhere))
                 sizes = ", ".join(
-                    f"{level.name} ({level.kind}) max "
-                    f"{getattr(level, 'max_value_size', None) or getattr(level, 'capacity', '?')}"
+                    f"{level.name} ({level.kind}) max {level.size_limit()}"
                     for level in self.levels
                 )
                 measured = ", ".join(

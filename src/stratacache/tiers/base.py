@@ -90,6 +90,12 @@ class Tier(ABC):
     def close(self) -> None:
         self.closed = True
 
+    def size_limit(self) -> int | None:
+        """The largest value this tier stores, in the unit ``prepare`` reports for rejected
+        keys (bytes), or None when it has no per-value limit. Used in error messages."""
+        limit = getattr(self, "max_value_size", None)
+        return limit if isinstance(limit, int) else None
+
     def set_many(self, entries: Mapping[str, Entry]) -> dict[str, int]:
         """``prepare`` then ``write``; returns the rejected keys with their sizes."""
         prepared = self.prepare(entries)

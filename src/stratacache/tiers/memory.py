@@ -515,6 +515,14 @@ class MemoryTier(Tier):
         self.clear()
         super().close()
 
+    def size_limit(self) -> int | None:
+        limits = [
+            limit
+            for limit in (self.max_value_bytes, self.capacity if self._weighted else None)
+            if limit is not None
+        ]
+        return min(limits) if limits else None
+
     # async: in-process, never awaited by the hierarchy; these exist for direct callers.
 
     async def aget_many(self, keys: Sequence[str]) -> dict[str, Entry]:
