@@ -13,9 +13,12 @@ callers can wait on each other. Waiting is the only I/O-like step: a thread wait
 ``threading.Event``; a coroutine awaits an ``asyncio`` future that the leader resolves
 through the waiter's own event loop, whichever thread the leader runs on.
 
-The map holds one entry per key being loaded right now and is emptied as loads finish, so
-it is bounded by the number of concurrent loads; a waiter that waits longer than
-``wait_timeout`` stops waiting and loads the key itself.
+The map holds one entry per key being loaded right now and is emptied as loads settle, so
+it is bounded by the number of concurrent loads. A leader always settles what it claimed:
+with the values, with its error (waiters raise it too), or, when it is cancelled or
+interrupted, by abandoning the flights (waiters then load the keys themselves). A waiter
+that waits longer than ``wait_timeout`` takes the keys over and loads them itself, so one
+stuck load cannot hold every later caller.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +44,8 @@ class Flight:
     done: threading.Event = field(default_factory=threading.Event)
     value: Any = _NOT_FOUND
     error: BaseException | None = None
+    #: the leader went away without an answer (cancelled, interrupted): waiters load it
+    abandoned: bool = False
     _futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = field(
         default_factory=list
     )
@@ -74,48 +80,67 @@ class SingleFlight:
     def __len__(self) -> int:
         return len(self._flights)
 
-    def claim(self, keys: Sequence[str]) -> tuple[list[str], list[Flight]]:
-        """Split ``keys`` into those this caller must load (now registered as in flight)
-        and the flights already loading the others."""
-        lead: list[str] = []
+    def claim(self, keys: Sequence[str]) -> tuple[list[Flight], list[Flight]]:
+        """Split ``keys`` into flights this caller now leads (it must settle each one:
+        ``complete``, ``fail`` or ``abandon``) and flights already loading the others."""
+        lead: list[Flight] = []
         wait: list[Flight] = []
         with self._lock:
             flights = self._flights
             for key in keys:
                 flight = flights.get(key)
                 if flight is None:
-                    flights[key] = Flight(key)
-                    lead.append(key)
+                    flight = flights[key] = Flight(key)
+                    lead.append(flight)
                 else:
                     wait.append(flight)
             self.joined += len(wait)
         return lead, wait
 
-    def complete(self, keys: Iterable[str], values: Mapping[str, Any]) -> None:
+    def take_over(self, stale: Sequence[Flight]) -> list[Flight]:
+        """Lead new flights for keys whose leader did not answer in time or went away:
+        later callers then wait for this caller instead of the stuck one."""
+        fresh = [Flight(flight.key) for flight in stale]
+        with self._lock:
+            for flight in fresh:
+                self._flights[flight.key] = flight
+        return fresh
+
+    def complete(self, flights: Iterable[Flight], values: Mapping[str, Any]) -> None:
         """The leader's load finished: keys in ``values`` were found, the others not."""
-        for flight in self._pop(keys):
+        for flight in self._settle(flights):
             flight.value = values.get(flight.key, _NOT_FOUND)
             flight._finish(self._lock)
 
-    def fail(self, keys: Iterable[str], error: BaseException) -> None:
-        for flight in self._pop(keys):
+    def fail(self, flights: Iterable[Flight], error: BaseException) -> None:
+        for flight in self._settle(flights):
             flight.error = error
             flight._finish(self._lock)
 
-    def _pop(self, keys: Iterable[str]) -> list[Flight]:
+    def abandon(self, flights: Iterable[Flight]) -> None:
+        for flight in self._settle(flights):
+            flight.abandoned = True
+            flight._finish(self._lock)
+
+    def _settle(self, flights: Iterable[Flight]) -> list[Flight]:
+        """Forget the flights (unless a newer one has taken their key over)."""
+        settled = list(flights)
         with self._lock:
-            return [f for key in keys if (f := self._flights.pop(key, None)) is not None]
+            for flight in settled:
+                if self._flights.get(flight.key) is flight:
+                    del self._flights[flight.key]
+        return settled
 
     # -- waiting
 
     def wait(self, flights: Sequence[Flight]) -> list[Flight]:
-        """Block until every flight lands or the timeout passes; returns the flights
-        that did not land in time (their keys are the caller's to load)."""
-        late: list[Flight] = []
+        """Block until every flight lands or ``wait_timeout`` has passed, measured once
+        for the whole batch; returns the flights that did not land in time."""
+        deadline = time.monotonic() + self.wait_timeout
         for flight in flights:
-            if not flight.done.wait(self.wait_timeout):
-                late.append(flight)
-        return late
+            if not flight.done.wait(max(0.0, deadline - time.monotonic())):
+                break
+        return [flight for flight in flights if not flight.done.is_set()]
 
     async def await_(self, flights: Sequence[Flight]) -> list[Flight]:
         loop = asyncio.get_running_loop()

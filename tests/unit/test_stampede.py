@@ -19,30 +19,52 @@ pytestmark = pytest.mark.usefixtures("both_implementations")
 def test_claim_splits_leaders_and_waiters() -> None:
     flights = SingleFlight()
     lead, wait = flights.claim(["a", "b"])
-    assert lead == ["a", "b"] and wait == []
+    assert [f.key for f in lead] == ["a", "b"] and wait == []
     lead2, wait2 = flights.claim(["b", "c"])
-    assert lead2 == ["c"] and [f.key for f in wait2] == ["b"]
-    flights.complete(["a", "b"], {"b": 2})
+    assert [f.key for f in lead2] == ["c"] and [f.key for f in wait2] == ["b"]
+    flights.complete(lead, {"b": 2})
     assert wait2[0].done.is_set() and wait2[0].found and wait2[0].value == 2
-    flights.fail(["c"], RuntimeError("x"))
+    flights.fail(lead2, RuntimeError("x"))
     assert len(flights) == 0
-    lead3, _ = flights.claim(["a"])  # finished flights are forgotten: a new load may start
-    assert lead3 == ["a"]
+    lead3, _ = flights.claim(["a"])  # settled flights are forgotten: a new load may start
+    assert [f.key for f in lead3] == ["a"]
 
 
 def test_a_key_not_found_by_the_leader_is_not_found_for_waiters() -> None:
     flights = SingleFlight()
-    flights.claim(["k"])
+    lead, _ = flights.claim(["k"])
     _, (flight,) = flights.claim(["k"])
-    flights.complete(["k"], {})
-    assert flight.done.is_set() and not flight.found
+    flights.complete(lead, {})
+    assert flight.done.is_set() and not flight.found and not flight.abandoned
 
 
-def test_wait_gives_up_after_the_timeout() -> None:
-    flights = SingleFlight(wait_timeout=0.01)
-    flights.claim(["k"])
+def test_abandoned_flight_tells_waiters_to_load_themselves() -> None:
+    flights = SingleFlight()
+    lead, _ = flights.claim(["k"])
+    _, (flight,) = flights.claim(["k"])
+    flights.abandon(lead)
+    assert flight.done.is_set() and flight.abandoned and len(flights) == 0
+
+
+def test_take_over_replaces_a_stuck_flight_and_the_stuck_leader_cannot_evict_it() -> None:
+    flights = SingleFlight()
+    stuck, _ = flights.claim(["k"])
     _, waits = flights.claim(["k"])
-    assert flights.wait(waits) == waits
+    (mine,) = flights.take_over(waits)
+    _, (joined,) = flights.claim(["k"])
+    assert joined is mine  # later callers wait for the new leader
+    flights.complete(stuck, {"k": "old"})  # the stuck leader finally answers
+    assert len(flights) == 1  # ... without removing the new flight
+    flights.complete([mine], {"k": "new"})
+    assert joined.value == "new" and len(flights) == 0
+
+
+def test_wait_returns_the_flights_that_did_not_land() -> None:
+    flights = SingleFlight(wait_timeout=0.01)
+    lead, _ = flights.claim(["a", "b", "c"])
+    _, waits = flights.claim(["a", "b", "c"])
+    flights.complete(lead[1:2], {"b": 1})
+    assert [f.key for f in flights.wait(waits)] == ["a", "c"]
 
 
 class SlowOrigin:
@@ -143,3 +165,47 @@ def test_tasks_missing_the_same_key_share_one_load() -> None:
     asyncio.run(scenario())
     # one load for "key"; the batch led only "other" and waited for "key"
     assert sorted(calls) == [["key"], ["other"]]
+
+
+def test_a_cancelled_leader_does_not_leave_waiters_or_later_callers_stuck() -> None:
+    async def scenario() -> None:
+        release = asyncio.Event()
+        calls: list[list[str]] = []
+
+        async def load(keys: list[str]) -> dict[str, Any]:
+            calls.append(list(keys))
+            if len(calls) == 1:
+                await release.wait()  # the first load hangs until cancelled
+            return {k: "loaded" for k in keys}
+
+        cache = AsyncCache([MemoryTier(100)], load)
+        cache._hierarchy.single_flight.wait_timeout = 30
+        leader = asyncio.create_task(cache.get("k"))
+        while not calls:
+            await asyncio.sleep(0)
+        waiter = asyncio.create_task(cache.get("k"))
+        while cache._hierarchy.single_flight.joined == 0:
+            await asyncio.sleep(0)
+        leader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        # the waiter loads it itself at once, instead of waiting 30 s for the dead leader
+        assert await asyncio.wait_for(waiter, timeout=5) == "loaded"
+        assert len(cache._hierarchy.single_flight) == 0
+        assert await asyncio.wait_for(cache.get("k"), timeout=5) == "loaded"
+        await cache.close()
+
+    asyncio.run(scenario())
+
+
+class Interrupt(BaseException):
+    """Stands in for KeyboardInterrupt or a library's timeout exception."""
+
+
+def test_a_base_exception_in_a_loader_releases_the_flight() -> None:
+    cache = Cache([MemoryTier(100)], lambda keys: (_ for _ in ()).throw(Interrupt()))
+    with pytest.raises(Interrupt):
+        cache.get("k")
+    assert len(cache._hierarchy.single_flight) == 0
+    cache.register_loader("k", lambda keys: {k: 1 for k in keys})
+    assert cache.get("k") == 1

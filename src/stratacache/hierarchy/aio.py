@@ -25,7 +25,11 @@ _tick = time.perf_counter_ns
 
 
 async def arun(flow: Flow) -> Any:
-    """Perform every operation a flow yields, awaiting the non-local ones."""
+    """Perform every operation a flow yields, awaiting the non-local ones.
+
+    A cancelled task closes the flow, so it can release what it holds (single-flight
+    claims) instead of leaving other callers waiting for an answer that never comes.
+    """
     try:
         op = next(flow)
         while True:
@@ -43,6 +47,8 @@ async def arun(flow: Flow) -> Any:
                 op = flow.send(result)
     except StopIteration as stop:
         return stop.value
+    finally:
+        flow.close()
 
 
 class AsyncCache(CacheFacade):

@@ -30,7 +30,7 @@ from ..entry import Entry
 from ..errors import ConfigurationError, OriginError, TransientError, ValueTooLargeError
 from ..metrics import CacheStats, OriginStats
 from ..origin import Origin
-from ..stampede import SingleFlight
+from ..stampede import Flight, SingleFlight
 from ..tiers.base import Prepared, Tier
 from . import ttl as ttl_rules
 from .ops import (
@@ -220,36 +220,53 @@ class Hierarchy:
         flights = self.single_flight
         lead, waits = flights.claim(missing)
         if lead:
-            loaded: dict[str, Any] = {}
-            try:
-                yield from self._load_now(lead, loader, ttl, loaded)
-            except BaseException as exc:
-                flights.fail(lead, exc)
-                raise
-            flights.complete(lead, loaded)
-            values.update(loaded)
-        if waits:
-            late = yield WaitFlights(flights, waits)
-            flights.coalesced += len(waits) - len(late)
-            for flight in waits:
-                if flight in late:
-                    continue
-                if flight.error is not None:
-                    # Chain to the root cause (the loader's own exception), as the
-                    # leader's OriginError does.
-                    cause = flight.error
-                    if isinstance(cause, OriginError) and cause.__cause__ is not None:
-                        cause = cause.__cause__
-                    raise OriginError(
-                        f"loading {flight.key!r} failed in the concurrent call this one "
-                        f"waited for: {cause!r}"
-                    ) from cause
-                if flight.found:
-                    values[flight.key] = flight.value
-            if late:  # the leader is stuck: load them ourselves rather than wait forever
-                loaded = {}
-                yield from self._load_now([f.key for f in late], loader, ttl, loaded)
-                values.update(loaded)
+            yield from self._lead(lead, loader, ttl, values)
+        if not waits:
+            return
+        late = yield WaitFlights(flights, waits)
+        retry: list[Flight] = []
+        for flight in waits:
+            if flight in late or flight.abandoned:
+                retry.append(flight)
+            elif flight.error is not None:
+                # Chain to the root cause (the loader's own exception), as the leader's
+                # OriginError does.
+                cause = flight.error
+                if isinstance(cause, OriginError) and cause.__cause__ is not None:
+                    cause = cause.__cause__
+                raise OriginError(
+                    f"loading {flight.key!r} failed in the concurrent call this one "
+                    f"waited for: {cause!r}"
+                ) from cause
+            elif flight.found:
+                values[flight.key] = flight.value
+        flights.coalesced += len(waits) - len(retry)
+        if retry:  # the leader is stuck or gone: load the keys ourselves
+            yield from self._lead(flights.take_over(retry), loader, ttl, values)
+
+    def _lead(
+        self,
+        led: list[Flight],
+        loader: Loader | None,
+        ttl: float | None,
+        values: dict[str, Any],
+    ) -> Flow:
+        """Load the keys of flights this caller leads, and settle every one of them, even
+        when the caller is cancelled or interrupted mid-load."""
+        flights = self.single_flight
+        loaded: dict[str, Any] = {}
+        try:
+            yield from self._load_now([f.key for f in led], loader, ttl, loaded)
+        except Exception as exc:
+            flights.fail(led, exc)
+            raise
+        except BaseException:
+            # Cancelled, interrupted, or the flow closed: no answer to give. The waiters
+            # load the keys themselves rather than inherit this caller's fate.
+            flights.abandon(led)
+            raise
+        flights.complete(led, loaded)
+        values.update(loaded)
 
     def _load_now(
         self,

@@ -21,7 +21,11 @@ _tick = time.perf_counter_ns
 
 
 def run(flow: Flow) -> Any:
-    """Perform every operation a flow yields, in this thread, and return its result."""
+    """Perform every operation a flow yields, in this thread, and return its result.
+
+    Whatever ends the run early (KeyboardInterrupt, a timeout exception from a library such
+    as gevent) closes the flow, so it can release what it holds (single-flight claims).
+    """
     try:
         op = next(flow)
         while True:
@@ -39,6 +43,8 @@ def run(flow: Flow) -> Any:
                 op = flow.send(result)
     except StopIteration as stop:
         return stop.value
+    finally:
+        flow.close()
 
 
 class Cache(CacheFacade):
