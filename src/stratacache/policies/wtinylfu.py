@@ -35,7 +35,7 @@ direction. Two estimators are implemented:
   workload to hold still between them. Real traces change phase all the time (the hit rate of
   one sample of a trace here swings from 38% to 98% and back), and every phase change reads
   as the effect of the last step; short traces also end after a handful of samples. With
-  everything else equal, 31 of our 46 reference rows come within a point of the best
+  everything else equal, 29 of our 46 reference rows come within a point of the best
   libCacheSim result with it, against 40 with the estimator below (see
   ``benchmarks/hit_ratio_results.md``). It stays available, with one fix: Caffeine truncates
   each step to whole units, which freezes it in caches under 16 entries; here the fraction
