@@ -43,6 +43,7 @@ from .ops import (
     OriginDelete,
     WaitFlights,
 )
+from .recovery import PendingRepairs
 from .write import WritePolicy, make_write_policy
 
 __all__ = ["Flow", "Hierarchy", "Loader"]
@@ -95,6 +96,7 @@ class Hierarchy:
         self.rng = rng or random.Random()
         self.origin_stats = OriginStats()
         self.single_flight = SingleFlight()
+        self.repairs = [PendingRepairs() for _ in self.levels]
         self._loaders: list[tuple[str, Loader]] = []
 
     def misses_stay_local(self) -> bool:
@@ -165,6 +167,8 @@ class Hierarchy:
             if not missing:
                 break
             level = self.levels[index]
+            if self.repairs[index] and not (yield from self._repair(index)):
+                continue
             try:
                 entries: dict[str, Entry] = yield LevelGet(level, missing)
             except TransientError as exc:
@@ -351,8 +355,7 @@ class Hierarchy:
             if everywhere:
                 key = next(iter(everywhere))
                 sizes = ", ".join(
-                    f"{level.name} ({level.kind}) max {level.size_limit()}"
-                    for level in self.levels
+                    f"{level.name} ({level.kind}) max {level.size_limit()}" for level in self.levels
                 )
                 measured = ", ".join(
                     f"{level.name}: {item.rejected[key]} bytes"
@@ -380,10 +383,15 @@ class Hierarchy:
             if not item.items and not item.rejected:
                 continue
             level.stats.too_large += len(item.rejected)
+            if self.repairs[index] and not (yield from self._repair(index)):
+                self.repairs[index].add([*item.items, *item.rejected])
+                continue
             try:
                 yield LevelWrite(level, item)
             except TransientError as exc:
                 self._level_failed(level, "write", exc)
+                # It may still hold an older value for these keys: owe it a delete.
+                self.repairs[index].add([*item.items, *item.rejected])
 
     def write(self, items: Mapping[str, Any], ttl: float | None) -> Flow:
         return self.write_policy.write(self, items, ttl)
@@ -410,6 +418,7 @@ class Hierarchy:
                 yield LevelDelete(level, keys)
             except TransientError as exc:
                 self._level_failed(level, "invalidate", exc)
+                self.repairs[index].add(keys)
 
     def delete(self, keys: Sequence[str]) -> Flow:
         """Remove from the origin, then from every level."""
@@ -434,8 +443,36 @@ class Hierarchy:
                 yield LevelClear(level)
             except TransientError as exc:
                 self._level_failed(level, "clear", exc)
+                self.repairs[index].overflow()
+            else:
+                self.repairs[index].done((), cleared=True)
 
     # ------------------------------------------------------------------ misc
+
+    def _repair(self, index: int) -> Flow:
+        """Pay what level ``index`` is owed (see :mod:`.recovery`) before using it.
+        Returns False when the level is still unreachable: it must not be used yet."""
+        pending = self.repairs[index]
+        level = self.levels[index]
+        keys = list(pending.keys)
+        clearing = pending.clear_all
+        try:
+            if clearing:
+                yield LevelClear(level)
+            elif keys:
+                yield LevelDelete(level, keys)
+        except TransientError as exc:
+            self._level_failed(level, "repair", exc)
+            return False
+        pending.done(keys, cleared=clearing)
+        if clearing or keys:
+            logger.info(
+                "level %s (%s) is back: %s",
+                level.name,
+                level.kind,
+                "cleared its namespace" if clearing else f"dropped {len(keys)} stale key(s)",
+            )
+        return True
 
     def _level_failed(self, level: Tier, what: str, exc: BaseException) -> None:
         level.stats.errors += 1
