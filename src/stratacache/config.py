@@ -9,6 +9,7 @@ is imported.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -67,26 +68,34 @@ def register_scheme(scheme: str, spec: SchemeSpec) -> None:
     _SCHEMES[scheme] = spec
 
 
+_SECRET_OPTION = re.compile(
+    r"(?P<name>(?:^|[?&;])(?:password|passwd|pass|pwd|secret|token|signing_key)=)[^&;#]*",
+    re.IGNORECASE,
+)
+
+
 def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``.
+    """``url`` with every secret replaced by ``***``: the password of the credentials and
+    the value of options such as ``password=``.
 
     Done on the text rather than with urllib, which cannot parse the comma-separated host
-    lists of cluster and pool URLs. The credentials are whatever precedes the last ``@``
-    before the query string, so a password holding an unescaped ``/`` or ``#`` is still
-    hidden; the password is whatever follows the first ``:`` in them.
+    lists of cluster and pool URLs, nor a malformed URL that still carries a password. The
+    credentials run from the scheme to the last ``@`` that is not inside an option value,
+    so a password holding an unescaped ``/``, ``?`` or ``#`` is still hidden.
     """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    query = rest.find("?")
-    region = rest if query == -1 else rest[:query]
-    at = region.rfind("@")
-    if at == -1:
-        return url
-    user, colon, _password = region[:at].partition(":")
-    if not colon:
-        return url
-    return f"{scheme}://{user}:***{rest[at:]}"
+    start = url.find("://")
+    start = 0 if start == -1 else start + 3
+    at = url.rfind("@")
+    while at != -1 and "=" in url[start:at]:  # an "@" inside an option value
+        at = url.rfind("@", start, at)
+    if at != -1:
+        user, colon, _password = url[start:at].partition(":")
+        if colon:
+            url = f"{url[:start]}{user}:***{url[at:]}"
+    head, sep, query = url.partition("?")
+    if sep:
+        query = _SECRET_OPTION.sub(r"\g<name>***", "?" + query)[1:]
+    return head + sep + query
 
 
 def parse_options(url: str, query: str, accepted: Mapping[str, str]) -> dict[str, Any]:
@@ -116,7 +125,7 @@ def tier_from_url(
     """Build a tier from its URL; keyword ``overrides`` win over query options."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
-            f"a tier URL looks like scheme://...; got {url!r}. Schemes: "
+            f"a tier URL looks like scheme://...; got {redact(url)!r}. Schemes: "
             f"{', '.join(sorted(set(_SCHEMES) | set(_LAZY_SCHEMES)))}"
         )
     scheme = url.split("://", 1)[0].lower()

@@ -38,10 +38,37 @@ def test_urls_build_tiers(tmp_path: Path) -> None:
     cache.close()
 
 
-def test_passwords_are_redacted() -> None:
-    assert redact("redis://user:hunter2@host:6379/0") == "redis://user:***@host:6379/0"
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("redis://user:hunter2@host:6379/0", "redis://user:***@host:6379/0"),
+        ("redis+cluster://u:hunter2@h1:1,h2:2?x=1", "redis+cluster://u:***@h1:1,h2:2?x=1"),
+        ("redis://:hunter2@h", "redis://:***@h"),
+        ("redis://u:hun/ter#2@h:1/0", "redis://u:***@h:1/0"),
+        ("redis://u:hun?ter2@h/0", "redis://u:***@h/0"),
+        ("redis://h/0?password=hunter2&db=1", "redis://h/0?password=***&db=1"),
+        ("redis:/u:hunter2@h", "redis:***@h"),
+        ("memcached://h1:1,h2:2", "memcached://h1:1,h2:2"),
+        ("redis://user@h?q=a@b", "redis://user@h?q=a@b"),
+    ],
+)
+def test_passwords_are_redacted(url: str, redacted: str) -> None:
+    assert redact(url) == redacted
+    assert "hunter2" not in redact(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memory://user:hunter2@host?x=1",
+        "redis:/user:hunter2@host",
+        "nosuch://user:hunter2@host",
+        "sqlite:///x.db?password=hunter2",
+    ],
+)
+def test_errors_about_urls_never_show_the_password(url: str) -> None:
     with pytest.raises(ConfigurationError) as info:
-        tier_from_url("memory://user:hunter2@host?x=1")
+        tier_from_url(url)
     assert "hunter2" not in str(info.value)
 
 
