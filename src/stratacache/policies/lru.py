@@ -7,6 +7,7 @@ each key to its weight.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from .base import Key, PolicyBase
 
@@ -35,10 +36,10 @@ class LRUPolicy(PolicyBase):
         if key in self._order:
             self._order.move_to_end(key)
 
-    def on_hits(self, keys: object) -> None:  # type: ignore[override]
+    def on_hits(self, keys: Iterable[Key]) -> None:
         order = self._order
         move = order.move_to_end
-        for key in keys:  # type: ignore[attr-defined]
+        for key in keys:
             if key in order:
                 move(key)
 
