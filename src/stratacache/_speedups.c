@@ -83,24 +83,40 @@ static PyObject *
 reader_vectorcall(Reader *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *key, *dflt = self->missing;
+    PyObject *key = nargs >= 1 ? args[0] : NULL;
+    PyObject *dflt = nargs >= 2 ? args[1] : NULL;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
 
-    if (nargs + nkw < 1 || nargs + nkw > 2 || nargs < 1) {
-        PyErr_Format(PyExc_TypeError, "get() takes a key and an optional default");
+    if (nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "get() takes at most 2 arguments (%zd given)", nargs);
         return NULL;
     }
-    key = args[0];
-    if (nargs == 2)
-        dflt = args[1];
-    else if (nkw == 1) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, 0);
-        if (!PyUnicode_Check(name) || PyUnicode_CompareWithASCIIString(name, "default") != 0) {
+    /* Keywords, as the Python closure accepts them: get(key=..., default=...). */
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        PyObject **slot = NULL;
+        if (PyUnicode_Check(name)) {
+            if (PyUnicode_CompareWithASCIIString(name, "key") == 0)
+                slot = &key;
+            else if (PyUnicode_CompareWithASCIIString(name, "default") == 0)
+                slot = &dflt;
+        }
+        if (slot == NULL) {
             PyErr_Format(PyExc_TypeError, "get() got an unexpected keyword argument %R", name);
             return NULL;
         }
-        dflt = args[1];
+        if (*slot != NULL) {
+            PyErr_Format(PyExc_TypeError, "get() got multiple values for argument %R", name);
+            return NULL;
+        }
+        *slot = args[nargs + i];
     }
+    if (key == NULL) {
+        PyErr_SetString(PyExc_TypeError, "get() missing required argument: 'key'");
+        return NULL;
+    }
+    if (dflt == NULL)
+        dflt = self->missing;
 
     PyObject *entry = PyDict_GetItemWithError(self->data, key); /* borrowed */
     if (entry == NULL) {

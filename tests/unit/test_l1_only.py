@@ -82,7 +82,7 @@ def test_weighted_bound_and_value_too_large(driver, clock) -> None:
     driver(cache.set("big", "small"))
     with pytest.raises(ValueTooLargeError, match="big"):
         driver(cache.set("big", "y" * 2_001))
-    assert driver(cache.get("big")) is MISSING  # the older value does not survive
+    assert driver(cache.get("big")) == "small"  # refused before writing: the old value stays
     assert cache.stats().levels[0].too_large == 1
 
 
@@ -152,3 +152,25 @@ def test_threads_hammering_one_l1_keep_it_consistent() -> None:
     assert len(tier) <= 500
     assert tier.weight == len(tier)  # the policy and the store agree on what is resident
     assert set(tier.keys()) <= {f"k{i}" for i in range(2000)}
+
+
+def test_read_buffer_stays_bounded_on_every_read_path(driver, clock) -> None:
+    cache = make(driver, clock)
+    tier = cache.levels[0]
+    driver(cache.set("k", 1))
+    for _ in range(5_000):
+        driver(cache.get("k"))
+        driver(cache.get_many(["k"]))
+        tier.lookup_or_default("k", None)
+    assert len(tier._buffer) < tier._buffer_limit
+    assert cache.stats().levels[0].hits == 15_000
+
+
+def test_get_accepts_keywords_like_its_signature(clock) -> None:
+    cache = Cache([MemoryTier(10, clock=clock.monotonic, wall_clock=clock.time)])
+    cache.set("a", 1)
+    assert cache.get(key="a") == 1
+    assert cache.get("b", default=5) == 5
+    assert cache.get(key="b", default=6) == 6
+    with pytest.raises(TypeError):
+        cache.get("a", nope=1)

@@ -12,10 +12,8 @@ The buffer is drained before every insert, so the policy sees exactly the sequen
 events the simulator feeds it one request at a time (hits in order, then the insert), and
 an L1-only cache replaying a trace has the simulator's miss count. A reader that finds
 the buffer full drains it if the lock is free; if another thread holds the lock the reader
-goes on and the buffer is drained by that thread's write. As a last bound, a buffer that
-reaches ``16 x read_buffer_size`` keys is cut in half, dropping the oldest recorded hits
-(counted in ``hits_dropped``): the policy loses a little information, the cache stays
-correct.
+goes on and the buffer is drained by that thread's write. As a last bound, a reader that
+finds the buffer at ``16 x read_buffer_size`` keys waits for the lock and drains it.
 
 Entries are tuples ``(value, expires_at_monotonic, version)``; a remembered "not found"
 lives in a separate dict so the hit path never has to test for it. Expiry uses the
@@ -104,7 +102,7 @@ class _MemoryStats(LevelStats):
     @property
     def hits(self) -> int:
         tier = self._tier
-        return tier._hits_drained + tier._hits_dropped + len(tier._buffer) - self._hits_offset
+        return tier._hits_drained + len(tier._buffer) - self._hits_offset
 
     @hits.setter
     def hits(self, value: int) -> None:  # reset() sets 0: remember where we stand
@@ -176,7 +174,6 @@ class MemoryTier(Tier):
         self._buffer: list[Hashable] = []
         self._buffer_limit = read_buffer_size
         self._hits_drained = 0
-        self._hits_dropped = 0
         self._c_writers: list[Any] = []  # C writers count their own writes and evictions
         self.stats = _MemoryStats(self.name, self.kind, self)
 
@@ -255,7 +252,7 @@ class MemoryTier(Tier):
         item = self._data.get(key)
         if item is not None:
             if item[1] > now:
-                self._buffer.append(key)
+                self._record(key)
                 return item[0]
         else:
             neg = self._negative.get(key)
@@ -263,7 +260,7 @@ class MemoryTier(Tier):
                 self.stats.misses += 1
                 return default
             if neg[0] > now:
-                self._buffer.append(key)
+                self._record(key)
                 return default
         with self._lock:
             self._drain()
@@ -356,10 +353,9 @@ class MemoryTier(Tier):
         if self.max_value_bytes is not None and (limit is None or self.max_value_bytes < limit):
             limit = self.max_value_bytes
         if limit is not None and weight > limit:
+            # Refused before anything is written, as the hierarchy does: the value stored
+            # before (if any) stays.
             self.stats.too_large += 1
-            with self._lock:
-                self._drain()
-                self._remove(key)
             raise ValueTooLargeError(
                 f"the value for key {key!r} weighs {weight} bytes, more than level "
                 f"{self.name}'s limit of {limit}; raise max_bytes/max_value_bytes or store "
@@ -367,17 +363,27 @@ class MemoryTier(Tier):
             )
         return weight
 
+    def _record(self, key: str) -> None:
+        """Note a hit outside the hot closure (slow paths, batch reads), with the same bound."""
+        buffer = self._buffer
+        buffer.append(key)
+        if len(buffer) >= self._buffer_limit:
+            self._drain_from_reader()
+
     def _drain_from_reader(self) -> None:
+        """A reader found the buffer full. Drain it if the lock is free; if a writer holds
+        the lock, that writer drains it. Only a buffer grown far past its size (the lock
+        held for a long time while hits pour in) makes the reader wait for the lock: the
+        buffer stays bounded, and it is only ever cut under the lock, so no drain can lose
+        hits recorded after its copy."""
         lock = self._lock
-        if lock.acquire(blocking=False):
+        if lock.acquire(blocking=False) or len(self._buffer) >= 16 * self._buffer_limit and (
+            lock.acquire()
+        ):
             try:
                 self._drain()
             finally:
                 lock.release()
-        elif len(self._buffer) >= 16 * self._buffer_limit:
-            half = len(self._buffer) // 2
-            del self._buffer[:half]
-            self._hits_dropped += half
 
     def _drain(self) -> None:
         """Replay buffered hits to the policy. Call with the lock held."""
@@ -402,7 +408,7 @@ class MemoryTier(Tier):
             item = data.get(key)
             if item is not None:
                 if item[1] > now:
-                    self._buffer.append(key)
+                    self._record(key)
                     found[key] = Entry(item[0], _to_wall(item[1], now, wall_now), item[2])
                     continue
                 expired.append(key)
@@ -410,7 +416,7 @@ class MemoryTier(Tier):
                 neg = negative.get(key)
                 if neg is not None:
                     if neg[0] > now:
-                        self._buffer.append(key)
+                        self._record(key)
                         found[key] = Entry(None, _to_wall(neg[0], now, wall_now), neg[1], True)
                         continue
                     expired.append(key)
