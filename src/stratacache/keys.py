@@ -77,7 +77,7 @@ def stable_key_part(value: Any) -> str:
     Only types whose text form is stable are accepted (no ``hash()``, no default reprs with
     memory addresses): None, bool, int, float, str, bytes, and tuples, lists, sets,
     frozensets and dicts of those. Anything else raises TypeError naming the type, so the
-    caller can pass a key function instead.
+    caller can pass a key function instead (InvalidKeyError is a TypeError).
     """
     if value is None or isinstance(value, bool | int | float):
         return repr(value)
@@ -93,7 +93,7 @@ def stable_key_part(value: Any) -> str:
     if isinstance(value, dict):
         items = sorted((stable_key_part(k), stable_key_part(v)) for k, v in value.items())
         return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
-    raise TypeError(
+    raise InvalidKeyError(
         f"cannot build a stable cache key from an argument of type {type(value).__qualname__}; "
         "pass key=lambda *args, **kwargs: ... to cached()"
     )

@@ -232,6 +232,11 @@ class Signer:
         or an existing signer."""
         if isinstance(secret, Signer):
             return secret
+        if not secret:
+            raise ConfigurationError(
+                "a signing key must be a non-empty secret (16+ random bytes) or a "
+                "non-empty {key_id: secret} mapping"
+            )
         if isinstance(secret, str):
             return cls({1: secret.encode()}, 1)
         if isinstance(secret, bytes):

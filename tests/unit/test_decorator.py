@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from stratacache import AsyncCache, Cache, MemoryTier
+from stratacache import AsyncCache, Cache, ConfigurationError, InvalidKeyError, MemoryTier
 
 
 def test_sync_results_are_cached_per_arguments() -> None:
     cache = Cache([MemoryTier(100)])
     calls: list[tuple[Any, ...]] = []
 
-    @cache.cached(ttl=60)
+    @cache.cached(ttl=60, prefix="area")
     def area(width: int, height: int = 1) -> int:
         calls.append((width, height))
         return width * height
@@ -33,7 +33,7 @@ def test_none_results_are_cached_and_exceptions_are_not() -> None:
     cache = Cache([MemoryTier(100)])
     calls = 0
 
-    @cache.cached()
+    @cache.cached(prefix="lookup")
     def lookup(x: int) -> Any:
         nonlocal calls
         calls += 1
@@ -51,21 +51,38 @@ def test_none_results_are_cached_and_exceptions_are_not() -> None:
     assert calls == 3
 
 
+def module_level_function(a: Any, b: Any = None) -> int:
+    return 1
+
+
 def test_keys_are_stable_text_with_module_and_qualname() -> None:
     cache = Cache([MemoryTier(100)])
-
-    @cache.cached()
-    def f(a: Any, b: Any = None) -> int:
-        return 1
-
+    f = cache.cached()(module_level_function)
     key = f.cache_key(1, "x", b={"z": 1, "a": [1.5, None]})
-    assert key == (
-        f"{__name__}.test_keys_are_stable_text_with_module_and_qualname.<locals>.f:"
-        "(1,'x'){'b':{'a':[1.5,None],'z':1}}"
-    )
+    assert key == f"{__name__}.module_level_function:(1,'x'){{'b':{{'a':[1.5,None],'z':1}}}}"
     assert f.cache_key({"b": 1, "a": 2}) == f.cache_key({"a": 2, "b": 1})
-    with pytest.raises(TypeError, match="key="):
+    with pytest.raises(InvalidKeyError, match="key="):
         f(object())
+    with pytest.raises(TypeError):  # InvalidKeyError is also a TypeError
+        f(object())
+
+
+def test_functions_without_a_unique_name_need_a_prefix() -> None:
+    cache = Cache([MemoryTier(100)])
+
+    def make(n: int) -> Any:
+        def add(x: int) -> int:
+            return x + n
+
+        return add
+
+    with pytest.raises(ConfigurationError, match="prefix="):
+        cache.cached()(make(1))
+    with pytest.raises(ConfigurationError, match="lambda"):
+        cache.cached()(lambda x: x)
+    add_one = cache.cached(prefix="add-one")(make(1))
+    add_two = cache.cached(prefix="add-two")(make(2))
+    assert (add_one(10), add_two(10)) == (11, 12)
 
 
 def test_key_is_the_same_in_another_process() -> None:
@@ -109,7 +126,7 @@ def test_async_functions_with_async_cache() -> None:
     cache = AsyncCache([MemoryTier(100)])
     calls = 0
 
-    @cache.cached(ttl=5)
+    @cache.cached(ttl=5, prefix="fetch")
     async def fetch(x: int) -> int:
         nonlocal calls
         calls += 1
@@ -128,13 +145,13 @@ def test_async_functions_with_async_cache() -> None:
 
 
 def test_mismatched_function_kind_is_refused() -> None:
-    with pytest.raises(TypeError, match="AsyncCache"):
+    with pytest.raises(ConfigurationError, match="AsyncCache"):
 
         @Cache([MemoryTier(10)]).cached()
         async def a() -> int:
             return 1
 
-    with pytest.raises(TypeError, match="sync Cache"):
+    with pytest.raises(ConfigurationError, match="sync Cache"):
 
         @AsyncCache([MemoryTier(10)]).cached()
         def b() -> int:

@@ -502,3 +502,9 @@ def test_payload_copied_under_another_key_is_a_miss(driver, cache, clock, db) ->
     conn.close()
     assert driver(cache.get("b")) is MISSING
     assert cache.stats().levels[1].corrupt == 1
+
+
+def test_get_or_load_default_and_a_helpful_error_for_per_key_loaders(driver, cache) -> None:
+    assert driver(cache.get_or_load("nobody", lambda keys: {}, default="dflt")) == "dflt"
+    with pytest.raises(OriginError, match="list of keys and returns a mapping"):
+        driver(cache.get_or_load("x", lambda key: {"a": 1}[key]))

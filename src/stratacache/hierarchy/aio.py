@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from ..entry import MISSING
-from ..errors import OriginError
+from ..errors import ConfigurationError, OriginError
 from .facade import L1_MISS, CacheFacade, key_builder
 from .flow import Flow, Loader
 
@@ -70,14 +70,16 @@ class AsyncCache(CacheFacade):
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         return await arun(self._flow_get_many(keys))  # type: ignore[no-any-return]
 
-    async def get_or_load(self, key: str, loader: Loader, ttl: float | None = None) -> Any:
+    async def get_or_load(
+        self, key: str, loader: Loader, ttl: float | None = None, *, default: Any = MISSING
+    ) -> Any:
         reader = self._l1_reader
         if reader is not None:
             value = reader(key, L1_MISS)
             if value is not L1_MISS:
                 return value
         values = await arun(self._flow_get(key, loader, ttl))
-        return values.get(key, MISSING)
+        return values.get(key, default)
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         writer = self._local_writer
@@ -116,7 +118,7 @@ class AsyncCache(CacheFacade):
 
         def decorate(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             if not inspect.iscoroutinefunction(fn):
-                raise TypeError(
+                raise ConfigurationError(
                     f"{getattr(fn, '__qualname__', fn)} is not async: decorate it with a "
                     "sync Cache's cached()"
                 )

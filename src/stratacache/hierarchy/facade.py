@@ -204,7 +204,19 @@ def key_builder(
     """How ``cached`` names a call: ``prefix`` (default ``module.qualname``) plus either
     the user's ``key(*args, **kwargs)`` or a stable text form of the arguments. Never
     ``hash()`` or a default repr, so every process computes the same key."""
-    base = prefix if prefix is not None else f"{fn.__module__}.{fn.__qualname__}"
+    if prefix is None:
+        qualname = getattr(fn, "__qualname__", "")
+        if "<locals>" in qualname or "<lambda>" in qualname or not qualname:
+            # Every function made by one factory (or every lambda) shares that name, so
+            # they would share keys and return each other's results.
+            raise ConfigurationError(
+                f"cannot name the keys of {qualname or fn!r} uniquely: it is a lambda or is "
+                "defined inside another function, and each such function would share one "
+                "key space; pass prefix='a-unique-name' to cached()"
+            )
+        base = f"{fn.__module__}.{qualname}"
+    else:
+        base = prefix
     if key is not None:
         user_key = key
 

@@ -293,8 +293,15 @@ class Hierarchy:
                 raise
             except Exception as exc:
                 stats.errors += 1
+                hint = ""
+                if isinstance(exc, TypeError):
+                    hint = (
+                        " (a loader is called with a list of keys and returns a mapping "
+                        "{key: value}; a per-key function fits as "
+                        "lambda keys: {k: fn(k) for k in keys})"
+                    )
                 raise OriginError(
-                    f"loading {len(group)} key(s) (first {group[0]!r}) failed: {exc!r}"
+                    f"loading {len(group)} key(s) (first {group[0]!r}) failed: {exc!r}{hint}"
                 ) from exc
             if loaded is None:
                 loaded = {}

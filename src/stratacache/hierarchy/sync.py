@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from ..entry import MISSING
-from ..errors import OriginError
+from ..errors import ConfigurationError, OriginError
 from ..tiers.memory import MemoryTier
 from .facade import L1_MISS, CacheFacade, key_builder
 from .flow import Flow, Loader
@@ -94,15 +94,19 @@ class Cache(CacheFacade):
         Each level is asked once, for the keys still missing."""
         return run(self._flow_get_many(keys))  # type: ignore[no-any-return]
 
-    def get_or_load(self, key: str, loader: Loader, ttl: float | None = None) -> Any:
-        """Like ``get``, but a miss everywhere asks ``loader(keys) -> {key: value}`` first.
-        Returns MISSING when the loader does not have the key either."""
+    def get_or_load(
+        self, key: str, loader: Loader, ttl: float | None = None, *, default: Any = MISSING
+    ) -> Any:
+        """Like ``get``, but a miss everywhere asks ``loader`` first. A loader is batch-shaped,
+        like every loader here: it gets a list of keys (one, here) and returns a mapping
+        ``{key: value}``; a key left out means "not found" and the call returns ``default``.
+        What it returns is cached with ``ttl`` (bounded by each level's own)."""
         reader = self._l1_reader
         if reader is not None:
             value = reader(key, L1_MISS)
             if value is not L1_MISS:
                 return value
-        return run(self._flow_get(key, loader, ttl)).get(key, MISSING)
+        return run(self._flow_get(key, loader, ttl)).get(key, default)
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` (write-through: the origin if it can store, then every level,
@@ -146,7 +150,7 @@ class Cache(CacheFacade):
 
         def decorate(fn: Callable[..., T]) -> Callable[..., T]:
             if inspect.iscoroutinefunction(fn):
-                raise TypeError(
+                raise ConfigurationError(
                     f"{fn.__qualname__} is async: decorate it with an AsyncCache's cached()"
                 )
             build = key_builder(fn, key, prefix)
