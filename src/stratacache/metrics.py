@@ -86,6 +86,7 @@ class LevelStats:
         self.errors = 0  # transient failures: the level was skipped
         self.corrupt = 0  # payloads rejected as corrupt, foreign or forged (read as misses)
         self.too_large = 0  # values not stored here because they exceed this level's maximum
+        self.unencodable = 0  # loaded values its serializer could not encode (not stored)
         self.writes = 0
         self.evictions = 0
         self.latency = LatencyHistogram()
@@ -106,13 +107,14 @@ class LevelStats:
             errors=self.errors,
             corrupt=self.corrupt,
             too_large=self.too_large,
+            unencodable=self.unencodable,
             writes=self.writes,
             evictions=self.evictions,
         )
 
     def reset(self) -> None:
         self.hits = self.misses = self.errors = self.corrupt = 0
-        self.too_large = self.writes = self.evictions = 0
+        self.too_large = self.unencodable = self.writes = self.evictions = 0
         self.latency.reset()
 
 
@@ -144,6 +146,7 @@ class LevelSnapshot:
     errors: int = 0
     corrupt: int = 0
     too_large: int = 0
+    unencodable: int = 0
     writes: int = 0
     evictions: int = 0
 
@@ -194,6 +197,7 @@ class CacheStats:
                     "errors": s.errors,
                     "corrupt": s.corrupt,
                     "too_large": s.too_large,
+                    "unencodable": s.unencodable,
                 }
                 for s in self.levels
             ],

@@ -21,6 +21,7 @@ from stratacache import (
     InvalidKeyError,
     MemoryTier,
     OriginError,
+    SerializationError,
     SQLiteTier,
     ValueTooLargeError,
 )
@@ -508,3 +509,28 @@ def test_get_or_load_default_and_a_helpful_error_for_per_key_loaders(driver, cac
     assert driver(cache.get_or_load("nobody", lambda keys: {}, default="dflt")) == "dflt"
     with pytest.raises(OriginError, match="list of keys and returns a mapping"):
         driver(cache.get_or_load("x", lambda key: {"a": 1}[key]))
+
+
+class Opaque:
+    """A value msgpack cannot encode."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Opaque)
+
+    __hash__ = object.__hash__
+
+
+def test_loaded_value_a_level_cannot_encode_is_still_returned_and_cached_above(
+    driver, tmp_path, clock
+) -> None:
+    db = RecordingOrigin({"odd": Opaque(), "plain": 1})
+    cache = make_cache(driver, clock, tmp_path, db.origin())
+    got = driver(cache.get_many(["odd", "plain"]))
+    assert got == {"odd": Opaque(), "plain": 1}
+    assert driver(cache.get("odd")) == Opaque()  # L1 keeps objects as they are
+    assert db.loads == [["odd", "plain"]]
+    assert l2(cache).get_many(["plain"])["plain"].value == 1  # the batch's other key
+    assert cache.stats().levels[1].unencodable == 1
+    with pytest.raises(SerializationError):  # an explicit set still says so
+        driver(cache.set("odd2", Opaque()))
+    driver(cache.close())

@@ -27,7 +27,13 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
 from ..entry import Entry
-from ..errors import ConfigurationError, OriginError, TransientError, ValueTooLargeError
+from ..errors import (
+    ConfigurationError,
+    OriginError,
+    SerializationError,
+    TransientError,
+    ValueTooLargeError,
+)
 from ..metrics import CacheStats, OriginStats
 from ..origin import Origin
 from ..stampede import Flight, SingleFlight
@@ -375,12 +381,37 @@ class Hierarchy:
         return prepared
 
     def _prepare_some(self, per_level: list[dict[str, Entry]]) -> list[Prepared]:
-        """Encode for the levels that have entries; a value too large for a level is just
-        not cached there (fills and promotions never raise for size)."""
+        """Encode for the levels that have entries. Fills and promotions never fail the
+        read that caused them: a value too large for a level, or one its serializer cannot
+        encode, is just not cached there (counted, and logged)."""
         return [
-            level.prepare(entries) if entries else Prepared()
+            self._prepare_leniently(level, entries) if entries else Prepared()
             for level, entries in zip(self.levels, per_level, strict=True)
         ]
+
+    def _prepare_leniently(self, level: Tier, entries: dict[str, Entry]) -> Prepared:
+        try:
+            return level.prepare(entries)
+        except SerializationError:
+            pass
+        # Find the culprits one by one; the other keys are still cached.
+        prepared = Prepared()
+        for key, entry in entries.items():
+            try:
+                one = level.prepare({key: entry})
+            except SerializationError as exc:
+                level.stats.unencodable += 1
+                logger.warning(
+                    "level %s (%s) cannot store the value of key %r: %s",
+                    level.name,
+                    level.kind,
+                    key,
+                    exc,
+                )
+                continue
+            prepared.items.update(one.items)
+            prepared.rejected.update(one.rejected)
+        return prepared
 
     def _write_levels(self, prepared: list[Prepared], order: range) -> Flow:
         """Write each level in ``order``, skipping (and counting) a level that is down."""
