@@ -82,23 +82,26 @@ class CacheFacade:
         # A cache that is nothing but one in-process level completes every operation
         # without I/O; its sets and misses then skip the flow machinery and run closures
         # bound here. Both follow the same rules as the flow (see tiers/memory.py).
-        self._local_writer: Callable[[str, Any, float | None], None] | None = None
-        if self._hierarchy.sets_stay_local() and isinstance(top, MemoryTier):
-            self._local_writer = top.make_writer(jitter=ttl_jitter, rng=self._hierarchy.rng)
-        self._bind_miss_path()
+        self._ttl_jitter = ttl_jitter
+        self._bind_local_paths()
 
-    def _bind_miss_path(self) -> None:
-        """(Re)decide how a miss is handled; called again when a loader is registered."""
-        top = self._hierarchy.levels[0]
-        self._local_miss: Callable[[str, Any], Any] | None = (
-            top.lookup_or_default
-            if isinstance(top, MemoryTier) and self._hierarchy.misses_stay_local()
-            else None
-        )
+    def _bind_local_paths(self) -> None:
+        """(Re)decide which operations complete in L1 alone; again when a loader is
+        registered. Sets take the bound writer only when misses stay local too: once a
+        miss can load, every write must go through the fence that stops an in-flight
+        load from filling over it (see hierarchy/fence.py)."""
+        hierarchy = self._hierarchy
+        top = hierarchy.levels[0]
+        self._local_miss: Callable[[str, Any], Any] | None = None
+        self._local_writer: Callable[[str, Any, float | None], None] | None = None
+        if isinstance(top, MemoryTier) and hierarchy.misses_stay_local():
+            self._local_miss = top.lookup_or_default
+            if hierarchy.sets_stay_local():
+                self._local_writer = top.make_writer(jitter=self._ttl_jitter, rng=hierarchy.rng)
         self._bind_get()
 
     def _bind_get(self) -> None:
-        """Hook for the public classes to rebind their fast ``get``."""
+        """Hook for the public classes to rebind their fast ``get`` and ``set``."""
 
     # ------------------------------------------------------------------ introspection
 
@@ -139,7 +142,7 @@ class CacheFacade:
         if not isinstance(prefix, str):
             raise ConfigurationError(f"loader prefix must be a str, got {prefix!r}")
         self._hierarchy.register_loader(prefix, loader)
-        self._bind_miss_path()
+        self._bind_local_paths()
 
     def loader(self, prefix: str) -> Callable[[Loader], Loader]:
         """Decorator form of :meth:`register_loader`."""

@@ -39,6 +39,7 @@ from ..origin import Origin
 from ..stampede import Flight, SingleFlight
 from ..tiers.base import Prepared, Tier
 from . import ttl as ttl_rules
+from .fence import WriteFence
 from .ops import (
     LevelClear,
     LevelDelete,
@@ -103,6 +104,7 @@ class Hierarchy:
         self.origin_stats = OriginStats()
         self.single_flight = SingleFlight()
         self.repairs = [PendingRepairs() for _ in self.levels]
+        self.fence = WriteFence()
         self._loaders: list[tuple[str, Loader]] = []
 
     def misses_stay_local(self) -> bool:
@@ -169,6 +171,7 @@ class Hierarchy:
         missing = list(dict.fromkeys(keys))
         values: dict[str, Any] = {}
         promote: list[tuple[int, dict[str, Entry]]] = []
+        epoch = self.fence.now()
         for index in range(start, len(self.levels)):
             if not missing:
                 break
@@ -193,19 +196,22 @@ class Hierarchy:
             missing = [key for key in missing if key not in entries]
 
         for index, entries in promote:
-            yield from self._promote(index, entries)
+            yield from self._promote(index, entries, epoch)
 
         if missing and load:
-            yield from self._load(missing, loader, ttl, values)
+            yield from self._load(missing, loader, ttl, values, epoch)
         return values
 
-    def _promote(self, index: int, entries: dict[str, Entry]) -> Flow:
+    def _promote(self, index: int, entries: dict[str, Entry], epoch: int) -> Flow:
         """Copy hits found at level ``index`` into every level above it, each copy living no
         longer than what remains of the entry (nor than the upper level's own TTL)."""
         now = self.wall_clock()
         upper = self.ttls[:index]
         per_level: list[dict[str, Entry]] = [{} for _ in upper]
+        written = self.fence.changed_since(entries, epoch)
         for key, entry in entries.items():
+            if key in written:  # a write since we read it: our copy may be the old value
+                continue
             expiries = ttl_rules.expiries(
                 upper, now, cap=entry.expires_at, jitter=self.ttl_jitter, rng=self.rng
             )
@@ -217,6 +223,7 @@ class Hierarchy:
             self._prepare_some(per_level + [{}] * (len(self.levels) - index)),
             range(index - 1, -1, -1),
         )
+        yield from self._unfill_raced(per_level[0] if per_level else {}, epoch)
 
     def _load(
         self,
@@ -224,13 +231,14 @@ class Hierarchy:
         loader: Loader | None,
         ttl: float | None,
         values: dict[str, Any],
+        epoch: int,
     ) -> Flow:
         """Load what every level lacks, once: keys another caller is already loading are
         awaited rather than loaded again (see :mod:`stratacache.stampede`)."""
         flights = self.single_flight
         lead, waits = flights.claim(missing)
         if lead:
-            yield from self._lead(lead, loader, ttl, values)
+            yield from self._lead(lead, loader, ttl, values, epoch)
         if not waits:
             return
         late = yield WaitFlights(flights, waits)
@@ -252,7 +260,7 @@ class Hierarchy:
                 values[flight.key] = flight.value
         flights.coalesced += len(waits) - len(retry)
         if retry:  # the leader is stuck or gone: load the keys ourselves
-            yield from self._lead(flights.take_over(retry), loader, ttl, values)
+            yield from self._lead(flights.take_over(retry), loader, ttl, values, epoch)
 
     def _lead(
         self,
@@ -260,13 +268,14 @@ class Hierarchy:
         loader: Loader | None,
         ttl: float | None,
         values: dict[str, Any],
+        epoch: int,
     ) -> Flow:
         """Load the keys of flights this caller leads, and settle every one of them, even
         when the caller is cancelled or interrupted mid-load."""
         flights = self.single_flight
         loaded: dict[str, Any] = {}
         try:
-            yield from self._load_now([f.key for f in led], loader, ttl, loaded)
+            yield from self._load_now([f.key for f in led], loader, ttl, loaded, epoch)
         except Exception as exc:
             flights.fail(led, exc)
             raise
@@ -284,6 +293,7 @@ class Hierarchy:
         loader: Loader | None,
         ttl: float | None,
         values: dict[str, Any],
+        epoch: int,
     ) -> Flow:
         stats = self.origin_stats
         loaded_entries: dict[str, Any] = {}
@@ -324,10 +334,17 @@ class Hierarchy:
                     not_found.append(key)
         stats.found += len(loaded_entries)
         values.update(loaded_entries)
-        yield from self._fill(loaded_entries, not_found, ttl)
+        yield from self._fill(loaded_entries, not_found, ttl, epoch)
 
-    def _fill(self, found: Mapping[str, Any], not_found: Sequence[str], ttl: float | None) -> Flow:
-        """Store freshly loaded values (and remembered misses) in every level."""
+    def _fill(
+        self, found: Mapping[str, Any], not_found: Sequence[str], ttl: float | None, epoch: int
+    ) -> Flow:
+        """Store freshly loaded values (and remembered misses) in every level, except for
+        keys written since the read began (see :mod:`.fence`)."""
+        written = self.fence.changed_since([*found, *not_found], epoch)
+        if written:
+            found = {k: v for k, v in found.items() if k not in written}
+            not_found = [k for k in not_found if k not in written]
         if not found and not (not_found and self.negative_ttl):
             return
         per_level = self.entries_for(found, ttl)
@@ -340,6 +357,14 @@ class Hierarchy:
         yield from self._write_levels(
             self._prepare_some(per_level), range(len(self.levels) - 1, -1, -1)
         )
+        yield from self._unfill_raced(per_level[0], epoch)
+
+    def _unfill_raced(self, filled: Mapping[str, Entry], epoch: int) -> Flow:
+        """A write that raced with the fill we just made may have been overwritten by it:
+        drop those keys again, so the next read loads what the write left."""
+        raced = self.fence.changed_since(filled, epoch) if filled else set()
+        if raced:
+            yield from self.invalidate(sorted(raced))
 
     # ------------------------------------------------------------------ writes
 
@@ -436,8 +461,11 @@ class Hierarchy:
 
     def prepare_write(self, items: Mapping[str, Any], ttl: float | None) -> list[Prepared]:
         """Entries for an explicit write, encoded for every level; raises
-        ValueTooLargeError (before any I/O) for a value no level can hold."""
-        return self.prepare_levels(self.entries_for(items, ttl))
+        ValueTooLargeError (before any I/O) for a value no level can hold. Marks the
+        write in the fence, so reads in flight do not fill over it."""
+        prepared = self.prepare_levels(self.entries_for(items, ttl))
+        self.fence.mark(items)
+        return prepared
 
     def store_in_levels(self, prepared: list[Prepared]) -> Flow:
         """Write prepared entries into every level, bottom-up (so no upper level ever
@@ -450,6 +478,7 @@ class Hierarchy:
         """Drop the keys from every level (never the origin), bottom-up: an upper level
         cannot be refilled from a lower one that still has the old value."""
         keys = list(dict.fromkeys(keys))
+        self.fence.mark(keys)
         for index in range(len(self.levels) - 1, -1, -1):
             level = self.levels[index]
             try:
@@ -461,6 +490,7 @@ class Hierarchy:
     def delete(self, keys: Sequence[str]) -> Flow:
         """Remove from the origin, then from every level."""
         keys = list(dict.fromkeys(keys))
+        self.fence.mark(keys)
         if self.origin is not None:
             try:
                 yield OriginDelete(self.origin, keys)
@@ -475,6 +505,7 @@ class Hierarchy:
         yield from self.invalidate(keys)
 
     def clear(self) -> Flow:
+        self.fence.mark_all()
         for index in range(len(self.levels) - 1, -1, -1):
             level = self.levels[index]
             try:

@@ -59,12 +59,6 @@ class Cache(CacheFacade):
     levels hand back a decoded copy.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        writer = self._local_writer
-        if writer is not None:
-            self.set = writer  # type: ignore[method-assign, assignment]
-
     def _bind_get(self) -> None:
         # ``get`` is bound on the instance: an L1 hit costs one closure call, no method
         # lookup. What the closure calls on a miss is decided here too, so a cache with
@@ -75,6 +69,11 @@ class Cache(CacheFacade):
             self.get = top.make_reader(slow, timed=self._measure_l1)  # type: ignore[method-assign]
         else:
             self.get = self._slow_get  # type: ignore[method-assign]
+        writer = self._local_writer
+        if writer is not None:
+            self.set = writer  # type: ignore[method-assign, assignment]
+        else:
+            self.__dict__.pop("set", None)
 
     def get(self, key: str, default: Any = MISSING) -> Any:  # replaced per instance
         """The value for ``key``: from the first level that has it, else loaded (a
@@ -178,7 +177,6 @@ class Cache(CacheFacade):
         raises CacheClosedError."""
         if self._mark_closed():
             # Drop the bound fast paths: from now on every call meets the closed check.
-            self.__dict__.pop("set", None)
             self._local_writer = None
             self._local_miss = None
             self._bind_get()

@@ -1,0 +1,66 @@
+"""Fencing fills against writes that happen while they are in flight.
+
+A read that misses loads from the origin (or reads a lower level) and then writes what it
+got into the levels above. If a ``set``, ``delete`` or ``invalidate`` of the same key runs
+in between, the fill would put the value from *before* the write back into the cache,
+where it stays until it expires: the classic stale-set race (the problem memcache leases
+solve at Facebook). Within one process the fix is cheap: every write takes a number from a
+counter and records it against its keys before touching anything; a fill remembers the
+counter when its read began, skips the keys written since, and checks once more after
+writing, dropping again any key a write raced with.
+
+The record of which key was written when is bounded. Once a key's entry has been pushed
+out, the fence cannot tell whether it changed, so for reads older than the oldest entry it
+still knows it answers "changed" for every key: a fill is skipped, never wrong. Writes from
+other processes are the coherence layer's business.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+
+__all__ = ["WriteFence"]
+
+
+class WriteFence:
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._epoch = 0
+        self._written: OrderedDict[str, int] = OrderedDict()  # key -> epoch of its last write
+        self._forgotten = 0  # every write at or before this epoch is no longer recorded
+
+    def now(self) -> int:
+        """The epoch a read starts at (pass it to ``changed_since`` before filling)."""
+        return self._epoch
+
+    def mark(self, keys: Iterable[str]) -> int:
+        """Record a write of ``keys`` (call before the write touches anything)."""
+        with self._lock:
+            self._epoch += 1
+            epoch = self._epoch
+            written = self._written
+            for key in keys:
+                written[key] = epoch
+                written.move_to_end(key)
+            while len(written) > self.limit:
+                _, oldest = written.popitem(last=False)
+                self._forgotten = max(self._forgotten, oldest)
+            return epoch
+
+    def mark_all(self) -> None:
+        """A write of every key (``clear``): every read in flight is stale."""
+        with self._lock:
+            self._epoch += 1
+            self._written.clear()
+            self._forgotten = self._epoch
+
+    def changed_since(self, keys: Iterable[str], epoch: int) -> set[str]:
+        """The keys among ``keys`` that may have been written after ``epoch``."""
+        with self._lock:
+            if self._forgotten > epoch:
+                return set(keys)
+            written = self._written
+            return {key for key in keys if written.get(key, 0) > epoch}
