@@ -13,10 +13,27 @@ level's mean latency per lookup, m its miss rate (misses / lookups at that level
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CacheStats", "LatencyHistogram", "LevelSnapshot", "LevelStats", "OriginStats"]
+__all__ = [
+    "CacheStats",
+    "LatencyHistogram",
+    "LevelSnapshot",
+    "LevelStats",
+    "OriginStats",
+    "amat",
+]
+
+
+def amat(latencies: Sequence[float], miss_ratios: Sequence[float], origin_latency: float) -> float:
+    """``T1 + m1 (T2 + m2 (... + mn T_origin))``, evaluated from the origin upward. The
+    live cache (``CacheStats.amat_us``) and the simulator both use this one function."""
+    time = origin_latency
+    for latency, miss_ratio in zip(reversed(latencies), reversed(miss_ratios), strict=True):
+        time = latency + miss_ratio * time
+    return time
 
 _SUB_BITS = 4  # 16 sub-buckets per power of two: quantiles within ~6%
 _SUB = 1 << _SUB_BITS
@@ -168,11 +185,13 @@ class CacheStats:
     @property
     def amat_us(self) -> float:
         """Average response time per lookup from the measured figures:
-        ``T1 + m1 (T2 + m2 (... + mn T_origin))``. An unmeasured level counts as 0 µs."""
-        total = self.origin_mean_us or 0.0
-        for level in reversed(self.levels):
-            total = (level.mean_us or 0.0) + level.miss_rate * total
-        return total
+        ``T1 + m1 (T2 + m2 (... + mn T_origin))``. An unmeasured level counts as 0 µs; a
+        level with no lookups (down the whole time) passes everything on (m = 1)."""
+        return amat(
+            [level.mean_us or 0.0 for level in self.levels],
+            [level.miss_rate for level in self.levels],
+            self.origin_mean_us or 0.0,
+        )
 
     @property
     def no_cache_us(self) -> float:

@@ -54,6 +54,10 @@ class Origin:
     def close(self) -> None:
         """Release connections. Called by the cache's close()."""
 
+    async def aclose(self) -> None:
+        """Called by an AsyncCache's close(); by default ``close`` in a worker thread."""
+        await asyncio.to_thread(self.close)
+
 
 class CallableOrigin(Origin):
     """An origin made of functions: ``load(keys) -> mapping`` and, optionally,
@@ -184,13 +188,17 @@ class SQLOrigin(Origin):
     # -- key mapping
 
     def _to_db(self, key: str) -> Any:
+        """The key column's value for a cache key, or None if the key names no row. Only
+        the canonical spelling maps: ``"user:42"`` reads row 42, ``"user:042"`` and
+        ``"user:4_2"`` do not (otherwise two cache keys would alias one row)."""
         if not key.startswith(self.key_prefix):
             return None
         raw = key[len(self.key_prefix) :]
         try:
-            return self._key_type(raw)
+            db_key = self._key_type(raw)
         except (TypeError, ValueError):
             return None
+        return db_key if str(db_key) == raw else None
 
     def _to_cache(self, db_key: Any) -> str:
         return f"{self.key_prefix}{db_key}"

@@ -107,10 +107,19 @@ def check_configuration_errors(url: str, table: str) -> None:
         SQLOrigin(url, table, key_column="id", value_column="val")
 
 
+def check_non_canonical_keys_do_not_alias_rows(url: str, table: str) -> None:
+    origin = SQLOrigin(url, table, key_column="id", key_prefix="user:")
+    assert set(origin.load_many(["user:1", "user:01", "user:+1", "user:1_0", "user: 1"])) == {
+        "user:1"
+    }
+    origin.close()
+
+
 CASES = [
     check_rows_by_prefixed_integer_key,
     check_value_column,
     check_cache_over_sql_origin,
     check_async_faces,
     check_configuration_errors,
+    check_non_canonical_keys_do_not_alias_rows,
 ]

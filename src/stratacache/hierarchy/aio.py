@@ -149,20 +149,7 @@ class AsyncCache(CacheFacade):
         if self._mark_closed():
             self._local_writer = None
             self._local_miss = None
-            errors: list[BaseException] = []
-            for level in self._hierarchy.levels:
-                try:
-                    await level.aclose()
-                except Exception as exc:
-                    errors.append(exc)
-            origin = self._hierarchy.origin
-            if origin is not None:
-                try:
-                    origin.close()
-                except Exception as exc:
-                    errors.append(exc)
-            if errors:
-                raise errors[0]
+            await arun(self._hierarchy.close())
 
     async def __aenter__(self) -> AsyncCache:
         return self

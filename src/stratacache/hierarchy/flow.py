@@ -42,11 +42,13 @@ from . import ttl as ttl_rules
 from .fence import WriteFence
 from .ops import (
     LevelClear,
+    LevelClose,
     LevelDelete,
     LevelGet,
     LevelWrite,
     LoadCall,
     Op,
+    OriginClose,
     OriginDelete,
     WaitFlights,
 )
@@ -78,7 +80,11 @@ class Hierarchy:
         if not levels:
             raise ConfigurationError("a cache needs at least one level")
         if len({id(level) for level in levels}) != len(levels):
-            raise ConfigurationError("the same tier object appears twice in levels")
+            names = [getattr(level, "name", "?") for level in levels]
+            raise ConfigurationError(
+                f"the same tier object appears twice in levels {names}: each level needs "
+                "its own tier"
+            )
         if not 0.0 <= ttl_jitter < 1.0:
             raise ConfigurationError(f"ttl_jitter is a fraction in [0, 1), got {ttl_jitter}")
         if negative_ttl is not None and not negative_ttl > 0:
@@ -164,15 +170,17 @@ class Hierarchy:
         *,
         load: bool = True,
         ttl: float | None = None,
-        start: int = 0,
     ) -> Flow:
         """Values for the keys found (or loaded); keys found nowhere are left out.
-        ``start`` skips levels already consulted by the caller (the L1 fast path)."""
+
+        L1 is asked again even after the caller's fast path missed there: the fast path
+        only answers plain hits, and this lookup is what finds remembered misses and
+        expired entries and counts the L1 miss."""
         missing = list(dict.fromkeys(keys))
         values: dict[str, Any] = {}
         promote: list[tuple[int, dict[str, Entry]]] = []
         epoch = self.fence.now()
-        for index in range(start, len(self.levels)):
+        for index in range(len(self.levels)):
             if not missing:
                 break
             level = self.levels[index]
@@ -563,16 +571,16 @@ class Hierarchy:
             level.stats.reset()
         self.origin_stats.reset()
 
-    def close(self) -> None:
+    def close(self) -> Flow:
+        """Close every level, then the origin; closing goes on past a failure, and the
+        first failure is raised at the end."""
         errors: list[BaseException] = []
-        for level in self.levels:
-            try:
-                level.close()
-            except Exception as exc:  # close everything we can, then report
-                errors.append(exc)
+        closers: list[Op] = [LevelClose(level) for level in self.levels]
         if self.origin is not None:
+            closers.append(OriginClose(self.origin))
+        for op in closers:
             try:
-                self.origin.close()
+                yield op
             except Exception as exc:
                 errors.append(exc)
         if errors:

@@ -21,11 +21,13 @@ from ..tiers.base import Prepared, Tier
 
 __all__ = [
     "LevelClear",
+    "LevelClose",
     "LevelDelete",
     "LevelGet",
     "LevelWrite",
     "LoadCall",
     "Op",
+    "OriginClose",
     "OriginDelete",
     "OriginStore",
     "WaitFlights",
@@ -175,3 +177,28 @@ class WaitFlights(Op):
 
     async def arun(self) -> Any:
         return await self.single_flight.await_(self.flights)
+
+
+@dataclass
+class LevelClose(Op):
+    tier: Tier
+
+    def __post_init__(self) -> None:
+        self.local = self.tier.local
+
+    def run(self) -> Any:
+        return self.tier.close()
+
+    async def arun(self) -> Any:
+        return await self.tier.aclose()
+
+
+@dataclass
+class OriginClose(Op):
+    origin: Origin
+
+    def run(self) -> Any:
+        return self.origin.close()
+
+    async def arun(self) -> Any:
+        return await self.origin.aclose()

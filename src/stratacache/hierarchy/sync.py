@@ -180,7 +180,7 @@ class Cache(CacheFacade):
             self._local_writer = None
             self._local_miss = None
             self._bind_get()
-            self._hierarchy.close()
+            run(self._hierarchy.close())
 
     def __enter__(self) -> Cache:
         return self

@@ -32,6 +32,7 @@ from itertools import compress
 from operator import not_
 
 from ..errors import ConfigurationError
+from ..metrics import amat
 from .engine import OPT, Progress, SizeSpec, build_policy, check_policies, footprint, weights_of
 from .engine import parse_size as _parse_size
 from .traces import Trace, TraceKey
@@ -140,14 +141,6 @@ class LevelResult:
     @property
     def miss_ratio(self) -> float:
         return 1.0 - self.hit_ratio if self.lookups else 0.0
-
-
-def amat(latencies: Sequence[float], miss_ratios: Sequence[float], origin_latency: float) -> float:
-    """``T1 + m1 (T2 + m2 (... + mn T_origin))``, evaluated from the origin upward."""
-    time = origin_latency
-    for latency, miss_ratio in zip(reversed(latencies), reversed(miss_ratios), strict=True):
-        time = latency + miss_ratio * time
-    return time
 
 
 @dataclass(frozen=True, slots=True)

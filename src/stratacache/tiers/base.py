@@ -54,7 +54,9 @@ class Tier(ABC):
         from ..errors import ConfigurationError
 
         if ttl is not None and not ttl > 0:
-            raise ConfigurationError(f"{type(self).__name__}: ttl must be > 0 seconds or None")
+            raise ConfigurationError(
+                f"{type(self).__name__}: ttl must be > 0 seconds or None, got {ttl!r}"
+            )
         self.name = name or self.kind
         self.ttl = ttl
         self.stats = LevelStats(self.name, self.kind)

@@ -151,7 +151,7 @@ class MemoryTier(Tier):
         if not isinstance(capacity, int) or capacity < 1:
             raise ConfigurationError(f"MemoryTier bound must be a positive int, got {capacity!r}")
         if read_buffer_size < 1:
-            raise ConfigurationError("read_buffer_size must be >= 1")
+            raise ConfigurationError(f"read_buffer_size must be >= 1, got {read_buffer_size!r}")
         self.capacity = capacity
         self.max_value_bytes = max_value_bytes
         self._weigher: Weigher | None = weigher or (
@@ -377,8 +377,10 @@ class MemoryTier(Tier):
         buffer stays bounded, and it is only ever cut under the lock, so no drain can lose
         hits recorded after its copy."""
         lock = self._lock
-        if lock.acquire(blocking=False) or len(self._buffer) >= 16 * self._buffer_limit and (
-            lock.acquire()
+        if (
+            lock.acquire(blocking=False)
+            or len(self._buffer) >= 16 * self._buffer_limit
+            and (lock.acquire())
         ):
             try:
                 self._drain()
