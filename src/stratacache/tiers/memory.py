@@ -377,15 +377,14 @@ class MemoryTier(Tier):
         buffer stays bounded, and it is only ever cut under the lock, so no drain can lose
         hits recorded after its copy."""
         lock = self._lock
-        if (
-            lock.acquire(blocking=False)
-            or len(self._buffer) >= 16 * self._buffer_limit
-            and (lock.acquire())
-        ):
-            try:
-                self._drain()
-            finally:
-                lock.release()
+        if not lock.acquire(blocking=False):
+            if len(self._buffer) < 16 * self._buffer_limit:
+                return
+            lock.acquire()
+        try:
+            self._drain()
+        finally:
+            lock.release()
 
     def _drain(self) -> None:
         """Replay buffered hits to the policy. Call with the lock held."""
