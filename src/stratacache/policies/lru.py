@@ -44,6 +44,9 @@ class LRUPolicy(PolicyBase):
                 move(key)
 
     def on_insert(self, key: Key, weight: int = 1, cost: float = 1.0) -> list[Key]:
+        if key in self._order:
+            # Not a new key: treat it as a weight change, so the weight stays the sum.
+            return self.on_update(key, weight)
         if weight > self._capacity:
             return [key]
         self._order[key] = weight
