@@ -5,6 +5,9 @@ contract is that this mirror, maintained only from what the policy returns, alwa
 the policy's own view: no key lost, none duplicated, the bound never exceeded, every victim a
 key that was resident (or the key just inserted). ``access`` must be exactly the pair of
 calls an L1 store makes (buffered ``on_hits``, then ``on_insert`` on a miss).
+
+W-TinyLFU and LRU also exist compiled (``stratacache._cpolicies``); every case runs against
+both implementations: ``name`` is the Python class, ``name[c]`` the compiled one.
 """
 
 from __future__ import annotations
@@ -24,30 +27,45 @@ from hypothesis.stateful import (
     rule,
 )
 
+from stratacache import _accel
 from stratacache.policies import (
     POLICIES,
     ARCPolicy,
+    LRUPolicy,
     OPTPolicy,
     Policy,
     PolicyBase,
     WTinyLFUPolicy,
+    compiled_policy,
     make_policy,
 )
+
+try:
+    from stratacache import _cpolicies  # type: ignore[attr-defined]
+except ImportError:  # built without a compiler: only the Python classes are tested
+    _cpolicies = None
 
 Factory = Callable[[int, Sequence[Any]], Policy]
 
 
-def _registry(name: str) -> Factory:
-    return lambda capacity, trace: make_policy(name, capacity)
+def _python(name: str) -> Factory:
+    return lambda capacity, trace: POLICIES[name](capacity)
 
 
-# Every online policy under its registry name, the W-TinyLFU variants whose code paths differ,
-# and OPT, which must be built with the trace it will be driven by.
-FACTORIES: dict[str, Factory] = {name: _registry(name) for name in sorted(POLICIES)}
+# Every online policy under its registry name (the Python class), the W-TinyLFU variants
+# whose code paths differ, and OPT, which must be built with the trace it will be driven by.
+FACTORIES: dict[str, Factory] = {name: _python(name) for name in sorted(POLICIES)}
 FACTORIES["wtinylfu-climb"] = lambda c, t: WTinyLFUPolicy(c, adaptation="climb")
 FACTORIES["wtinylfu-fixed"] = lambda c, t: WTinyLFUPolicy(c, adaptation="fixed")
 FACTORIES["wtinylfu-nodoorkeeper"] = lambda c, t: WTinyLFUPolicy(c, doorkeeper=False)
 FACTORIES["opt"] = lambda c, t: OPTPolicy(c, t)
+if _cpolicies is not None:
+    CW, CL = _cpolicies.WTinyLFUPolicy, _cpolicies.LRUPolicy
+    FACTORIES["lru[c]"] = lambda c, t: CL(c)
+    FACTORIES["wtinylfu[c]"] = lambda c, t: CW(c)
+    FACTORIES["wtinylfu-climb[c]"] = lambda c, t: CW(c, adaptation="climb")
+    FACTORIES["wtinylfu-fixed[c]"] = lambda c, t: CW(c, adaptation="fixed")
+    FACTORIES["wtinylfu-nodoorkeeper[c]"] = lambda c, t: CW(c, doorkeeper=False)
 
 ONLINE = [name for name in FACTORIES if name != "opt"]
 
@@ -289,8 +307,26 @@ def test_every_registered_policy_subclasses_the_base() -> None:
 def test_make_policy_rejects_unknown_names_and_lists_the_accepted_ones() -> None:
     with pytest.raises(ValueError, match=r"accepted: .*lru.*wtinylfu"):
         make_policy("nope", 4)
-    assert isinstance(make_policy("WTinyLFU", 4), WTinyLFUPolicy)
+    assert type(make_policy("WTinyLFU", 4)) is (compiled_policy("wtinylfu") or WTinyLFUPolicy)
     assert isinstance(make_policy("arc", 4), ARCPolicy)
+
+
+@pytest.mark.skipif(_cpolicies is None, reason="the compiled policies are not built here")
+def test_make_policy_prefers_the_compiled_class_unless_disabled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert _cpolicies is not None
+    monkeypatch.setattr(_accel, "cpolicies", _cpolicies)
+    assert type(make_policy("wtinylfu", 4, seed=3)) is _cpolicies.WTinyLFUPolicy
+    assert type(make_policy("LRU", 4)) is _cpolicies.LRUPolicy
+    assert type(make_policy("arc", 4)) is ARCPolicy  # no compiled version
+    # Beyond the compiled arithmetic's range, the Python class serves.
+    assert type(make_policy("lru", 2**70)) is LRUPolicy
+    # What STRATACACHE_PURE_PYTHON=1 does: no compiled module.
+    monkeypatch.setattr(_accel, "cpolicies", None)
+    assert compiled_policy("wtinylfu") is None
+    assert type(make_policy("wtinylfu", 4)) is WTinyLFUPolicy
+    assert type(make_policy("lru", 4)) is LRUPolicy
 
 
 # -- Hypothesis: random operation sequences against a model --------------------------------
@@ -345,7 +381,7 @@ class PolicyMachine(RuleBasedStateMachine):
 
 def _machine(name: str, weighted: bool) -> type[RuleBasedStateMachine]:
     return type(
-        f"Machine_{name}_{'weight' if weighted else 'count'}",
+        f"Machine_{name.replace('[c]', '_compiled')}_{'weight' if weighted else 'count'}",
         (PolicyMachine,),
         {"policy_name": name, "weighted": weighted},
     )
@@ -367,10 +403,12 @@ for _name in ONLINE:
 class ExactLRUMachine(RuleBasedStateMachine):
     """LRU has an exact model: an ordered list, oldest first; the victims are predictable."""
 
+    factory: Callable[[int], Policy] = LRUPolicy
+
     @initialize(capacity=st.integers(min_value=1, max_value=8))
     def start(self, capacity: int) -> None:
         self.capacity = capacity
-        self.policy = make_policy("lru", capacity)
+        self.policy = type(self).factory(capacity)
         self.model: list[int] = []
 
     @rule(key=KEYS)
@@ -395,4 +433,9 @@ class ExactLRUMachine(RuleBasedStateMachine):
             assert all(key in self.policy for key in self.model)
 
 
+if _cpolicies is not None:
+    # Subclassed before the base is decorated: settings apply once per class.
+    TestExactLRUCompiled = _SETTINGS(
+        type("ExactCompiledLRUMachine", (ExactLRUMachine,), {"factory": _cpolicies.LRUPolicy})
+    ).TestCase  # type: ignore[attr-defined]
 TestExactLRU = _SETTINGS(ExactLRUMachine).TestCase

@@ -1,28 +1,47 @@
 """W-TinyLFU's signature behaviours: scan resistance, admission by frequency, the adaptive
-window (growing under recency, shrinking under frequency), hash-flooding jitter, weights."""
+window (growing under recency, shrinking under frequency), hash-flooding jitter, weights.
+
+Every test runs against the Python classes and against the compiled ones
+(``stratacache._cpolicies``), which must behave identically."""
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
-from stratacache.policies import LRUPolicy, WTinyLFUPolicy
+from stratacache import policies
+
+try:
+    from stratacache import _cpolicies  # type: ignore[attr-defined]
+except ImportError:  # built without a compiler
+    _cpolicies = None
+
+_IMPLEMENTATIONS = [pytest.param(policies, id="python")]
+if _cpolicies is not None:
+    _IMPLEMENTATIONS.append(pytest.param(_cpolicies, id="c"))
 
 
-def hits(policy: WTinyLFUPolicy | LRUPolicy, keys: list[int]) -> int:
+@pytest.fixture(params=_IMPLEMENTATIONS)
+def impl(request: pytest.FixtureRequest) -> Any:
+    """A module with ``WTinyLFUPolicy`` and ``LRUPolicy``: the Python or compiled ones."""
+    return request.param
+
+
+def hits(policy: Any, keys: list[int]) -> int:
     return sum(map(policy.access, keys))
 
 
-def test_a_hot_set_survives_a_long_one_time_scan() -> None:
+def test_a_hot_set_survives_a_long_one_time_scan(impl: Any) -> None:
     capacity = 200
     hot = list(range(100))
     rng = random.Random(1)
     warmup = [rng.choice(hot) for _ in range(20_000)]
     scan = list(range(10_000, 60_000))  # 50,000 keys, each requested once
 
-    policy = WTinyLFUPolicy(capacity)
-    lru = LRUPolicy(capacity)
+    policy = impl.WTinyLFUPolicy(capacity)
+    lru = impl.LRUPolicy(capacity)
     for cache in (policy, lru):
         hits(cache, warmup)
         hits(cache, scan)
@@ -33,8 +52,8 @@ def test_a_hot_set_survives_a_long_one_time_scan() -> None:
     assert hits(policy, hot) >= 95
 
 
-def test_a_candidate_is_admitted_only_if_more_popular_than_the_victim() -> None:
-    policy = WTinyLFUPolicy(10, adaptation="fixed")  # a window of 1, a main area of 9
+def test_a_candidate_is_admitted_only_if_more_popular_than_the_victim(impl: Any) -> None:
+    policy = impl.WTinyLFUPolicy(10, adaptation="fixed")  # a window of 1, a main area of 9
     for key in range(10):
         for _ in range(3):
             policy.access(key)
@@ -62,15 +81,15 @@ def recency_trace(length: int, span: int) -> list[int]:
     return keys
 
 
-def test_the_window_grows_on_a_recency_biased_trace() -> None:
+def test_the_window_grows_on_a_recency_biased_trace(impl: Any) -> None:
     capacity = 400
-    policy = WTinyLFUPolicy(capacity)
+    policy = impl.WTinyLFUPolicy(capacity)
     start = policy.window_maximum
     trace = recency_trace(120_000, span=600)
     got = hits(policy, trace)
     assert policy.window_maximum > start + capacity // 5
     # And adapting pays: a fixed 1% window does worse.
-    fixed = WTinyLFUPolicy(capacity, adaptation="fixed")
+    fixed = impl.WTinyLFUPolicy(capacity, adaptation="fixed")
     assert got > hits(fixed, trace)
 
 
@@ -85,33 +104,33 @@ def frequency_trace(length: int, hot: int) -> list[int]:
     return keys
 
 
-def test_the_window_shrinks_on_a_frequency_biased_trace() -> None:
+def test_the_window_shrinks_on_a_frequency_biased_trace(impl: Any) -> None:
     capacity = 300
-    policy = WTinyLFUPolicy(capacity, window_percent=0.5)
+    policy = impl.WTinyLFUPolicy(capacity, window_percent=0.5)
     start = policy.window_maximum
     trace = frequency_trace(100_000, hot=250)
     got = hits(policy, trace)
     assert policy.window_maximum < start // 2
-    assert got > hits(WTinyLFUPolicy(capacity, window_percent=0.5, adaptation="fixed"), trace)
+    assert got > hits(impl.WTinyLFUPolicy(capacity, window_percent=0.5, adaptation="fixed"), trace)
 
 
-def test_caffeines_climber_also_moves_the_window_toward_recency() -> None:
+def test_caffeines_climber_also_moves_the_window_toward_recency(impl: Any) -> None:
     capacity = 400
-    policy = WTinyLFUPolicy(capacity, adaptation="climb")
+    policy = impl.WTinyLFUPolicy(capacity, adaptation="climb")
     start = policy.window_maximum
     hits(policy, recency_trace(200_000, span=600))
     assert policy.window_maximum > start
 
 
-def test_fixed_adaptation_never_moves_the_window() -> None:
-    policy = WTinyLFUPolicy(300, adaptation="fixed", window_percent=0.2)
+def test_fixed_adaptation_never_moves_the_window(impl: Any) -> None:
+    policy = impl.WTinyLFUPolicy(300, adaptation="fixed", window_percent=0.2)
     hits(policy, recency_trace(40_000, span=500))
     assert policy.window_maximum == 60
 
 
-def test_hash_flooding_jitter_admits_a_warm_loser_about_once_in_128() -> None:
+def test_hash_flooding_jitter_admits_a_warm_loser_about_once_in_128(impl: Any) -> None:
     def admissions(seed: int) -> tuple[int, int]:
-        policy = WTinyLFUPolicy(4, seed=seed, adaptation="fixed", window_percent=0.25)
+        policy = impl.WTinyLFUPolicy(4, seed=seed, adaptation="fixed", window_percent=0.25)
         admitted = duels = 0
         for trial in range(6000):
             policy.clear()
@@ -135,8 +154,8 @@ def test_hash_flooding_jitter_admits_a_warm_loser_about_once_in_128() -> None:
     assert admissions(seed=1) == (admitted, duels), "the jitter is reproducible from the seed"
 
 
-def test_without_warmth_a_losing_candidate_is_never_admitted() -> None:
-    policy = WTinyLFUPolicy(4, adaptation="fixed", window_percent=0.25)
+def test_without_warmth_a_losing_candidate_is_never_admitted(impl: Any) -> None:
+    policy = impl.WTinyLFUPolicy(4, adaptation="fixed", window_percent=0.25)
     for key in ("a", "b", "c", "d"):
         for _ in range(15):
             policy.access(key)
@@ -147,8 +166,8 @@ def test_without_warmth_a_losing_candidate_is_never_admitted() -> None:
         assert all(key in policy for key in ("a", "b", "c"))
 
 
-def test_a_heavy_candidate_must_beat_every_victim_it_displaces() -> None:
-    policy = WTinyLFUPolicy(10, adaptation="fixed", window_percent=0.1)
+def test_a_heavy_candidate_must_beat_every_victim_it_displaces(impl: Any) -> None:
+    policy = impl.WTinyLFUPolicy(10, adaptation="fixed", window_percent=0.1)
     for key in range(9):
         policy.access(key)  # weight 1 each, seen once
     for key in (7, 8):
@@ -166,9 +185,9 @@ def test_a_heavy_candidate_must_beat_every_victim_it_displaces() -> None:
 
 
 @pytest.mark.parametrize("adaptation", ["shadow", "climb"])
-def test_weighted_adaptation_keeps_the_bounds_consistent(adaptation: str) -> None:
+def test_weighted_adaptation_keeps_the_bounds_consistent(impl: Any, adaptation: str) -> None:
     rng = random.Random(3)
-    policy = WTinyLFUPolicy(5000, adaptation=adaptation)  # type: ignore[arg-type]
+    policy = impl.WTinyLFUPolicy(5000, adaptation=adaptation)
     for key in recency_trace(60_000, span=300):
         policy.access(key, weight=1 + (key * 2654435761) % 97)
         if rng.random() < 0.01:
@@ -178,8 +197,8 @@ def test_weighted_adaptation_keeps_the_bounds_consistent(adaptation: str) -> Non
     assert policy.sketch.capacity >= len(policy) // 2
 
 
-def test_unknown_adaptation_and_bad_window_are_rejected() -> None:
+def test_unknown_adaptation_and_bad_window_are_rejected(impl: Any) -> None:
     with pytest.raises(ValueError, match="adaptation"):
-        WTinyLFUPolicy(10, adaptation="magic")  # type: ignore[arg-type]
+        impl.WTinyLFUPolicy(10, adaptation="magic")
     with pytest.raises(ValueError, match="window_percent"):
-        WTinyLFUPolicy(10, window_percent=1.5)
+        impl.WTinyLFUPolicy(10, window_percent=1.5)
