@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import pytest
 
@@ -147,19 +147,25 @@ def _start_memcached_pair() -> list[MemcachedServer]:
     return [first, second]
 
 
+def heal(value: Any) -> None:
+    """Make a shared server (or each of a list of them) answer, and empty it.
+
+    The autouse fixture below does this for the fixtures a test names; a test that picks
+    its server at run time (``request.getfixturevalue``) calls it itself."""
+    for server in value if isinstance(value, list) else [value]:
+        server.ensure_running()
+        if isinstance(server, RedisServer | RedisCluster):
+            server.flushall()
+        elif isinstance(server, MemcachedServer):
+            server.flush_all()
+
+
 @pytest.fixture(autouse=True)
 def _heal_shared_servers(request: pytest.FixtureRequest) -> None:
     """Give each test that uses a shared server an answering, empty one."""
     for name in SHARED_FIXTURES:
-        if name not in request.fixturenames:
-            continue
-        value = request.getfixturevalue(name)
-        for server in value if isinstance(value, list) else [value]:
-            server.ensure_running()
-            if isinstance(server, RedisServer | RedisCluster):
-                server.flushall()
-            elif isinstance(server, MemcachedServer):
-                server.flush_all()
+        if name in request.fixturenames:
+            heal(request.getfixturevalue(name))
 
 
 # -- servers of one's own --------------------------------------------------------------

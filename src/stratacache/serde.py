@@ -69,6 +69,8 @@ FLAG_SIGNED = 0x04
 _HEADER = struct.Struct("<2sBBBBdQHI")
 HEADER_SIZE = _HEADER.size
 SIGNATURE_SIZE = 32
+#: The longest key an envelope can carry (its length field is 16 bits), in UTF-8 bytes.
+MAX_KEY_BYTES = 0xFFFF
 _KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_NEGATIVE | FLAG_SIGNED
 
 
@@ -114,7 +116,7 @@ class MsgpackSerializer:
     def dumps(self, value: Any) -> bytes:
         try:
             return self._encode(value)
-        except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+        except (TypeError, ValueError, msgspec.EncodeError, OverflowError) as exc:
             raise SerializationError(
                 f"msgpack cannot encode a value of type {type(value).__qualname__}: {exc}; "
                 "use plain types, a dataclass or a msgspec.Struct (and pass value_type= to "
@@ -139,7 +141,7 @@ class JsonSerializer(MsgpackSerializer):
     def dumps(self, value: Any) -> bytes:
         try:
             return self._encode(value)
-        except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+        except (TypeError, ValueError, msgspec.EncodeError, OverflowError) as exc:
             raise SerializationError(
                 f"json cannot encode a value of type {type(value).__qualname__}: {exc}"
             ) from exc
@@ -394,6 +396,13 @@ class Codec:
                 payload = compressed
                 flags |= FLAG_COMPRESSED
         key_bytes = key.encode("utf-8", "surrogatepass")
+        if len(key_bytes) > MAX_KEY_BYTES:
+            # struct would raise its own error from pack(); say what is wrong instead.
+            raise SerializationError(
+                f"a key of {len(key_bytes)} UTF-8 bytes cannot be stored in a shared tier: "
+                f"envelopes carry keys of at most {MAX_KEY_BYTES} bytes; use a shorter key "
+                "(a digest of the long one, say)"
+            )
         signer = self.signer
         key_id = 0
         if signer is not None:

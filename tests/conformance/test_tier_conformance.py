@@ -234,12 +234,25 @@ def test_large_batches(tier: Tier, clock: FakeClock) -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["with space", "tab\there", "ключ", "x" * 400, "new\nline", "emoji 🎉", "semi;colon*?"],
+    [
+        "with space",
+        "tab\there",
+        "ключ",
+        "x" * 400,
+        "new\nline",
+        "emoji 🎉",
+        "semi;colon*?",
+        "\ud800",  # a lone surrogate: a str, but not valid UTF-8
+        "lone \udcff in text",
+        "\xed\xa0\x80",  # what "\ud800" encodes to (surrogatepass), read as Latin-1
+    ],
 )
 def test_awkward_keys(tier: Tier, clock: FakeClock, key: str) -> None:
-    tier.set_many({key: entry(key, clock), key + "2": entry("other", clock)})
+    # The value is the key's repr: a lone surrogate is a valid key, but no serializer can
+    # encode it as a value.
+    tier.set_many({key: entry(repr(key), clock), key + "2": entry("other", clock)})
     got = tier.get_many([key])
-    assert got[key].value == key
+    assert got[key].value == repr(key)
     tier.delete_many([key])
     assert tier.get_many([key, key + "2"]).keys() == {key + "2"}
 

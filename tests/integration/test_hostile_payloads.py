@@ -1,12 +1,13 @@
 """Hostile bytes written straight into each real store, read back through the tier.
 
-Whoever can write to Redis, the cluster or memcached can put any bytes under any name.
-Every case here must come back as a miss, counted in ``stats.corrupt`` and logged, and
-nothing may reach pickle: the gadgets below create a file when unpickled, and the tests
-check the file was never made. Cases: pickle gadgets (bare, in an envelope claiming
-pickle, unsigned, with a forged or foreign signature, stored with memcached's pickle
-flag), signatures replayed under another key, another namespace or a longer expiry, huge
-length prefixes, truncated and oversized compression frames, and broken header fields.
+Whoever can write to Redis, the cluster, memcached or the SQLite file can put any bytes
+under any name. Every case here must come back as a miss, counted in ``stats.corrupt`` and
+logged (every time it is read: a tier never deletes what it cannot decode), and nothing
+may reach pickle: the gadgets below create a file when unpickled, and the tests check the
+file was never made. Cases: pickle gadgets (bare, in an envelope claiming pickle,
+unsigned, with a forged or foreign signature, stored with memcached's pickle flag),
+signatures replayed under another key, another namespace or a longer expiry, huge length
+prefixes, truncated and oversized compression frames, and broken header fields.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import logging
 import os
 import pickle
+import sqlite3
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,20 +30,24 @@ from pymemcache.serde import pickle_serde
 
 from stratacache.entry import Entry
 from stratacache.serde import _HEADER, FLAG_COMPRESSED, FLAG_NEGATIVE, FLAG_SIGNED, MAGIC, Signer
+from stratacache.tiers.envelope import EnvelopeTier
 from stratacache.tiers.remote import RemoteTier
+from stratacache.tiers.sqlite import SQLiteTier
 
 from ..conformance.remote_kit import (
+    REMOTE_SERVERS,
     SIGNING_KEY,
     RawStore,
     raw_store,
     remote_factory,
 )
 from ..conftest import FakeClock
-from ..servers import MemcachedServer, RedisCluster, RedisServer
+from ..server_fixtures import heal
+from ..servers import MemcachedServer
 
 OTHER_KEY = b"fedcba9876543210fedcba9876543210"
-KINDS = ["redis", "redis-cluster", "memcached"]
-TierFactory = Callable[..., RemoteTier]
+KINDS = ["redis", "redis-cluster", "memcached", "sqlite"]
+TierFactory = Callable[..., EnvelopeTier]
 
 
 class Gadget:
@@ -54,6 +60,53 @@ class Gadget:
         return (open, (self.path, "w"))
 
 
+# ---------------------------------------------------------------------------- SQLite
+
+
+class _SQLiteRaw:
+    """The SQLite file under a tier, through the sqlite3 module. Names are
+    ``"<namespace>:<key>"`` (see :func:`name_of`); keys are stored as the tier stores them
+    (TEXT, or the surrogatepass bytes of a key that is not valid UTF-8)."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None)
+
+    @staticmethod
+    def _row(name: str) -> tuple[str, str | bytes]:
+        namespace, _, key = name.partition(":")
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            return namespace, key.encode("utf-8", "surrogatepass")
+        return namespace, key
+
+    def put(self, name: str, blob: bytes) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO stratacache_entries VALUES (?, ?, ?, NULL, 0)",
+            (*self._row(name), blob),
+        )
+
+    def get(self, name: str) -> bytes | None:
+        row = self.conn.execute(
+            "SELECT value FROM stratacache_entries WHERE namespace = ? AND key = ?",
+            self._row(name),
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def ttl(self, name: str) -> float | None:
+        raise NotImplementedError("SQLite keeps no server-side TTL")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def name_of(tier: EnvelopeTier, key: str) -> str:
+    """Where ``tier`` keeps ``key``, as the raw store of its kind takes it."""
+    if isinstance(tier, RemoteTier):
+        return tier.storage_name(key)
+    return f"{tier.namespace}:{key}"
+
+
 # ---------------------------------------------------------------------------- fixtures
 
 
@@ -63,24 +116,31 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def server(
-    kind: str,
-    redis_server: RedisServer,
-    redis_cluster: RedisCluster,
-    memcached_servers: list[MemcachedServer],
-) -> Any:
-    # All three are requested so the shared-server fixture heals (and empties) them.
-    return {"redis": redis_server, "redis-cluster": redis_cluster, "memcached": memcached_servers}[
-        kind
-    ]
+def server(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The running server of a network kind (healed: answering and empty), or for SQLite
+    the path of the file."""
+    if kind == "sqlite":
+        return tmp_path / "hostile.db"
+    value = request.getfixturevalue(REMOTE_SERVERS[kind])
+    heal(value)  # picked at run time, so the autouse healer did not see it
+    return value
 
 
 @pytest.fixture
 def make_tier(kind: str, server: Any, clock: FakeClock) -> Iterator[TierFactory]:
-    factory = remote_factory(kind, server, clock)
-    made: list[RemoteTier] = []
+    made: list[EnvelopeTier] = []
+    if kind == "sqlite":
 
-    def make(**options: Any) -> RemoteTier:
+        def factory(**options: Any) -> EnvelopeTier:
+            options.setdefault("namespace", "t")
+            tier = SQLiteTier(server, wall_clock=clock.time, **options)
+            len(tier)  # opens the file and makes the table, so raw writes can go first
+            return tier
+
+    else:
+        factory = remote_factory(kind, server, clock)
+
+    def make(**options: Any) -> EnvelopeTier:
         made.append(factory(**options))
         return made[-1]
 
@@ -91,7 +151,7 @@ def make_tier(kind: str, server: Any, clock: FakeClock) -> Iterator[TierFactory]
 
 @pytest.fixture
 def raw(kind: str, server: Any) -> Iterator[RawStore]:
-    store = raw_store(kind, server)
+    store: RawStore = _SQLiteRaw(server) if kind == "sqlite" else raw_store(kind, server)
     yield store
     store.close()
 
@@ -156,14 +216,14 @@ def msgpack(value: Any) -> bytes:
 
 
 def expect_misses(
-    tier: RemoteTier,
+    tier: EnvelopeTier,
     raw: RawStore,
     blobs: dict[str, bytes],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Store each blob under its key's name; every read must be a counted, logged miss."""
     for key, blob in blobs.items():
-        raw.put(tier.storage_name(key), blob)
+        raw.put(name_of(tier, key), blob)
     before = tier.stats.corrupt
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="stratacache"):
@@ -246,8 +306,8 @@ def test_replayed_and_forged_signatures(
     tier = make_tier(namespace="sig", signing_key=SIGNING_KEY)
     expires = clock.time() + 60
     tier.set_many({"alice": Entry("alice's", expires), "short": Entry("brief", clock.time() + 5)})
-    alice = raw.get(tier.storage_name("alice"))
-    short = raw.get(tier.storage_name("short"))
+    alice = raw.get(name_of(tier, "alice"))
+    short = raw.get(name_of(tier, "short"))
     assert alice is not None and short is not None
 
     longer = bytearray(short)  # the expiry pushed an hour further, signature kept
@@ -256,7 +316,7 @@ def test_replayed_and_forged_signatures(
     flipped[-40] ^= 0x01  # one payload bit
     other_ns = make_tier(namespace="sig2", signing_key=SIGNING_KEY)
     other_ns.set_many({"alice": Entry("from sig2", expires)})
-    cross = raw.get(other_ns.storage_name("alice"))
+    cross = raw.get(name_of(other_ns, "alice"))
     assert cross is not None
 
     blobs = {
@@ -321,7 +381,7 @@ def test_truncated_and_oversized_compression_frames(
     }
     expect_misses(tier, raw, blobs, caplog)
     # The intact frame under the right key is fine.
-    raw.put(tier.storage_name("ok"), compressed("ok", frame))
+    raw.put(name_of(tier, "ok"), compressed("ok", frame))
     assert tier.get_many(["ok"])["ok"].value == "compressible " * 2000
 
 
@@ -353,7 +413,7 @@ def test_broken_header_fields(
         "trailing msgpack": envelope("trailing msgpack", good + good),
     }
     expect_misses(tier, raw, blobs, caplog)
-    raw.put(tier.storage_name("fine"), envelope("fine", good))
+    raw.put(name_of(tier, "fine"), envelope("fine", good))
     assert tier.get_many(["fine"])["fine"].value == {"v": 1}
 
 
@@ -365,7 +425,7 @@ def test_foreign_redis_types_are_misses(
     tier = make_tier(namespace="types")
     tier.set_many({"fine": Entry("v", clock.time() + 60)})
     for key, command in (("hash", ("HSET", "f", "v")), ("list", ("RPUSH", "x"))):
-        name = tier.storage_name(key)
+        name = name_of(tier, key)
         node = server if kind == "redis" else server.master_for_key(name)
         node.command(command[0], name, *command[1:])
     assert tier.get_many(["hash"]) == {} and tier.stats.corrupt == 1

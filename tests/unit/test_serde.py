@@ -37,6 +37,21 @@ def test_unencodable_value_raises_serialization_error() -> None:
         Codec().encode("k", Entry(object()))
 
 
+@pytest.mark.parametrize("serializer", ["msgpack", "json"])
+def test_a_str_that_is_not_unicode_text_raises_serialization_error(serializer: str) -> None:
+    # A lone surrogate: msgspec raises UnicodeEncodeError, which is no CacheError.
+    with pytest.raises(SerializationError, match="cannot encode"):
+        Codec(serializer).encode("k", Entry({"name": "\ud800"}))
+
+
+def test_a_key_too_long_for_the_envelope_raises_serialization_error() -> None:
+    codec = Codec()
+    longest = "k" * 0xFFFF
+    assert codec.decode(longest, codec.encode(longest, Entry(1))).value == 1
+    with pytest.raises(SerializationError, match="at most 65535 bytes"):
+        codec.encode("é" * 0x8000, Entry(1))  # 65536 UTF-8 bytes
+
+
 @pytest.mark.parametrize(
     ("mangle", "reason"),
     [

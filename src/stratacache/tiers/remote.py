@@ -12,44 +12,48 @@ their faces (sync and async):
   :meth:`~stratacache.serde.Codec.decode` compares it: two keys that hash alike can never
   return each other's value. Names are sent as length-prefixed arguments (RESP) or
   validated tokens (memcached), so no key can smuggle a command.
-* **Envelopes.** :class:`RemoteTier` owns a :class:`~stratacache.serde.Codec` whose
-  signing context is the namespace, so an entry signed for one cache cannot be replayed
-  into another that shares the store and the key. Anything that does not decode is a
-  miss, counted in ``stats.corrupt`` and logged with the reason, never raised.
+* **Envelopes** are :class:`~stratacache.tiers.envelope.EnvelopeTier`'s, shared with
+  the SQLite tier: a codec whose signing context is the namespace, so an entry signed for
+  one cache cannot be replayed into another that shares the store and the key; anything
+  that does not decode is a miss, counted in ``stats.corrupt`` and logged with the
+  reason, never raised and never deleted.
 * **Server-side TTLs are a backstop.** Reads check the envelope's expiry against the
   injected wall clock; the store is only told to drop the entry ``ttl_grace`` seconds
   after that, so that it does not keep dead entries forever. An entry already expired
   when it is written is deleted instead.
 * **Errors.** Every client failure that means "the store cannot answer now" becomes
   :class:`~stratacache.errors.TierUnavailableError` with a reason from which every
-  configured secret has been scrubbed.
+  configured secret has been scrubbed; timeouts are finite (:func:`check_timeout`), so
+  a hung server costs a bounded wait. Messages and reprs show URLs only through
+  :func:`~stratacache.config.redact` (or built from their parts without the password).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
 from ..config import redact
-from ..entry import NEVER, Entry
+from ..entry import NEVER
 from ..errors import ConfigurationError, TierUnavailableError
-from ..keys import KeyRules, storage_key, validate_namespace
-from ..serde import Codec, PayloadError, Serializer, Signer
-from .base import Prepared, Tier, logger
+from ..keys import KeyRules, storage_key
+from .base import Prepared
+from .envelope import EnvelopeTier, SigningKey
 
 __all__ = [
     "COMMON_OPTIONS",
     "Location",
     "NameMapper",
     "RemoteTier",
+    "SigningKey",
+    "check_timeout",
     "chunks",
     "parse_location",
+    "shown_url",
 ]
-
-SigningKey = Signer | bytes | str | Mapping[int, bytes]
 
 #: URL query options every network tier accepts (converter names from config.CONVERTERS).
 COMMON_OPTIONS: dict[str, str] = {
@@ -135,9 +139,9 @@ def parse_location(
     """Split ``[user[:password]@]host[:port][,host[:port]...][/path]``.
 
     urllib cannot parse comma-separated host lists, hence this small parser. Errors show
-    the URL with its password replaced by ``***``.
+    the URL through :func:`stratacache.config.redact`.
     """
-    shown = _redact_location(url, location)
+    shown = redact(url)
     credentials, at, hostpart = location.rpartition("@")
     username = password = None
     if at:
@@ -170,24 +174,19 @@ def parse_location(
     return Location(username, password, tuple(hosts), path)
 
 
-def _redact_location(url: str, location: str) -> str:
-    """Like :func:`stratacache.config.redact`, also for comma-separated host lists."""
-    scheme = url.split("://", 1)[0]
-    credentials, at, hostpart = location.rpartition("@")
-    if at and ":" in credentials:
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{hostpart}"
-    try:
-        return redact(url)
-    except ValueError:
-        return f"{scheme}://{hostpart}"
+def shown_url(url: object) -> str:
+    """``url`` as an error message may show it: redacted, quoted and cut short."""
+    if not isinstance(url, str):
+        return f"a {type(url).__name__}"
+    return f"{redact(url)!r:.100}"
 
 
 # ---------------------------------------------------------------------------- the tier
 
 
-class RemoteTier(Tier):
-    """Base of the network tiers: envelopes, storage names, expiry, error mapping.
+class RemoteTier(EnvelopeTier):
+    """Base of the network tiers: storage names, server-side expiry, error mapping (the
+    envelopes are :class:`~stratacache.tiers.envelope.EnvelopeTier`'s).
 
     Subclasses set ``key_rules`` and implement the client calls; see the module docstring.
     """
@@ -199,93 +198,20 @@ class RemoteTier(Tier):
     def __init__(
         self,
         *,
-        namespace: str,
-        ttl: float | None,
         ttl_grace: float,
-        serializer: str | Serializer,
-        value_type: Any,
-        signing_key: SigningKey | None,
-        compress_threshold: int | None,
-        max_value_size: int,
-        max_item_size: int | None,
-        name: str | None,
-        wall_clock: Callable[[], float],
         secrets: Iterable[str | None] = (),
+        **options: Any,
     ) -> None:
-        super().__init__(name=name, ttl=ttl)
-        self.namespace = validate_namespace(namespace)
+        super().__init__(**options)
         if not (isinstance(ttl_grace, int | float) and ttl_grace >= 0):
             raise ConfigurationError(f"ttl_grace must be >= 0 seconds, got {ttl_grace!r}")
-        if max_item_size is not None and max_item_size < 1:
-            raise ConfigurationError(f"max_item_size must be positive, got {max_item_size}")
-        self.codec = Codec(
-            serializer,
-            value_type=value_type,
-            signer=signing_key,
-            compress_threshold=compress_threshold,
-            max_value_size=max_value_size,
-            context=self.namespace,
-        )
-        #: the largest serialized value (before compression) this tier stores
-        self.max_value_size = max_value_size
-        #: the largest envelope the store takes (None: no limit of its own)
-        self.max_item_size = max_item_size
         self.ttl_grace = float(ttl_grace)
-        self._wall_clock = wall_clock
         self._secrets = tuple(s for s in secrets if s)
         self._names = NameMapper(f"{self.namespace}:", self.key_rules)
 
     def storage_name(self, key: str) -> str:
         """The name under which this tier stores ``key`` (for operators and tests)."""
         return self._names.name(key)
-
-    # -- reads
-
-    def _found(self, keys: Sequence[str], blobs: Iterable[Any]) -> dict[str, Entry]:
-        """The live entries among ``blobs`` (aligned with ``keys``; None = absent)."""
-        found: dict[str, Entry] = {}
-        decode = self.codec.decode
-        now = self._wall_clock()
-        for key, blob in zip(keys, blobs, strict=True):
-            if blob is None:
-                continue
-            try:
-                entry = decode(key, blob)
-            except PayloadError as exc:
-                self._corrupt(key, exc.reason)
-                continue
-            if entry.expires_at > now:
-                found[key] = entry
-        return found
-
-    def _corrupt(self, key: str, reason: str) -> None:
-        self.stats.corrupt += 1
-        logger.warning(
-            "tier %s (%s): ignoring the stored value of key %.200r: %s",
-            self.name,
-            self.kind,
-            key,
-            reason,
-        )
-
-    # -- writes
-
-    def prepare(self, entries: Mapping[str, Entry]) -> Prepared:
-        prepared = Prepared()
-        codec = self.codec
-        limit = self.max_value_size
-        item_limit = self.max_item_size
-        for key, entry in entries.items():
-            payload = codec.payload(entry)
-            if len(payload) > limit:
-                prepared.rejected[key] = len(payload)
-                continue
-            blob = codec.encode(key, entry, payload)
-            if item_limit is not None and len(blob) > item_limit:
-                prepared.rejected[key] = len(blob)
-                continue
-            prepared.items[key] = (blob, entry.expires_at)
-        return prepared
 
     def _plan(self, prepared: Prepared) -> tuple[list[tuple[str, bytes, float]], list[str]]:
         """What ``write`` sends: ``(name, envelope, seconds the store keeps it)`` for each
@@ -324,7 +250,16 @@ def milliseconds(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-def check_timeout(name: str, value: float | None) -> float | None:
-    if value is not None and not (isinstance(value, int | float) and value > 0):
-        raise ConfigurationError(f"{name} must be > 0 seconds or None, got {value!r}")
-    return value
+def check_timeout(name: str, value: float) -> float:
+    """A finite, positive timeout in seconds: without one, a server that accepts the
+    connection and then hangs would hold the calling thread (or task) forever."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value < math.inf  # also refuses NaN
+    ):
+        raise ConfigurationError(
+            f"{name} must be a finite number of seconds > 0 (so that a hung server cannot "
+            f"block a call forever), got {value!r}"
+        )
+    return float(value)

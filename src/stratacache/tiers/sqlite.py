@@ -19,15 +19,15 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..entry import NEVER, Entry
-from ..errors import ConfigurationError, TierUnavailableError
-from ..keys import validate_namespace
-from ..serde import DEFAULT_MAX_VALUE_SIZE, Codec, PayloadError, Serializer, Signer
-from .base import Prepared, Tier, logger
+from ..errors import CacheClosedError, ConfigurationError, TierUnavailableError
+from ..serde import DEFAULT_MAX_VALUE_SIZE, Serializer
+from .base import Prepared
+from .envelope import EnvelopeTier, SigningKey
 
 __all__ = ["SQLiteTier"]
 
@@ -49,16 +49,32 @@ CREATE INDEX IF NOT EXISTS stratacache_entries_age
 _CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
 
 
-def _chunks(keys: Sequence[str]) -> Iterator[Sequence[str]]:
+def _chunks(keys: Sequence[Any]) -> Iterator[Sequence[Any]]:
     for start in range(0, len(keys), _CHUNK):
         yield keys[start : start + _CHUNK]
 
 
-class SQLiteTier(Tier):
+def _column(key: str) -> str | bytes:
+    """What the ``key`` column holds for ``key``: the key itself, as TEXT; or, for a key
+    that is not valid UTF-8 (a lone surrogate such as ``"\\ud800"``, which SQLite cannot
+    take as TEXT), its ``surrogatepass`` bytes as a BLOB. SQLite never finds a BLOB equal
+    to a TEXT, so no other key can share that row, and nothing needs hashing."""
+    if key.isascii():
+        return key
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return key.encode("utf-8", "surrogatepass")
+    return key
+
+
+class SQLiteTier(EnvelopeTier):
     """L2 on the host: a SQLite file in WAL mode.
 
     ``path`` is a file path (``":memory:"`` is refused: it would not be shared).
-    ``namespace`` separates caches sharing one file; ``clear()`` removes only its rows.
+    ``namespace`` separates caches sharing one file (and is bound into signatures, like
+    the network tiers'); ``clear()`` removes only its rows. Envelopes, signing, and what
+    happens to rows that do not decode: :mod:`stratacache.tiers.envelope`.
     """
 
     kind = "sqlite"
@@ -72,14 +88,13 @@ class SQLiteTier(Tier):
         ttl: float | None = None,
         serializer: str | Serializer = "msgpack",
         value_type: Any = Any,
-        signing_key: Signer | bytes | str | Mapping[int, bytes] | None = None,
+        signing_key: SigningKey | None = None,
         compress_threshold: int | None = None,
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         busy_timeout: float = 5.0,
         name: str | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(name=name, ttl=ttl)
         if str(path) in ("", ":memory:"):
             raise ConfigurationError(
                 "SQLiteTier needs a file path that every process can open, e.g. "
@@ -87,19 +102,20 @@ class SQLiteTier(Tier):
             )
         if not isinstance(max_entries, int) or max_entries < 1:
             raise ConfigurationError(f"max_entries must be a positive int, got {max_entries!r}")
-        self.path = Path(path)
-        self.namespace = validate_namespace(namespace)
-        self.max_entries = max_entries
-        self.codec = Codec(
-            serializer,
+        super().__init__(
+            namespace=namespace,
+            ttl=ttl,
+            serializer=serializer,
             value_type=value_type,
-            signer=signing_key,
+            signing_key=signing_key,
             compress_threshold=compress_threshold,
             max_value_size=max_value_size,
+            name=name,
+            wall_clock=wall_clock,
         )
-        self.max_value_size = max_value_size
+        self.path = Path(path)
+        self.max_entries = max_entries
         self._busy_timeout = busy_timeout
-        self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
@@ -112,14 +128,16 @@ class SQLiteTier(Tier):
         """The connection, opened on first use and reopened in a forked child (a SQLite
         connection must never cross a fork)."""
         if self.closed:
-            from ..errors import CacheClosedError
-
             raise CacheClosedError(f"tier {self.name!r} is closed")
         if self._conn is None or self._pid != os.getpid():
             try:
                 self._conn = self._open()
-            except sqlite3.Error as exc:
-                raise TierUnavailableError(self.name, f"cannot open {self.path}: {exc}") from exc
+            except (sqlite3.Error, OSError) as exc:
+                # Not a database, a directory that cannot be made, a file that cannot be
+                # opened: this level is unusable (and is tried again on the next call).
+                raise TierUnavailableError(
+                    self.name, f"cannot open {self.path}: {type(exc).__name__}: {exc}"
+                ) from exc
             self._pid = os.getpid()
         return self._conn
 
@@ -140,90 +158,70 @@ class SQLiteTier(Tier):
         )
         deadline = time.monotonic() + self._busy_timeout
         pause = 0.002
-        while True:
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
-                conn.executescript(_SCHEMA)
-                return conn
-            except sqlite3.OperationalError as exc:
-                busy = "locked" in str(exc) or "busy" in str(exc)
-                if not busy or time.monotonic() >= deadline:
-                    conn.close()
-                    raise
-            time.sleep(pause)  # a real wait for another process, not simulated time
-            pause = min(pause * 2, 0.05)
+        try:
+            while True:
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                    conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+                    conn.executescript(_SCHEMA)
+                    return conn
+                except sqlite3.OperationalError as exc:
+                    busy = "locked" in str(exc) or "busy" in str(exc)
+                    if not busy or time.monotonic() >= deadline:
+                        raise
+                time.sleep(pause)  # a real wait for another process, not simulated time
+                pause = min(pause * 2, 0.05)
+        except BaseException:
+            conn.close()  # whatever went wrong (not a database...), do not leak the handle
+            raise
 
     def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         with self._lock:
             conn = self._connection()
             try:
                 return fn(conn)
-            except sqlite3.OperationalError as exc:
-                # "database is locked" past busy_timeout, disk I/O errors: this level is
-                # unusable right now, not the caller's fault.
-                raise TierUnavailableError(self.name, str(exc)) from exc
+            except sqlite3.Error as exc:
+                # "database is locked" past busy_timeout, disk I/O errors, a file that is
+                # corrupt or not a database: this level is unusable right now, and none of
+                # it is the caller's fault. (The statements are ours and fixed; a
+                # sqlite3.ProgrammingError would be a bug here, and skipping the level
+                # while logging it still beats failing the caller's read.)
+                raise TierUnavailableError(self.name, f"{type(exc).__name__}: {exc}") from exc
 
     # ------------------------------------------------------------------ tier protocol
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         if not keys:
             return {}
+        columns = [_column(key) for key in keys]
+        namespace = self.namespace
 
-        def query(conn: sqlite3.Connection) -> list[tuple[str, bytes]]:
-            rows: list[tuple[str, bytes]] = []
-            for chunk in _chunks(keys):
+        def query(conn: sqlite3.Connection) -> dict[str | bytes, bytes]:
+            stored: dict[str | bytes, bytes] = {}
+            for chunk in _chunks(columns):
                 marks = ",".join("?" * len(chunk))
-                rows.extend(
+                stored.update(
                     conn.execute(
                         "SELECT key, value FROM stratacache_entries "
                         f"WHERE namespace = ? AND key IN ({marks})",
-                        (self.namespace, *chunk),
+                        (namespace, *chunk),
                     )
                 )
-            return rows
+            return stored
 
-        rows = self._run(query)
-        now = self._wall_clock()
-        found: dict[str, Entry] = {}
-        bad: list[str] = []
-        for key, blob in rows:
-            try:
-                entry = self.codec.decode(key, blob)
-            except PayloadError as exc:
-                self.stats.corrupt += 1
-                logger.warning(
-                    "tier %s: ignoring the stored value of key %r: %s", self.name, key, exc.reason
-                )
-                bad.append(key)
-                continue
-            if entry.expires_at > now:
-                found[key] = entry
-        if bad:
-            self.delete_many(bad)
-        return found
-
-    def prepare(self, entries: Mapping[str, Entry]) -> Prepared:
-        prepared = Prepared()
-        codec = self.codec
-        for key, entry in entries.items():
-            payload = codec.payload(entry)
-            if len(payload) > self.max_value_size:
-                prepared.rejected[key] = len(payload)
-                continue
-            prepared.items[key] = (codec.encode(key, entry, payload), entry.expires_at)
-        return prepared
+        stored = self._run(query)
+        return self._found(keys, [stored.get(column) for column in columns])
 
     def write(self, prepared: Prepared) -> None:
         if not prepared.items and not prepared.rejected:
             return
         now = self._wall_clock()
         rows = [
-            (self.namespace, key, blob, None if expires == NEVER else expires, now)
+            (self.namespace, _column(key), blob, None if expires == NEVER else expires, now)
             for key, (blob, expires) in prepared.items.items()
         ]
-        rejected = list(prepared.rejected)
+        rejected = [_column(key) for key in prepared.rejected]
 
         def upsert(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
@@ -239,7 +237,10 @@ class SQLiteTier(Tier):
                     self._delete_chunk(conn, chunk)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite may already have rolled back (an I/O error, SQLITE_FULL): a
+                # ROLLBACK then would fail and hide the error that matters.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
 
         self._run(upsert)
@@ -249,7 +250,7 @@ class SQLiteTier(Tier):
             self._writes_since_trim = 0
             self.trim()
 
-    def _delete_chunk(self, conn: sqlite3.Connection, chunk: Sequence[str]) -> None:
+    def _delete_chunk(self, conn: sqlite3.Connection, chunk: Sequence[str | bytes]) -> None:
         marks = ",".join("?" * len(chunk))
         conn.execute(
             f"DELETE FROM stratacache_entries WHERE namespace = ? AND key IN ({marks})",
@@ -260,8 +261,10 @@ class SQLiteTier(Tier):
         if not keys:
             return
 
+        columns = [_column(key) for key in keys]
+
         def delete(conn: sqlite3.Connection) -> None:
-            for chunk in _chunks(keys):
+            for chunk in _chunks(columns):
                 self._delete_chunk(conn, chunk)
 
         self._run(delete)
@@ -289,13 +292,16 @@ class SQLiteTier(Tier):
             ).fetchone()
             excess = count - self.max_entries
             if excess > 0:
-                removed += conn.execute(
+                evicted = conn.execute(
                     "DELETE FROM stratacache_entries WHERE namespace = ? AND key IN ("
                     "SELECT key FROM stratacache_entries WHERE namespace = ? "
                     "ORDER BY written_at LIMIT ?)",
                     (self.namespace, self.namespace, excess),
                 ).rowcount
-                self.stats.evictions += excess
+                # What was removed, not what was asked for: the file is shared, and rows
+                # can go (or stay) under this statement's feet.
+                self.stats.evictions += evicted
+                removed += evicted
             return int(removed)
 
         return int(self._run(run))
