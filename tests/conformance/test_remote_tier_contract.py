@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,8 +16,16 @@ import pytest
 from stratacache import AsyncCache, Cache, MemoryTier
 from stratacache.config import tier_from_url
 from stratacache.entry import NEVER, Entry
-from stratacache.errors import CacheClosedError, ConfigurationError
+from stratacache.errors import (
+    CacheClosedError,
+    ConfigurationError,
+    SerializationError,
+    TierUnavailableError,
+)
 from stratacache.serde import HEADER_SIZE, Codec
+from stratacache.tiers.memcached import MemcachedTier
+from stratacache.tiers.redis import RedisTier
+from stratacache.tiers.redis_cluster import RedisClusterTier
 from stratacache.tiers.remote import RemoteTier
 
 from ..conftest import FakeClock
@@ -170,20 +179,97 @@ def test_sync_and_async_faces_share_the_store(make_tier: TierFactory, clock: Fak
         tier.get_many(["from-async"])
 
 
-def test_repr_and_errors_never_show_the_password(make_tier: TierFactory, tier_url: str) -> None:
-    tier = make_tier()
-    text = repr(tier)
-    assert tier.namespace in text and "secret" not in text
+SECRET = "hunter2-secret"
+
+
+def test_repr_and_errors_never_show_the_password(
+    kind: str, tier_url: str, request: pytest.FixtureRequest, clock: FakeClock
+) -> None:
+    shown: list[str] = []  # every repr and message the password could leak into
+
+    # Tiers whose URL carries a password: their reprs and the errors they raise.
+    if kind == "redis":  # a server that wants the password: the tier must really work
+        server = request.getfixturevalue("make_redis_server")(password=SECRET)
+        assert SECRET in server.url
+        tier = tier_from_url(server.url + "?namespace=pw", wall_clock=clock.time)
+        tier.set_many({"k": entry("v", clock)})
+        assert tier.get_many(["k"])["k"].value == "v"
+        shown.append(repr(tier))
+        tier.close()
+        wrong = tier_from_url(_with_password(server.url, "wrong-" + SECRET))
+        with pytest.raises(TierUnavailableError, match="AuthenticationError") as refused:
+            wrong.get_many(["k"])
+        shown += [repr(wrong), str(refused.value)]
+        wrong.close()
+    elif kind == "redis-cluster":  # the cluster wants none: its refusal must not show it
+        tier = tier_from_url(_with_password(tier_url, SECRET))
+        shown.append(repr(tier))
+        with pytest.raises(TierUnavailableError) as refused:
+            tier.get_many(["k"])
+        shown.append(str(refused.value))
+        tier.close()
+    else:  # memcached speaks no authentication: credentials are refused
+        with pytest.raises(ConfigurationError, match="no authentication") as caught:
+            tier_from_url(_with_password(tier_url, SECRET))
+        shown.append(str(caught.value))
+
+    # Errors about URLs, from tier_from_url and from the class itself.
     with pytest.raises(ConfigurationError) as caught:
-        tier_from_url(_with_password(tier_url, "hunter2-secret") + "?namespace=x&colour=blue")
+        tier_from_url(_with_password(tier_url, SECRET) + "?namespace=x&colour=blue")
     message = str(caught.value)
     assert "'colour'" in message and "namespace" in message  # names it and the accepted ones
-    assert "hunter2-secret" not in message
+    shown.append(message)
+    scheme = tier_url.split("://", 1)[0]
+    malformed = [
+        _with_password(tier_url, SECRET).replace("://", ":/", 1),  # no "://" at all
+        f"{scheme}://user:{SECRET}@localhost:notaport",
+        f"{scheme}://user:{SECRET}@[::1",
+        f"{scheme}://user:{SECRET}?@localhost",  # an unescaped "?" in the password
+    ]
+    for url in malformed:
+        for build in (tier_from_url, TIER_CLASSES[kind]):
+            with pytest.raises(ConfigurationError) as caught:
+                build(url)
+            shown.append(str(caught.value))
+    for url in (f"{tier_url}?password={SECRET}", f"{tier_url}?namespace=x&pass={SECRET}"):
+        with pytest.raises(ConfigurationError, match="unknown option") as caught:
+            tier_from_url(url)
+        shown.append(str(caught.value))
+
+    for text in shown:
+        assert "hunter2" not in text, text
+
+
+TIER_CLASSES: dict[str, type[RemoteTier]] = {
+    "redis": RedisTier,
+    "redis-cluster": RedisClusterTier,
+    "memcached": MemcachedTier,
+}
 
 
 def _with_password(url: str, password: str) -> str:
     scheme, rest = url.split("://", 1)
     return f"{scheme}://user:{password}@{rest.split('@')[-1]}"
+
+
+@pytest.mark.parametrize("option", ["socket_timeout", "connect_timeout"])
+@pytest.mark.parametrize("value", [None, 0, -1.0, math.inf, math.nan, "1"])
+def test_timeouts_must_be_finite(tier_url: str, option: str, value: Any) -> None:
+    """Without a timeout a server that accepts the connection and then hangs would hold
+    the calling thread (or task) forever."""
+    with pytest.raises(ConfigurationError, match=f"{option} must be a finite number"):
+        tier_from_url(tier_url, **{option: value})
+    with pytest.raises(ConfigurationError, match=option):
+        tier_from_url(f"{tier_url}?{option}=none")
+
+
+def test_a_key_longer_than_an_envelope_takes_is_refused_cleanly(
+    tier: RemoteTier, clock: FakeClock
+) -> None:
+    key = "k" * 70_000
+    with pytest.raises(SerializationError, match="at most 65535 bytes"):
+        tier.set_many({key: entry(1, clock)})
+    assert tier.get_many([key]) == {}  # reading it is only a miss
 
 
 def test_hierarchy_fills_and_reads_the_level(make_tier: TierFactory, clock: FakeClock) -> None:

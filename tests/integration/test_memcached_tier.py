@@ -4,6 +4,7 @@ pool (a server down, back), namespace generations, key rules and item limits."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ import pytest
 
 from stratacache.config import tier_from_url
 from stratacache.entry import Entry
-from stratacache.errors import ConfigurationError, TierUnavailableError
+from stratacache.errors import CacheClosedError, ConfigurationError, TierUnavailableError
 from stratacache.tiers.memcached import MemcachedTier
 from stratacache.tiers.remote import RemoteTier
 
@@ -146,6 +147,34 @@ def test_a_hung_server_times_out(
     clock.advance(1.1)
     assert set(tier.get_many(on_first)) == set(on_first)
     tier.close()
+
+
+def test_close_waits_for_work_in_flight_before_closing_the_clients(
+    fresh_memcached_servers: list[MemcachedServer], clock: FakeClock
+) -> None:
+    """An async read is in a worker thread, waiting on a hung server: close() returns
+    only once that read is over (its socket timed out), and closes the clients after."""
+    tier = pool(fresh_memcached_servers, clock, name="closing")
+    tier.set_many({"k": entry(1, clock)})
+    for server in fresh_memcached_servers:
+        server.pause()
+    try:
+
+        async def scenario() -> None:
+            reading = asyncio.ensure_future(tier.aget_many(["k"]))
+            await asyncio.sleep(0)  # one turn of the loop: the read is in a worker now
+            tier.close()
+            workers = [t for t in threading.enumerate() if t.name.startswith("stratacache-closing")]
+            assert workers == []
+            with pytest.raises(TierUnavailableError, match=r"timed out|TimeoutError"):
+                await reading
+            with pytest.raises(CacheClosedError):
+                await tier.aget_many(["k"])
+
+        asyncio.run(scenario())
+    finally:
+        for server in fresh_memcached_servers:
+            server.resume()
 
 
 def test_routing_is_balanced_and_independent_of_server_order(

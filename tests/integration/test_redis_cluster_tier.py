@@ -156,6 +156,34 @@ def test_cluster_url_rules() -> None:
     assert "sesame-pw" not in str(caught.value)
 
 
+def test_connection_pools_are_bounded_per_node(
+    redis_cluster: RedisCluster, clock: FakeClock
+) -> None:
+    """Every node's pool has a bound: 64 unless max_connections_per_node says otherwise."""
+    default = tier_from_url(redis_cluster.cluster_url, wall_clock=clock.time)
+    sized = tier_from_url(
+        f"{redis_cluster.cluster_url}?max_connections_per_node=5", wall_clock=clock.time
+    )
+    assert isinstance(default, RedisClusterTier) and isinstance(sized, RedisClusterTier)
+    for tier, bound in ((default, 64), (sized, 5)):
+        tier.get_many(["k"])
+        nodes = tier._sync_client().get_nodes()
+        assert {n.redis_connection.connection_pool.max_connections for n in nodes} == {bound}
+
+        async def from_async(tier: RedisClusterTier = tier, bound: int = bound) -> None:
+            await tier.aget_many(["k"])
+            client = await tier._async_client()
+            assert {node.max_connections for node in client.get_nodes()} == {bound}
+            await tier.aclose()
+
+        asyncio.run(from_async())
+    for bad in (None, 0, 1.5):
+        with pytest.raises(ConfigurationError, match="max_connections_per_node must be an int"):
+            RedisClusterTier(redis_cluster.cluster_url, max_connections_per_node=bad)
+    with pytest.raises(ConfigurationError, match="pass max_connections_per_node"):
+        RedisClusterTier(redis_cluster.cluster_url, max_connections=5)
+
+
 def test_unreachable_cluster_is_unavailable_not_a_crash(clock: FakeClock) -> None:
     from ..servers import free_port
 

@@ -3,8 +3,13 @@ single Redis does (outages, timeouts, ACL, databases, SCAN-based clear, TLS, rou
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import subprocess
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +20,7 @@ import redis
 from stratacache import Cache, MemoryTier
 from stratacache.config import tier_from_url
 from stratacache.entry import Entry
-from stratacache.errors import ConfigurationError, TierUnavailableError
+from stratacache.errors import CacheClosedError, ConfigurationError, TierUnavailableError
 from stratacache.tiers.redis import RedisTier
 from stratacache.tiers.remote import RemoteTier
 
@@ -174,6 +179,121 @@ def _async_cache() -> type[Any]:
     return AsyncCache
 
 
+# ---------------------------------------------------------------------------- connections
+
+
+def connections(server: RedisServer, expected: int) -> int:
+    """The clients connected to ``server`` (not counting the one that asks), once it has
+    seen ``expected`` of them: a client's close reaches the server a moment later."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        count = int(server.info("clients")["connected_clients"]) - 1
+        if count == expected or time.monotonic() > deadline:
+            return count
+        time.sleep(0.01)  # waiting for the server to see a socket close, not passing time
+
+
+def test_asyncio_clients_are_closed_with_their_loop_and_with_the_tier(
+    fresh_redis_server: RedisServer, clock: FakeClock
+) -> None:
+    """asyncio connections belong to their loop: each loop gets its client, and it is
+    closed when that loop shuts down or when the tier closes, never left to the garbage
+    collector (which is off here, so that nothing else closes them)."""
+    tier = quick_tier(fresh_redis_server, clock)
+    tier.set_many({"k": entry(1, clock)})  # the sync client: one connection
+
+    async def read() -> None:
+        assert (await tier.aget_many(["k"]))["k"].value == 1
+
+    gc.disable()
+    try:
+        asyncio.run(read())
+        asyncio.run(read())
+        assert connections(fresh_redis_server, 1) == 1  # each loop's client went with it
+        kept = asyncio.new_event_loop()  # a loop that is not shut down
+        kept.run_until_complete(read())
+        asyncio.run(read())
+        assert connections(fresh_redis_server, 2) == 2  # the sync client and kept's
+        tier.close()  # closes kept's client on kept
+        assert connections(fresh_redis_server, 0) == 0
+        kept.close()
+        with pytest.raises(CacheClosedError):
+            asyncio.run(read())
+    finally:
+        gc.enable()
+
+
+def test_aclose_closes_every_client(fresh_redis_server: RedisServer, clock: FakeClock) -> None:
+    tier = quick_tier(fresh_redis_server, clock)
+    tier.set_many({"k": entry(1, clock)})
+
+    async def scenario() -> None:
+        assert set(await tier.aget_many(["k"])) == {"k"}
+        assert connections(fresh_redis_server, 2) == 2
+        await tier.aclose()
+        assert connections(fresh_redis_server, 0) == 0
+
+    asyncio.run(scenario())
+
+
+def test_connection_pools_are_bounded(
+    fresh_redis_server: RedisServer, clock: FakeClock, driver: Driver
+) -> None:
+    """70 calls at once on a hung server: 64 connections (the default bound) wait for the
+    socket timeout, the other 6 find the pool exhausted and fail at once."""
+    tier = quick_tier(fresh_redis_server, clock)
+    tier.set_many({"k": entry(1, clock)})
+    fresh_redis_server.pause()
+    try:
+        if driver.mode == "async":
+
+            async def all_at_once() -> list[BaseException | None]:
+                calls = [tier.aget_many(["k"]) for _ in range(70)]
+                results = await asyncio.gather(*calls, return_exceptions=True)
+                return [r if isinstance(r, BaseException) else None for r in results]
+
+            errors = driver(all_at_once())
+        else:
+            errors = in_threads(70, lambda: tier.get_many(["k"]))
+    finally:
+        fresh_redis_server.resume()
+    assert all(isinstance(e, TierUnavailableError) for e in errors), errors
+    reasons = Counter("Too many connections" in str(e) for e in errors)
+    assert reasons == {False: 64, True: 6}
+    driver(tier.aclose() if driver.mode == "async" else _close(tier))
+
+
+def in_threads(count: int, call: Callable[[], Any]) -> list[BaseException | None]:
+    """Run ``call`` in ``count`` threads started together; what each raised."""
+    start = threading.Barrier(count)
+    errors: list[BaseException | None] = [None] * count
+
+    def run(index: int) -> None:
+        start.wait()
+        try:
+            call()
+        except BaseException as exc:
+            errors[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def test_pool_size_option(redis_server: RedisServer, clock: FakeClock) -> None:
+    tier = tier_from_url(f"{redis_server.url}?max_connections=3", wall_clock=clock.time)
+    assert isinstance(tier, RedisTier)
+    tier.set_many({"k": entry(1, clock)})
+    assert tier._sync_client().connection_pool.max_connections == 3
+    tier.close()
+    for bad in (None, 0, -1, 2.5, True):
+        with pytest.raises(ConfigurationError, match="max_connections must be an int >= 1"):
+            RedisTier(redis_server.url, max_connections=bad)
+
+
 # ---------------------------------------------------------------------------- auth, db, URL
 
 
@@ -223,7 +343,9 @@ def test_database_number_selects_the_database(redis_server: RedisServer, clock: 
     tier.close()
 
 
-def test_url_options_are_parsed_and_unknown_ones_named(redis_server: RedisServer) -> None:
+def test_url_options_are_parsed_and_unknown_ones_named(
+    redis_server: RedisServer, clock: FakeClock
+) -> None:
     url = (
         f"{redis_server.url}?namespace=opts&ttl=30&ttl_grace=2&connect_timeout=0.1"
         "&socket_timeout=0.2&compress_threshold=100&max_value_size=5000&retries=0&name=L2"
@@ -248,6 +370,13 @@ def test_url_options_are_parsed_and_unknown_ones_named(redis_server: RedisServer
         tier_from_url("redis://localhost:6379/zero")
     with pytest.raises(ConfigurationError, match="keyword arguments"):
         RedisTier("redis://localhost:6379/0?namespace=x")
+    for name in (True, 42, "has space", "new\nline", "ключ"):
+        with pytest.raises(ConfigurationError, match="client_name must be printable ASCII"):
+            RedisTier(redis_server.url, client_name=name)  # type: ignore[arg-type]
+    named = RedisTier(redis_server.url, client_name="stratacache-test", wall_clock=clock.time)
+    named.set_many({"k": entry(1, clock)})
+    assert "name=stratacache-test" in str(redis_server.command("CLIENT", "LIST"))
+    named.close()
 
 
 # ---------------------------------------------------------------------------- behaviour

@@ -80,6 +80,7 @@ from .remote import (
     SigningKey,
     check_timeout,
     parse_location,
+    shown_url,
 )
 
 __all__ = ["DEFAULT_MAX_ITEM_SIZE", "MemcachedTier"]
@@ -193,8 +194,8 @@ class MemcachedTier(RemoteTier):
         compress_threshold: int | None = None,
         max_value_size: int = DEFAULT_MAX_ITEM_SIZE,
         max_item_size: int = DEFAULT_MAX_ITEM_SIZE,
-        connect_timeout: float | None = 0.5,
-        socket_timeout: float | None = 1.0,
+        connect_timeout: float = 0.5,
+        socket_timeout: float = 1.0,
         retry_interval: float = 1.0,
         generation_check_interval: float = 1.0,
         async_workers: int = 8,
@@ -203,7 +204,7 @@ class MemcachedTier(RemoteTier):
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(url, str) or not url.lower().startswith("memcached://"):
-            raise ConfigurationError(f"expected a memcached:// URL, got {url!r:.100}")
+            raise ConfigurationError(f"expected a memcached:// URL, got {shown_url(url)}")
         location, question, _ = url.split("://", 1)[1].partition("?")
         if question:
             raise ConfigurationError(
@@ -242,8 +243,8 @@ class MemcachedTier(RemoteTier):
             wall_clock=wall_clock,
         )
         self._location_text = where.display("memcached")
-        check_timeout("connect_timeout", connect_timeout)
-        check_timeout("socket_timeout", socket_timeout)
+        connect_timeout = check_timeout("connect_timeout", connect_timeout)
+        socket_timeout = check_timeout("socket_timeout", socket_timeout)
         self.servers = [
             _Server(
                 address,
@@ -455,6 +456,8 @@ class MemcachedTier(RemoteTier):
         executor = self._executor
         if executor is None:
             with self._generation_lock:
+                if self.closed:  # never start threads that close() would not wait for
+                    raise CacheClosedError(f"tier {self.name!r} is closed")
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(
                         self._async_workers, thread_name_prefix=f"stratacache-{self.name}"
@@ -480,12 +483,19 @@ class MemcachedTier(RemoteTier):
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        executor, self._executor = self._executor, None
+        with self._generation_lock:
+            super().close()  # first: from here on no call starts, no worker is made
+            executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=False)
+            # Work already queued still uses the clients: let it finish (each call is
+            # bounded by the socket timeouts) before the clients are closed under it.
+            executor.shutdown(wait=True)
         for server in self.servers:
             server.close()
-        super().close()
+
+    async def aclose(self) -> None:
+        # close() waits for the worker threads: wait in a thread, not on the event loop.
+        await asyncio.to_thread(self.close)
 
     def __repr__(self) -> str:
         return (

@@ -1,11 +1,14 @@
 """Redis (or Valkey) as a cache level: the L2 of the classic hierarchy, or any level.
 
-One tier object has two clients over the same options, redis-py's ``redis.Redis`` for the
-sync face and ``redis.asyncio.Redis`` for the async one (made on first use inside a running
-loop, and again if the loop changes: asyncio connections belong to the loop that opened
-them). Everything but the client calls is shared (:class:`RedisFamilyTier`, which the
-cluster tier extends): each operation is written once as a function of "a client" that
-returns the client's result, which the sync face uses as is and the async face awaits.
+One tier object has clients over the same options, redis-py's ``redis.Redis`` for the
+sync face and a ``redis.asyncio.Redis`` per event loop for the async one (asyncio
+connections belong to the loop that opened them; each client is closed when its loop shuts
+down, or with the tier: see :class:`_LoopClients`). Every pool is bounded
+(``max_connections``, 64 by default) and every socket operation has a finite timeout.
+Everything but the client calls is shared, construction included (:class:`RedisFamilyTier`,
+which the cluster tier extends): each operation is written once as a function of "a
+client" that returns the client's result, which the sync face uses as is and the async
+face awaits.
 
 Round trips: a read of one key is a ``GET``, of more an ``MGET`` (batches above 1000 keys
 are split into several MGETs sent in one pipeline); a write is one ``SET ... PX`` for a
@@ -25,17 +28,18 @@ level". Server replies that refuse the command (``OOM``, ``READONLY`` during a f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
+from typing import Any, ClassVar
 
 import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.exceptions import DataError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.retry import Retry
 
 from ..config import SchemeSpec, register_scheme
@@ -53,13 +57,23 @@ from .remote import (
     chunks,
     milliseconds,
     parse_location,
+    shown_url,
 )
 
-__all__ = ["REDIS_ERRORS", "RedisFamilyTier", "RedisTier"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "REDIS_ERRORS", "RedisFamilyTier", "RedisTier"]
 
-#: Client failures that mean "this level cannot answer now". DataError (a bad argument:
-#: our bug, not the server's state) is re-raised before this is consulted.
+#: Client failures that mean "this level cannot answer now". That includes redis-py's
+#: DataError (an argument it cannot encode): every argument is built here from validated
+#: options, storage names and envelopes, so it could only be a bug of ours, and a level
+#: skipped (and logged) serves the caller better than an exception from outside the
+#: CacheError tree.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+
+#: Connections per pool (per node, for a cluster) unless told otherwise: enough for a
+#: busy process, and a bound, so that a stalled server cannot make a process open sockets
+#: without limit. A call that finds the pool exhausted fails at once (the level is
+#: skipped) instead of queueing behind the stall.
+DEFAULT_MAX_CONNECTIONS = 64
 
 _BATCH = 1000  # keys per MGET / UNLINK / SCAN page
 #: A call maps a client (sync or async) to its result (sync) or an awaitable (async).
@@ -67,30 +81,201 @@ Call = Callable[[Any], Any]
 Steps = Generator[Call, Any, None]
 
 
-class RedisFamilyTier(RemoteTier):
-    """What the single-node and the cluster tiers share; see the module docstring.
+# ---------------------------------------------------------------------------- asyncio clients
 
-    Subclasses provide ``_make_client`` / ``_make_async_client`` and the per-store calls
-    ``_read`` (keys to envelopes), ``_queue_unlink`` and ``_clear_steps``.
+#: Closes scheduled from sync code on a running loop: a task nobody references can be
+#: collected before it runs.
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+class _LoopClients:
+    """One asyncio client per event loop, each closed while its loop can still run the close.
+
+    asyncio connections belong to the loop that opened them: they can neither be used nor
+    closed from another loop, and once their loop is closed nothing can close them (the
+    sockets linger until the transports are collected). So each client is held by a small
+    async generator started on its own loop. ``asyncio.run()``, like every runner that
+    calls ``loop.shutdown_asyncgens()``, closes the suspended generators before it closes
+    the loop, and that closes the client on its loop at the right moment. ``close()`` and
+    ``aclose()`` close the clients of loops still running through those loops.
     """
 
-    def __init__(self, *, location_text: str, retries: int, **options: Any) -> None:
-        super().__init__(**options)
-        if not isinstance(retries, int) or retries < 0:
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._held: dict[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None]]] = {}
+        #: ``(loop, client)`` of the latest use, for the hot path: one tuple, read at once,
+        #: so that no thread can pair its loop with another thread's client.
+        self.last: tuple[asyncio.AbstractEventLoop | None, Any] = (None, None)
+
+    async def get(self, loop: asyncio.AbstractEventLoop) -> Any:
+        with self._lock:
+            held = self._held.get(loop)
+            # Loops closed without finalizing their async generators (a hand-run loop):
+            # nothing can close their clients any more, so only forget them.
+            for stale in [old for old in self._held if old.is_closed()]:
+                del self._held[stale]
+        if held is None:
+            client = self._make()
+            holder = self._hold(loop, client)
+            await holder.__anext__()  # its first step registers it with this loop
+            with self._lock:
+                self._held[loop] = (client, holder)
+        else:
+            client = held[0]
+        self.last = (loop, client)
+        return client
+
+    async def _hold(
+        self, loop: asyncio.AbstractEventLoop, client: Any
+    ) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._held.get(loop, (None, None))[0] is client:
+                    del self._held[loop]
+            if self.last[0] is loop:
+                self.last = (None, None)
+            with contextlib.suppress(*REDIS_ERRORS):  # a dead server: nothing to close
+                await client.aclose()
+
+    async def aclose(self) -> None:
+        """Close this loop's client here, and the others through their loops."""
+        with self._lock:
+            mine = self._held.pop(asyncio.get_running_loop(), None)
+        if mine is not None:
+            await mine[1].aclose()
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            held = list(self._held.items())
+            self._held.clear()
+        self.last = (None, None)
+        for loop, (_, holder) in held:
+            _close_on(loop, holder)
+
+
+def _close_on(loop: asyncio.AbstractEventLoop, holder: AsyncGenerator[None, None]) -> None:
+    """Close ``holder`` (and so its client) on ``loop``, from whatever thread and loop."""
+    if loop.is_closed():
+        return  # nothing can run there any more (asyncio.run already closed it)
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is running:  # sync close() called from a coroutine on that very loop
+        task = loop.create_task(_finish(holder))
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
+    elif loop.is_running():  # another thread's loop
+        asyncio.run_coroutine_threadsafe(_finish(holder), loop)
+    elif running is None:  # a stopped loop, and this thread runs none: run the close now
+        loop.run_until_complete(_finish(holder))
+    # Else a stopped loop while another one runs in this thread: it cannot be run from
+    # here. The holder stays registered with it, so the loop closes the client when it
+    # runs again or shuts down.
+
+
+async def _finish(holder: AsyncGenerator[None, None]) -> None:
+    await holder.aclose()
+
+
+# ---------------------------------------------------------------------------- the family
+
+
+class RedisFamilyTier(RemoteTier):
+    """What the single-node and the cluster tiers share, construction included; see the
+    module docstring. Options: see :class:`RedisTier`.
+
+    Subclasses name their URL ``schemes`` and provide ``_server_options`` (check the
+    URL's hosts and path, return what the client needs from them), ``_client_makers``
+    (the sync and the asyncio client, made on first use) and the per-store calls
+    ``_read`` (names to envelopes), ``_queue_unlink`` and ``_clear_steps``.
+    """
+
+    #: the plain and the TLS scheme of this tier's URLs
+    schemes: ClassVar[tuple[str, str]]
+    #: the keyword that sets the pool size, as this tier's callers spell it
+    _pool_option: ClassVar[str] = "max_connections"
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        namespace: str = "default",
+        ttl: float | None = None,
+        ttl_grace: float = 1.0,
+        serializer: str | Serializer = "msgpack",
+        value_type: Any = Any,
+        signing_key: SigningKey | None = None,
+        compress_threshold: int | None = None,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+        connect_timeout: float = 0.5,
+        socket_timeout: float = 1.0,
+        retries: int = 1,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        client_name: str | None = None,
+        ssl_ca_certs: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        ssl_cert_reqs: str = "required",
+        ssl_check_hostname: bool = True,
+        name: str | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        scheme, location = _split_url(url, self.schemes)
+        where = parse_location(url, location, default_port=6379)
+        server_options = self._server_options(where, scheme)
+        super().__init__(
+            namespace=namespace,
+            ttl=ttl,
+            ttl_grace=ttl_grace,
+            serializer=serializer,
+            value_type=value_type,
+            signing_key=signing_key,
+            compress_threshold=compress_threshold,
+            max_value_size=max_value_size,
+            max_item_size=None,
+            name=name,
+            wall_clock=wall_clock,
+            secrets=(where.password,),
+        )
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
-        self._location_text = location_text
-        self._client: Any = None
+        self._location_text = where.display(scheme)
+        options = _connection_options(
+            where,
+            scheme.removesuffix("+cluster"),
+            connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            client_name=client_name,
+            ssl_ca_certs=ssl_ca_certs,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+            ssl_cert_reqs=ssl_cert_reqs,
+            ssl_check_hostname=ssl_check_hostname,
+        )
+        options["max_connections"] = _pool_size(self._pool_option, max_connections)
+        options.update(server_options)
+        # Closures, not attributes: the password stays out of vars(tier) and its repr.
+        self._make_client, make_async_client = self._client_makers(where, options, retries)
+        self._client: Any = None  # made on first use: a cache must start while Redis is down
         self._client_lock = threading.Lock()
-        self._aclient: Any = None
-        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._aclients = _LoopClients(make_async_client)
+
+    def _server_options(self, where: Location, scheme: str) -> dict[str, Any]:
+        """Check the hosts and the path of the URL; the client options they give."""
+        raise NotImplementedError
+
+    def _client_makers(
+        self, where: Location, options: dict[str, Any], retries: int
+    ) -> tuple[Callable[[], Any], Callable[[], Any]]:
+        """``(make the sync client, make an asyncio client)``."""
+        raise NotImplementedError
 
     # -- clients
-
-    def _make_client(self) -> Any:
-        raise NotImplementedError
-
-    def _make_async_client(self) -> Any:
-        raise NotImplementedError
 
     def _sync_client(self) -> Any:
         if self.closed:
@@ -100,22 +285,21 @@ class RedisFamilyTier(RemoteTier):
             if client is None:
                 try:
                     client = self._client = self._make_client()
-                except DataError:
-                    raise
                 except REDIS_ERRORS as exc:
                     raise self._unavailable(exc, "connecting: ") from exc
         return client
 
-    def _async_client(self) -> Any:
+    async def _async_client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        last = self._aclients.last
+        if last[0] is loop:
+            return last[1]
         if self.closed:
             raise CacheClosedError(f"tier {self.name!r} is closed")
-        loop = asyncio.get_running_loop()
-        if self._aclient is None or self._aloop is not loop:
-            # A client from another (finished) loop cannot be closed from this one; its
-            # sockets are released when it is collected.
-            self._aclient = self._make_async_client()
-            self._aloop = loop
-        return self._aclient
+        try:
+            return await self._aclients.get(loop)
+        except REDIS_ERRORS as exc:
+            raise self._unavailable(exc, "connecting: ") from exc
 
     # -- per-store calls
 
@@ -139,8 +323,6 @@ class RedisFamilyTier(RemoteTier):
             if len(keys) == 1:  # GET: a little cheaper than an MGET of one, on both clients
                 return self._found(keys, (client.get(self._names.name(keys[0])),))
             blobs = self._read(client, self._names.names(keys))
-        except DataError:
-            raise
         except ResponseError as exc:
             return self._wrong_type(keys, exc)
         except REDIS_ERRORS as exc:
@@ -150,13 +332,12 @@ class RedisFamilyTier(RemoteTier):
     async def aget_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         if not keys:
             return {}
-        client = self._async_client()
+        last = self._aclients.last
+        client = last[1] if last[0] is asyncio.get_running_loop() else await self._async_client()
         try:
             if len(keys) == 1:
                 return self._found(keys, (await client.get(self._names.name(keys[0])),))
             blobs = await self._read(client, self._names.names(keys))
-        except DataError:
-            raise
         except ResponseError as exc:
             return self._wrong_type(keys, exc)
         except REDIS_ERRORS as exc:
@@ -212,21 +393,17 @@ class RedisFamilyTier(RemoteTier):
                 call = steps.send(call(client))
         except StopIteration:
             return
-        except DataError:
-            raise
         except REDIS_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
     async def _adrive(self, steps: Steps) -> None:
-        client = self._async_client()
+        client = await self._async_client()
         try:
             call = next(steps)
             while True:
                 call = steps.send(await call(client))
         except StopIteration:
             return
-        except DataError:
-            raise
         except REDIS_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
@@ -257,16 +434,17 @@ class RedisFamilyTier(RemoteTier):
     # -- lifecycle
 
     def close(self) -> None:
-        client, self._client = self._client, None
+        """Close the sync client and every asyncio client (see :class:`_LoopClients`)."""
+        super().close()  # first, so that no client is made from here on
+        with self._client_lock:
+            client, self._client = self._client, None
         if client is not None:
             client.close()
-        self._aclient = None  # see aclose(): sync code cannot close an asyncio client
-        super().close()
+        self._aclients.close()
 
     async def aclose(self) -> None:
-        aclient, self._aclient = self._aclient, None
-        if aclient is not None and self._aloop is asyncio.get_running_loop():
-            await aclient.aclose()
+        self.closed = True
+        await self._aclients.aclose()
         self.close()
 
     def __repr__(self) -> str:
@@ -284,89 +462,41 @@ class RedisTier(RedisFamilyTier):
     ``namespace`` prefixes every key (``clear()`` removes only that namespace);
     ``signing_key`` turns on HMAC signing (required for ``serializer='pickle'``);
     ``compress_threshold`` turns on zstd above that many bytes; ``max_value_size`` bounds
-    the serialized value. ``connect_timeout`` and ``socket_timeout`` bound how long a
-    dead or hung server can hold a call before the level is skipped.
+    the serialized value. ``connect_timeout`` and ``socket_timeout`` (finite, in seconds)
+    bound how long a dead or hung server can hold a call before the level is skipped;
+    ``max_connections`` bounds each client's connection pool.
     """
 
     kind = "redis"
+    schemes = ("redis", "rediss")
     # Redis takes any bytes as a key; long ones are hashed anyway to keep memory, SCAN
     # replies and logs small, and control characters to keep names printable.
     key_rules = KeyRules(1024)
 
-    def __init__(
-        self,
-        url: str = "redis://localhost:6379/0",
-        *,
-        namespace: str = "default",
-        ttl: float | None = None,
-        ttl_grace: float = 1.0,
-        serializer: str | Serializer = "msgpack",
-        value_type: Any = Any,
-        signing_key: SigningKey | None = None,
-        compress_threshold: int | None = None,
-        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
-        connect_timeout: float | None = 0.5,
-        socket_timeout: float | None = 1.0,
-        retries: int = 1,
-        max_connections: int | None = None,
-        client_name: str | None = None,
-        ssl_ca_certs: str | None = None,
-        ssl_certfile: str | None = None,
-        ssl_keyfile: str | None = None,
-        ssl_cert_reqs: str = "required",
-        ssl_check_hostname: bool = True,
-        name: str | None = None,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
-        scheme, location = _split_url(url, ("redis", "rediss"))
-        where = parse_location(url, location, default_port=6379)
+    def _server_options(self, where: Location, scheme: str) -> dict[str, Any]:
         if len(where.hosts) != 1:
             raise ConfigurationError(
                 f"{where.display(scheme)} names {len(where.hosts)} hosts; a redis:// URL "
                 "names one server (use redis+cluster://h1:p1,h2:p2 for a cluster)"
             )
-        db = _database(where, scheme)
-        super().__init__(
-            location_text=where.display(scheme),
-            retries=retries,
-            namespace=namespace,
-            ttl=ttl,
-            ttl_grace=ttl_grace,
-            serializer=serializer,
-            value_type=value_type,
-            signing_key=signing_key,
-            compress_threshold=compress_threshold,
-            max_value_size=max_value_size,
-            max_item_size=None,
-            name=name,
-            wall_clock=wall_clock,
-            secrets=(where.password,),
-        )
+        self.db = _database(where, scheme)
         host, port = where.hosts[0]
-        self.db = db
-        options = _connection_options(
-            where,
-            scheme,
-            connect_timeout=connect_timeout,
-            socket_timeout=socket_timeout,
-            client_name=client_name,
-            ssl_ca_certs=ssl_ca_certs,
-            ssl_certfile=ssl_certfile,
-            ssl_keyfile=ssl_keyfile,
-            ssl_cert_reqs=ssl_cert_reqs,
-            ssl_check_hostname=ssl_check_hostname,
-        )
-        options.update(host=host, port=port, db=db, max_connections=max_connections)
-        # Closures, not attributes: the password stays out of vars(tier) and its repr.
-        self._make_client = lambda: redis.Redis(  # type: ignore[method-assign]
-            **options,
-            retry=Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,)),
-        )
-        self._make_async_client = lambda: redis.asyncio.Redis(  # type: ignore[method-assign]
-            **options,
-            retry=AsyncRetry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,)),
-        )
-        self._client = self._make_client()  # connects on first use, not here
+        return {"host": host, "port": port, "db": self.db}
+
+    def _client_makers(
+        self, where: Location, options: dict[str, Any], retries: int
+    ) -> tuple[Callable[[], Any], Callable[[], Any]]:
+        # redis-py retries at once, and only when the connection fails (a pooled one the
+        # server closed on restart), never on a timeout: see the module docstring.
+        def make_client() -> Any:
+            retry = Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,))
+            return redis.Redis(**options, retry=retry)
+
+        def make_async_client() -> Any:
+            retry = AsyncRetry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,))
+            return redis.asyncio.Redis(**options, retry=retry)
+
+        return make_client, make_async_client
 
     def _read(self, client: Any, names: list[str]) -> Any:
         if len(names) <= _BATCH:
@@ -416,7 +546,7 @@ def _pipelined_mget(client: Any, names: list[str]) -> Any:
 
 def _split_url(url: str, schemes: tuple[str, ...]) -> tuple[str, str]:
     if not isinstance(url, str) or "://" not in url:
-        raise ConfigurationError(f"expected a {schemes[0]}:// URL, got {url!r:.100}")
+        raise ConfigurationError(f"expected a {schemes[0]}:// URL, got {shown_url(url)}")
     scheme, rest = url.split("://", 1)
     scheme = scheme.lower()
     if scheme not in schemes:
@@ -431,6 +561,14 @@ def _split_url(url: str, schemes: tuple[str, ...]) -> tuple[str, str]:
             "stratacache.config.tier_from_url)"
         )
     return scheme, location
+
+
+def _pool_size(option: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(
+            f"{option} must be an int >= 1 (connection pools are bounded), got {value!r}"
+        )
+    return value
 
 
 def _database(where: Location, scheme: str) -> int:
@@ -452,8 +590,8 @@ def _connection_options(
     where: Location,
     scheme: str,
     *,
-    connect_timeout: float | None,
-    socket_timeout: float | None,
+    connect_timeout: float,
+    socket_timeout: float,
     client_name: str | None,
     ssl_ca_certs: str | None,
     ssl_certfile: str | None,
@@ -462,6 +600,14 @@ def _connection_options(
     ssl_check_hostname: bool,
 ) -> dict[str, Any]:
     """redis-py keyword arguments shared by the single-node and the cluster clients."""
+    if client_name is not None and not (
+        isinstance(client_name, str) and all("!" <= char <= "~" for char in client_name)
+    ):
+        # Caught here rather than by the server (or by redis-py, for a non-str) on every
+        # connection, where it would look like an unavailable level.
+        raise ConfigurationError(
+            f"client_name must be printable ASCII without spaces, got {client_name!r}"
+        )
     options: dict[str, Any] = {
         "username": where.username,
         "password": where.password,
@@ -508,13 +654,20 @@ REDIS_OPTIONS: dict[str, str] = {
 }
 
 
-def _build(
-    *, url: str, location: str, options: dict[str, Any], clock: Any, wall_clock: Any
-) -> RedisTier:
-    scheme = url.split("://", 1)[0].lower()
-    return RedisTier(f"{scheme}://{location}", wall_clock=wall_clock, **options)
+def url_builder(cls: type[RedisFamilyTier]) -> Callable[..., RedisFamilyTier]:
+    """The :class:`~stratacache.config.SchemeSpec` builder of a Redis-family tier."""
+
+    def build(
+        *, url: str, location: str, options: dict[str, Any], clock: Any, wall_clock: Any
+    ) -> RedisFamilyTier:
+        scheme = url.split("://", 1)[0].lower()
+        return cls(f"{scheme}://{location}", wall_clock=wall_clock, **options)
+
+    return build
 
 
-_SPEC = SchemeSpec(options={**REDIS_OPTIONS, "max_connections": "int"}, build=_build)
+_SPEC = SchemeSpec(
+    options={**REDIS_OPTIONS, "max_connections": "int"}, build=url_builder(RedisTier)
+)
 register_scheme("redis", _SPEC)
 register_scheme("rediss", _SPEC)

@@ -30,7 +30,6 @@ may lag behind its master, and a cache level must not serve what was just invali
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,18 +43,17 @@ from redis.retry import Retry
 from ..config import SchemeSpec, register_scheme
 from ..errors import ConfigurationError
 from ..keys import KeyRules
-from ..serde import DEFAULT_MAX_VALUE_SIZE, Serializer
 from .redis import (
     _BATCH,
+    DEFAULT_MAX_CONNECTIONS,
     REDIS_OPTIONS,
     Call,
     RedisFamilyTier,
     Steps,
-    _connection_options,
-    _split_url,
     _unlink,
+    url_builder,
 )
-from .remote import SigningKey, parse_location
+from .remote import Location
 
 __all__ = ["RedisClusterTier", "by_slot"]
 
@@ -74,84 +72,48 @@ class RedisClusterTier(RedisFamilyTier):
     ``url`` is ``redis+cluster://[user[:password]@]host:port[,host:port...]``
     (``rediss+cluster://`` for TLS): any reachable node is enough to discover the rest,
     more nodes make start-up survive some of them being down. Options as for
-    :class:`~stratacache.tiers.redis.RedisTier`; there is no database number (a cluster
-    only has database 0). ``retries`` is how many more times a command is tried, after
-    reloading the topology, when a node fails.
+    :class:`~stratacache.tiers.redis.RedisTier`, except that the pool bound is
+    ``max_connections_per_node``; there is no database number (a cluster only has
+    database 0). ``retries`` is how many more times a command is tried, after reloading
+    the topology, when a node fails.
     """
 
     kind = "redis-cluster"
+    schemes = ("redis+cluster", "rediss+cluster")
+    _pool_option = "max_connections_per_node"
     key_rules = KeyRules(1024)
 
     def __init__(
         self,
         url: str,
         *,
-        namespace: str = "default",
-        ttl: float | None = None,
-        ttl_grace: float = 1.0,
-        serializer: str | Serializer = "msgpack",
-        value_type: Any = Any,
-        signing_key: SigningKey | None = None,
-        compress_threshold: int | None = None,
-        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
-        connect_timeout: float | None = 0.5,
-        socket_timeout: float | None = 1.0,
-        retries: int = 1,
-        max_connections_per_node: int | None = None,
-        client_name: str | None = None,
-        ssl_ca_certs: str | None = None,
-        ssl_certfile: str | None = None,
-        ssl_keyfile: str | None = None,
-        ssl_cert_reqs: str = "required",
-        ssl_check_hostname: bool = True,
-        name: str | None = None,
-        wall_clock: Callable[[], float] = time.time,
+        max_connections_per_node: int = DEFAULT_MAX_CONNECTIONS,
+        **options: Any,
     ) -> None:
-        scheme, location = _split_url(url, ("redis+cluster", "rediss+cluster"))
-        where = parse_location(url, location, default_port=6379)
+        if "max_connections" in options:
+            raise ConfigurationError(
+                "a cluster has a connection pool per node: pass max_connections_per_node"
+            )
+        super().__init__(url, max_connections=max_connections_per_node, **options)
+
+    def _server_options(self, where: Location, scheme: str) -> dict[str, Any]:
         if where.path.strip("/") not in ("", "0"):
             raise ConfigurationError(
                 f"{where.display(scheme)}: a Redis Cluster has only database 0; drop the path"
             )
-        super().__init__(
-            location_text=where.display(scheme),
-            retries=retries,
-            namespace=namespace,
-            ttl=ttl,
-            ttl_grace=ttl_grace,
-            serializer=serializer,
-            value_type=value_type,
-            signing_key=signing_key,
-            compress_threshold=compress_threshold,
-            max_value_size=max_value_size,
-            max_item_size=None,
-            name=name,
-            wall_clock=wall_clock,
-            secrets=(where.password,),
-        )
         self.nodes = where.hosts
-        options = _connection_options(
-            where,
-            scheme.removesuffix("+cluster"),
-            connect_timeout=connect_timeout,
-            socket_timeout=socket_timeout,
-            client_name=client_name,
-            ssl_ca_certs=ssl_ca_certs,
-            ssl_certfile=ssl_certfile,
-            ssl_keyfile=ssl_keyfile,
-            ssl_cert_reqs=ssl_cert_reqs,
-            ssl_check_hostname=ssl_check_hostname,
-        )
-        if max_connections_per_node is not None:
-            options["max_connections"] = max_connections_per_node
+        return {}
+
+    def _client_makers(
+        self, where: Location, options: dict[str, Any], retries: int
+    ) -> tuple[Callable[[], Any], Callable[[], Any]]:
         hosts = where.hosts
         # A short backoff between attempts: each one reloads the slot table from the
         # surviving nodes, and hammering them during a failover helps nobody.
         backoff = ExponentialBackoff(cap=0.1, base=0.02)
 
-        # Closures, not attributes: the password stays out of vars(tier) and its repr.
-        # The sync client connects (and loads the slot table) when it is made, so it is
-        # made on first use: a cache must start even while its cluster is down.
+        # The sync client connects (and loads the slot table) when it is made, which is on
+        # first use: a cache must start even while its cluster is down.
         def make_client() -> Any:
             return redis.cluster.RedisCluster(
                 startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in hosts],  # type: ignore[no-untyped-call]
@@ -166,8 +128,7 @@ class RedisClusterTier(RedisFamilyTier):
                 **options,
             )
 
-        self._make_client = make_client  # type: ignore[method-assign]
-        self._make_async_client = make_async_client  # type: ignore[method-assign]
+        return make_client, make_async_client
 
     def _read(self, client: Any, names: list[str]) -> Any:
         return client.mget_nonatomic(names)
@@ -209,13 +170,9 @@ def _scan_node(node: Any, cursor: int, pattern: str) -> Call:
     return lambda client: client.scan(cursor=cursor, match=pattern, count=_BATCH, target_nodes=node)
 
 
-def _build(
-    *, url: str, location: str, options: dict[str, Any], clock: Any, wall_clock: Any
-) -> RedisClusterTier:
-    scheme = url.split("://", 1)[0].lower()
-    return RedisClusterTier(f"{scheme}://{location}", wall_clock=wall_clock, **options)
-
-
-_SPEC = SchemeSpec(options={**REDIS_OPTIONS, "max_connections_per_node": "int"}, build=_build)
+_SPEC = SchemeSpec(
+    options={**REDIS_OPTIONS, "max_connections_per_node": "int"},
+    build=url_builder(RedisClusterTier),
+)
 register_scheme("redis+cluster", _SPEC)
 register_scheme("rediss+cluster", _SPEC)
