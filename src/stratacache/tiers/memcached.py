@@ -88,6 +88,7 @@ __all__ = ["DEFAULT_MAX_ITEM_SIZE", "MemcachedTier"]
 #: memcached's default item size limit (-I 1m) less room for the item header and the name.
 DEFAULT_MAX_ITEM_SIZE = 1024 * 1024 - 512
 _POINTS_PER_SERVER = 160
+_UP = -math.inf  # a server's down_until while it answers
 _THIRTY_DAYS = 30 * 24 * 3600  # above this memcached reads an expiry as a Unix time
 #: Failures that mean the server cannot be reached: it is skipped for retry_interval.
 UNREACHABLE: tuple[type[BaseException], ...] = (OSError, MemcacheUnexpectedCloseError)
@@ -121,7 +122,7 @@ class _Server:
     def __init__(self, address: tuple[str, int], make: Callable[[], Any]) -> None:
         self.address = address
         self.label = f"{address[0]}:{address[1]}"
-        self.down_until = -math.inf
+        self.down_until = _UP
         self._make = make
         self._local = threading.local()
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -336,7 +337,7 @@ class MemcachedTier(RemoteTier):
         return server.down_until > self._clock()
 
     def _server_failed(self, server: _Server, exc: BaseException) -> None:
-        if server.down_until == -math.inf:
+        if server.down_until == _UP:
             logger.warning(
                 "tier %s (memcached): server %s failed (%s: %s); skipping it for %.1f s",
                 self.name,
@@ -348,8 +349,8 @@ class MemcachedTier(RemoteTier):
         server.down_until = self._clock() + self.retry_interval
 
     def _server_ok(self, server: _Server) -> None:
-        if server.down_until != -math.inf:
-            server.down_until = -math.inf
+        if server.down_until != _UP:
+            server.down_until = _UP
             logger.warning("tier %s (memcached): server %s answers again", self.name, server.label)
 
     def _per_server(
@@ -365,8 +366,9 @@ class MemcachedTier(RemoteTier):
         results: list[Any] = []
         failed: list[str] = []
         last: BaseException | None = None
+        now = self._clock()  # once per call, and the checks inline: this is the hot path
         for server, part in groups.items():
-            if self._is_down(server):
+            if server.down_until > now:
                 failed.append(server.label)
                 continue
             try:
@@ -388,7 +390,8 @@ class MemcachedTier(RemoteTier):
                 failed.append(server.label)
                 last = exc
                 continue
-            self._server_ok(server)
+            if server.down_until != _UP:
+                self._server_ok(server)
         if failed:
             if not results:
                 reason = f"{what}: no answer from {', '.join(failed)}"
@@ -404,7 +407,10 @@ class MemcachedTier(RemoteTier):
         if not keys:
             return {}
         names = self._current_names().names(keys)
-        found: dict[str, bytes] = {}
+        if len(names) == 1:  # a single hit, the commonest read: nothing to group or merge
+            (found,) = self._per_server({self._ring.server(names[0]): names}, _get_many, "read")
+            return self._found(keys, (found.get(names[0]),))
+        found = {}
         for part in self._per_server(self._ring.group(names), _get_many, "read"):
             found.update(part)
         return self._found(keys, [found.get(name) for name in names])

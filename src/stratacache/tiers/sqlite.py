@@ -56,7 +56,7 @@ def _chunks(keys: Sequence[Any]) -> Iterator[Sequence[Any]]:
 
 def _column(key: str) -> str | bytes:
     """What the ``key`` column holds for ``key``: the key itself, as TEXT; or, for a key
-    that is not valid UTF-8 (a lone surrogate such as ``"\\ud800"``, which SQLite cannot
+    that UTF-8 cannot encode (a lone surrogate such as ``"\\ud800"``, which SQLite cannot
     take as TEXT), its ``surrogatepass`` bytes as a BLOB. SQLite never finds a BLOB equal
     to a TEXT, so no other key can share that row, and nothing needs hashing."""
     if key.isascii():
