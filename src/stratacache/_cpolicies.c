@@ -239,6 +239,18 @@ log2_exact(uint64_t n)
     return 63 - __builtin_clzll(n);
 }
 
+/* hash(key). A str caches its hash in the object: read it directly, as dict does. */
+static inline Py_hash_t
+key_hash(PyObject *key)
+{
+    if (PyUnicode_CheckExact(key)) {
+        Py_hash_t hash = ((PyASCIIObject *)key)->hash;
+        if (hash != -1)
+            return hash;
+    }
+    return PyObject_Hash(key);
+}
+
 /* ============================================================ the frequency sketch */
 
 typedef struct {
@@ -548,7 +560,7 @@ Sketch_dealloc(Sketch *s)
 static PyObject *
 Sketch_frequency(Sketch *s, PyObject *key)
 {
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = key_hash(key);
     if (hash == -1)
         return NULL;
     return PyLong_FromLong(sketch_frequency(s, sketch_mix(s, hash)));
@@ -557,7 +569,7 @@ Sketch_frequency(Sketch *s, PyObject *key)
 static PyObject *
 Sketch_increment(Sketch *s, PyObject *key)
 {
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = key_hash(key);
     if (hash == -1)
         return NULL;
     sketch_increment(s, sketch_mix(s, hash));
@@ -702,8 +714,15 @@ list_move_to_end(Node *head, Node *n)
     }
 }
 
+/* A slot keeps the node's hash beside the pointer: probing compares hashes and computes
+ * home slots without touching the nodes (a cache miss each). */
 typedef struct {
-    Node **slots;
+    Py_hash_t hash;
+    Node *node; /* NULL: empty */
+} Slot;
+
+typedef struct {
+    Slot *slots;
     uint64_t mask;
     int shift;
     Py_ssize_t used;
@@ -721,7 +740,7 @@ table_home(const Table *t, Py_hash_t hash)
 static int
 table_init(Table *t, uint64_t size)
 {
-    Node **slots = PyMem_Calloc((size_t)size, sizeof(Node *));
+    Slot *slots = PyMem_Calloc((size_t)size, sizeof(Slot));
     if (slots == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -737,9 +756,9 @@ table_init(Table *t, uint64_t size)
 static int
 table_resize(Table *t, uint64_t size)
 {
-    Node **old = t->slots;
+    Slot *old = t->slots;
     uint64_t old_size = t->mask + 1, i;
-    Node **slots = PyMem_Calloc((size_t)size, sizeof(Node *));
+    Slot *slots = PyMem_Calloc((size_t)size, sizeof(Slot));
     if (slots == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -748,12 +767,11 @@ table_resize(Table *t, uint64_t size)
     t->mask = size - 1;
     t->shift = 64 - log2_exact(size);
     for (i = 0; i < old_size; i++) {
-        Node *n = old[i];
-        if (n != NULL) {
-            uint64_t j = table_home(t, n->hash);
-            while (slots[j] != NULL)
+        if (old[i].node != NULL) {
+            uint64_t j = table_home(t, old[i].hash);
+            while (slots[j].node != NULL)
                 j = (j + 1) & t->mask;
-            slots[j] = n;
+            slots[j] = old[i];
         }
     }
     PyMem_Free(old);
@@ -779,9 +797,10 @@ static void
 table_insert_new(Table *t, Node *n)
 {
     uint64_t i = table_home(t, n->hash);
-    while (t->slots[i] != NULL)
+    while (t->slots[i].node != NULL)
         i = (i + 1) & t->mask;
-    t->slots[i] = n;
+    t->slots[i].hash = n->hash;
+    t->slots[i].node = n;
     t->used++;
     t->version++;
 }
@@ -793,23 +812,22 @@ table_remove(Table *t, Node *n)
 {
     uint64_t mask = t->mask;
     uint64_t i = table_home(t, n->hash);
-    Node **slots = t->slots;
-    while (slots[i] != n)
+    Slot *slots = t->slots;
+    while (slots[i].node != n)
         i = (i + 1) & mask;
     uint64_t j = i;
     for (;;) {
         j = (j + 1) & mask;
-        Node *m = slots[j];
-        if (m == NULL)
+        if (slots[j].node == NULL)
             break;
-        uint64_t k = table_home(t, m->hash);
-        /* m may move back to i unless its home lies cyclically in (i, j]. */
+        uint64_t k = table_home(t, slots[j].hash);
+        /* The entry at j may move back to i unless its home lies cyclically in (i, j]. */
         if (((j - k) & mask) >= ((j - i) & mask)) {
-            slots[i] = m;
+            slots[i] = slots[j];
             i = j;
         }
     }
-    slots[i] = NULL;
+    slots[i].node = NULL;
     t->used--;
     t->version++;
 }
@@ -831,17 +849,17 @@ restart:;
     uint64_t mask = t->mask;
     uint64_t i = table_home(t, hash);
     for (;;) {
-        Node *n = t->slots[i];
+        Slot *slot = &t->slots[i];
+        Node *n = slot->node;
         if (n == NULL)
             return 0;
-        if (n->key == key) {
-            *found = n;
-            return 1;
-        }
-        if (n->hash == hash) {
+        if (slot->hash == hash) {
             PyObject *stored = n->key;
             int eq;
-            if (compare_runs_no_python(stored) && compare_runs_no_python(key)) {
+            if (stored == key) {
+                eq = 1;
+            }
+            else if (compare_runs_no_python(stored) && compare_runs_no_python(key)) {
                 eq = PyObject_RichCompareBool(stored, key, Py_EQ);
                 if (eq < 0)
                     return -1;
@@ -955,9 +973,9 @@ core_empty(Core *c)
     uint64_t size = t->mask + 1, i;
     int s;
     for (i = 0; i < size; i++) {
-        Node *n = t->slots[i];
+        Node *n = t->slots[i].node;
         if (n != NULL) {
-            t->slots[i] = NULL;
+            t->slots[i].node = NULL;
             core_bury(c, n->key);
             PyMem_Free(n);
         }
@@ -984,7 +1002,7 @@ core_traverse(Core *c, visitproc visit, void *arg)
     if (c->table.slots != NULL) {
         uint64_t size = c->table.mask + 1, i;
         for (i = 0; i < size; i++) {
-            Node *n = c->table.slots[i];
+            Node *n = c->table.slots[i].node;
             if (n != NULL)
                 Py_VISIT(n->key);
         }
@@ -1021,11 +1039,15 @@ static inline void
 victims_add(Victims *v, PyObject *key)
 {
     if (v->list == NULL) {
-        v->list = PyList_New(0);
+        /* Most inserts evict exactly one key: a list of one, allocated at its size. */
+        v->list = PyList_New(1);
         if (v->list == NULL) {
             v->failed = 1;
             return;
         }
+        Py_INCREF(key);
+        PyList_SET_ITEM(v->list, 0, key);
+        return;
     }
     if (PyList_Append(v->list, key) < 0)
         v->failed = 1;
@@ -1476,7 +1498,7 @@ w_hit_node(WTinyLFU *self, Node *n, PyObject *key, Py_hash_t hash)
 static int
 w_hit(WTinyLFU *self, PyObject *key)
 {
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = key_hash(key);
     if (hash == -1)
         return -1;
     Node *n;
@@ -1584,7 +1606,7 @@ WTinyLFU_on_insert(WTinyLFU *self, PyObject *const *args, Py_ssize_t nargs, PyOb
     PyObject *key = argv[0];
     if (argv[1] != NULL && as_weight(argv[1], &weight) < 0)
         return NULL;
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = key_hash(key);
     if (hash == -1)
         return NULL;
     Node *n;
@@ -1615,7 +1637,7 @@ WTinyLFU_access(WTinyLFU *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
             return NULL;
         weight_obj = NULL;
     }
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = key_hash(key);
     if (hash == -1)
         return NULL;
     Node *n;
@@ -1656,7 +1678,7 @@ WTinyLFU_on_update(WTinyLFU *self, PyObject *const *args, Py_ssize_t nargs, PyOb
             return NULL;
         converted = 1;
     }
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = key_hash(key);
     if (hash == -1)
         return NULL;
     Node *n;
@@ -1719,7 +1741,7 @@ WTinyLFU_on_hits(WTinyLFU *self, PyObject *keys)
 static PyObject *
 WTinyLFU_on_remove(WTinyLFU *self, PyObject *key)
 {
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = key_hash(key);
     if (hash == -1)
         return NULL;
     Node *n;
@@ -1753,7 +1775,7 @@ WTinyLFU_len(WTinyLFU *self)
 static int
 WTinyLFU_contains(WTinyLFU *self, PyObject *key)
 {
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = key_hash(key);
     if (hash == -1)
         return -1;
     Node *n;
@@ -2115,7 +2137,7 @@ LRU_on_insert(LRU *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     PyObject *key = argv[0];
     if (argv[1] != NULL && as_weight(argv[1], &weight) < 0)
         return NULL;
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = key_hash(key);
     if (hash == -1)
         return NULL;
     Node *n;
@@ -2146,7 +2168,7 @@ LRU_access(LRU *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
             return NULL;
         weight_obj = NULL;
     }
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = key_hash(key);
     if (hash == -1)
         return NULL;
     Node *n;
@@ -2180,7 +2202,7 @@ LRU_on_update(LRU *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     PyObject *key = argv[0];
     if (as_weight(argv[1], &weight) < 0)
         return NULL;
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = key_hash(key);
     if (hash == -1)
         return NULL;
     Node *n;
@@ -2195,7 +2217,7 @@ LRU_on_update(LRU *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
 static int
 l_hit(LRU *self, PyObject *key)
 {
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = key_hash(key);
     if (hash == -1)
         return -1;
     Node *n;
@@ -2255,7 +2277,7 @@ LRU_on_hits(LRU *self, PyObject *keys)
 static PyObject *
 LRU_on_remove(LRU *self, PyObject *key)
 {
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = key_hash(key);
     if (hash == -1)
         return NULL;
     Node *n;
@@ -2288,7 +2310,7 @@ LRU_len(LRU *self)
 static int
 LRU_contains(LRU *self, PyObject *key)
 {
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = key_hash(key);
     if (hash == -1)
         return -1;
     Node *n;
