@@ -141,6 +141,16 @@ class _Server:
             client.close()
 
 
+class _Failed(Exception):
+    """One server's part of a call did not happen: the server is down (``cause`` None) or
+    failed (already remembered and logged). Never leaves the tier."""
+
+    def __init__(self, label: str, cause: BaseException | None) -> None:
+        super().__init__(label)
+        self.label = label
+        self.cause = cause
+
+
 class _Ring:
     """Consistent hashing: see the module docstring."""
 
@@ -353,6 +363,32 @@ class MemcachedTier(RemoteTier):
             server.down_until = _UP
             logger.warning("tier %s (memcached): server %s answers again", self.name, server.label)
 
+    def _on(
+        self, server: _Server, now: float, action: Callable[[Any, Any], Any], part: Any, what: str
+    ) -> Any:
+        """``action(client, part)`` on ``server``; raises :class:`_Failed` when the server is
+        down or fails (a server that cannot be reached is skipped for ``retry_interval``)."""
+        if server.down_until > now:
+            raise _Failed(server.label, None)
+        try:
+            result = action(server.client, part)
+        except UNREACHABLE as exc:
+            self._server_failed(server, exc)
+            raise _Failed(server.label, exc) from exc
+        except MemcacheError as exc:
+            logger.warning(
+                "tier %s (memcached): %s on %s failed: %s: %s",
+                self.name,
+                what,
+                server.label,
+                type(exc).__name__,
+                exc,
+            )
+            raise _Failed(server.label, exc) from exc
+        if server.down_until != _UP:
+            self._server_ok(server)
+        return result
+
     def _per_server(
         self,
         groups: dict[_Server, Any],
@@ -361,56 +397,47 @@ class MemcachedTier(RemoteTier):
     ) -> list[Any]:
         """Run ``action(client, part)`` for each server's part; skip (and remember) the
         servers that are down or fail. Raises TierUnavailableError when none answered."""
-        if self.closed:
-            raise CacheClosedError(f"tier {self.name!r} is closed")
+        self._check_open()
         results: list[Any] = []
-        failed: list[str] = []
-        last: BaseException | None = None
-        now = self._clock()  # once per call, and the checks inline: this is the hot path
+        failures: list[_Failed] = []
+        now = self._clock()
         for server, part in groups.items():
-            if server.down_until > now:
-                failed.append(server.label)
-                continue
             try:
-                results.append(action(server.client, part))
-            except UNREACHABLE as exc:
-                self._server_failed(server, exc)
-                failed.append(server.label)
-                last = exc
-                continue
-            except MemcacheError as exc:
-                logger.warning(
-                    "tier %s (memcached): %s on %s failed: %s: %s",
-                    self.name,
-                    what,
-                    server.label,
-                    type(exc).__name__,
-                    exc,
-                )
-                failed.append(server.label)
-                last = exc
-                continue
-            if server.down_until != _UP:
-                self._server_ok(server)
-        if failed:
+                results.append(self._on(server, now, action, part, what))
+            except _Failed as failed:
+                failures.append(failed)
+        if failures:
             if not results:
-                reason = f"{what}: no answer from {', '.join(failed)}"
-                if last is not None:
-                    reason += f" ({type(last).__name__}: {last})"
-                raise TierUnavailableError(self.name, reason)
+                raise self._no_answer(what, failures)
             self.stats.errors += 1  # partly served: the flow only counts what raises
         return results
+
+    def _no_answer(self, what: str, failures: list[_Failed]) -> TierUnavailableError:
+        reason = f"{what}: no answer from {', '.join(failed.label for failed in failures)}"
+        causes = [failed.cause for failed in failures if failed.cause is not None]
+        if causes:
+            reason += f" ({type(causes[-1]).__name__}: {causes[-1]})"
+        return TierUnavailableError(self.name, reason)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise CacheClosedError(f"tier {self.name!r} is closed")
 
     # ------------------------------------------------------------------ tier protocol
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         if not keys:
             return {}
+        if len(keys) == 1:  # the commonest read: one name, one server, one plain get
+            name = self._current_names().name(keys[0])
+            self._check_open()
+            try:
+                blob = self._on(self._ring.server(name), self._clock(), _get, name, "read")
+            except _Failed as failed:
+                raise self._no_answer("read", [failed]) from None
+            return self._found(keys, (blob,))
         names = self._current_names().names(keys)
-        if len(names) == 1:  # a single hit, the commonest read: nothing to group or merge
-            (found,) = self._per_server({self._ring.server(names[0]): names}, _get_many, "read")
-            return self._found(keys, (found.get(names[0]),))
-        found = {}
+        found: dict[str, bytes] = {}
         for part in self._per_server(self._ring.group(names), _get_many, "read"):
             found.update(part)
         return self._found(keys, [found.get(name) for name in names])
@@ -440,8 +467,7 @@ class MemcachedTier(RemoteTier):
 
     def clear(self) -> None:
         """Start a new generation of this namespace (see the module docstring)."""
-        if self.closed:
-            raise CacheClosedError(f"tier {self.name!r} is closed")
+        self._check_open()
         server = self._ring.server(self._generation_name)
         try:
             generation = server.client.incr(self._generation_name, 1, noreply=False)
@@ -516,6 +542,10 @@ def _expiry(seconds: float, now: float) -> int:
         return 0
     whole = max(1, math.ceil(seconds))
     return whole if whole <= _THIRTY_DAYS else math.ceil(now + seconds)
+
+
+def _get(client: Any, name: str) -> bytes | None:
+    return client.get(name)  # type: ignore[no-any-return]
 
 
 def _get_many(client: Any, names: list[str]) -> dict[str, bytes]:
