@@ -2,8 +2,9 @@
 
 For Redis, Redis Cluster and a memcached pool, this starts its own servers (with
 ``tests/servers.py``: a redis-server, a 3-master cluster, two memcached), stores the same
-envelopes once, and then times, alternating in rounds on the same connections and the
-same bytes:
+envelopes once, and then times, alternating in rounds, the tier and a raw client reading
+the same bytes from the same servers (each over its own connections: the raw clients are
+separate clients, made here, not the tier's):
 
 * a hit: ``Cache.get(key)`` on a Cache whose only level is the remote tier (signing off,
   msgpack), against the raw client's single-key read (redis-py ``GET``, the cluster
@@ -12,7 +13,10 @@ same bytes:
   client's ``mget_nonatomic``, ``HashClient.get_many``) plus decoding every value;
 * both again with ``AsyncCache`` against redis-py's asyncio clients; memcached has no
   asyncio client, so its raw async figure is ``HashClient`` run in a thread pool, the way
-  the tier runs.
+  the tier runs;
+* for memcached, sync and async, also against a *floor*: a plain pymemcache ``Client`` per
+  server asked for exactly the names the tier routes to it (no hashing on the raw side),
+  in the same kind of thread pool for the async face.
 
 It prints the per-call time of the best round of each (on a shared machine noise only ever
 adds time, so the best round is the steadiest estimate of what the code costs) and the
@@ -309,6 +313,13 @@ class MemcachedLevel(Level):
     async def araw_get_many(self, names: list[str]) -> list[Any]:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self.raw_get_many, names)
 
+    async def afloor_get(self, name: str) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self.floor_get, name)
+
+    async def afloor_get_many(self, names: list[str]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, self.floor_get_many, names)
+
     def close(self) -> None:
         self.pool.shutdown()
         self.client.close()
@@ -358,7 +369,16 @@ def sync_rows(level: Level, rounds: int, budget: float) -> list[Row]:
 
 
 async def async_rows(level: Level, rounds: int, budget: float) -> list[Row]:
+    """The async rows; runs last for its level: closing the AsyncCache closes the tier."""
     cache = AsyncCache([level.tier])
+    try:
+        return await _async_rows(level, cache, rounds, budget)
+    finally:
+        await cache.close()
+        await level.aclose()
+
+
+async def _async_rows(level: Level, cache: AsyncCache, rounds: int, budget: float) -> list[Row]:
     key, name, decode = level.keys[0], level.names[0], level.codec.decode
     keys, names = level.keys, level.names
     assert await cache.get(key) == VALUE and len(await cache.get_many(keys)) == BATCH
@@ -376,7 +396,25 @@ async def async_rows(level: Level, rounds: int, budget: float) -> list[Row]:
             level.name, "get_many(100)", raw_batch, lambda: cache.get_many(keys), rounds, budget
         ),
     ]
-    await level.aclose()
+    if isinstance(level, MemcachedLevel):
+        floor = level
+
+        async def floor_hit() -> Any:
+            return decode(key, await floor.afloor_get(name)).value
+
+        async def floor_batch() -> dict[str, Any]:
+            blobs = await floor.afloor_get_many(names)
+            return {k: decode(k, b).value for k, b in zip(keys, blobs, strict=True)}
+
+        hit, batch = "hit vs floor", "get_many(100) vs floor"
+        rows.append(
+            await acompare(level.name, hit, floor_hit, lambda: cache.get(key), rounds, budget)
+        )
+        rows.append(
+            await acompare(
+                level.name, batch, floor_batch, lambda: cache.get_many(keys), rounds, budget
+            )
+        )
     return rows
 
 
