@@ -381,7 +381,7 @@ def test_hash_flooding_jitter_draws_the_same_random_stream(seed: int) -> None:
     """Warm candidates that lose their duel are admitted when random.Random(seed)'s
     getrandbits(7) is 0: the compiled class reproduces that generator's stream."""
     c, p = pair("wtinylfu", 4, seed=seed, adaptation="fixed", window_percent=0.25)
-    admitted = 0
+    admitted = duels = 0
     for trial in range(2500):
         for policy in (c, p):
             policy.clear()  # keeps the random stream, in both
@@ -391,11 +391,19 @@ def test_hash_flooding_jitter_draws_the_same_random_stream(seed: int) -> None:
             for _ in range(6):
                 policy.sketch.increment(f"cand{trial}")
         assert c.on_insert(f"cand{trial}") == p.on_insert(f"cand{trial}")
+        # A clean duel: warm (at the threshold) and colder than every victim; otherwise
+        # this name collides with the hot keys' counters in the tiny sketch.
+        clean = c.sketch.frequency(f"cand{trial}") == 7
+        assert clean == (p.sketch.frequency(f"cand{trial}") == 7)
         victims = c.on_insert(f"push{trial}")
         assert victims == p.on_insert(f"push{trial}")
-        admitted += f"cand{trial}" in c
+        if clean:
+            duels += 1
+            admitted += f"cand{trial}" in c
     same_state(c, p)
-    assert 2 <= admitted < 100, "about 1 in 128 warm losers is admitted"
+    # About 1 in 128 (over 217 runs with different hash seeds: 7 to 33 of about 2,400).
+    assert duels > 2000
+    assert 0 < admitted < duels / 128 * 3
 
 
 def test_clear_keeps_sizing_and_random_stream_like_python() -> None:
