@@ -8,19 +8,27 @@ attacker with access to the store could write.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 import redis
 import redis.cluster
 from pymemcache.client.base import Client as MemcacheClient
 
 from stratacache.config import tier_from_url
+from stratacache.tiers.base import Tier
 from stratacache.tiers.remote import RemoteTier
 
 from ..conftest import FakeClock
 
-__all__ = ["REMOTE_SERVERS", "RawStore", "raw_store", "remote_factory", "server_url"]
+__all__ = [
+    "REMOTE_SERVERS",
+    "RawStore",
+    "made_tiers",
+    "raw_store",
+    "remote_factory",
+    "server_url",
+]
 
 SIGNING_KEY = b"0123456789abcdef0123456789abcdef"
 
@@ -32,6 +40,7 @@ REMOTE_SERVERS = {
 }
 
 TierFactory = Callable[..., RemoteTier]
+T = TypeVar("T", bound=Tier)
 
 
 # ---------------------------------------------------------------------------- factories
@@ -81,6 +90,20 @@ def remote_factory(kind: str, server: Any, clock: FakeClock) -> TierFactory:
         return tier
 
     return make
+
+
+def made_tiers(factory: Callable[..., T]) -> Iterator[Callable[..., T]]:
+    """For a fixture to ``yield from``: ``make(**options)`` over ``factory``, and every
+    tier it made closed after the test."""
+    made: list[T] = []
+
+    def make(**options: Any) -> T:
+        made.append(factory(**options))
+        return made[-1]
+
+    yield make
+    for tier in made:
+        tier.close()
 
 
 # ---------------------------------------------------------------------------- raw access

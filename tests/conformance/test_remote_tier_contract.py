@@ -29,7 +29,15 @@ from stratacache.tiers.redis_cluster import RedisClusterTier
 from stratacache.tiers.remote import RemoteTier
 
 from ..conftest import FakeClock
-from .remote_kit import REMOTE_SERVERS, SIGNING_KEY, RawStore, raw_store, remote_factory, server_url
+from .remote_kit import (
+    REMOTE_SERVERS,
+    SIGNING_KEY,
+    RawStore,
+    made_tiers,
+    raw_store,
+    remote_factory,
+    server_url,
+)
 
 TierFactory = Callable[..., RemoteTier]
 
@@ -51,16 +59,7 @@ def tier_url(kind: str, server: Any) -> str:
 
 @pytest.fixture
 def make_tier(kind: str, server: Any, clock: FakeClock) -> Iterator[TierFactory]:
-    factory = remote_factory(kind, server, clock)
-    made: list[RemoteTier] = []
-
-    def make(**options: Any) -> RemoteTier:
-        made.append(factory(**options))
-        return made[-1]
-
-    yield make
-    for tier in made:
-        tier.close()
+    yield from made_tiers(remote_factory(kind, server, clock))
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ from ..conformance.remote_kit import (
     REMOTE_SERVERS,
     SIGNING_KEY,
     RawStore,
+    made_tiers,
     raw_store,
     remote_factory,
 )
@@ -128,25 +129,17 @@ def server(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 
 @pytest.fixture
 def make_tier(kind: str, server: Any, clock: FakeClock) -> Iterator[TierFactory]:
-    made: list[EnvelopeTier] = []
-    if kind == "sqlite":
+    if kind != "sqlite":
+        yield from made_tiers(remote_factory(kind, server, clock))
+        return
 
-        def factory(**options: Any) -> EnvelopeTier:
-            options.setdefault("namespace", "t")
-            tier = SQLiteTier(server, wall_clock=clock.time, **options)
-            len(tier)  # opens the file and makes the table, so raw writes can go first
-            return tier
+    def sqlite_tier(**options: Any) -> EnvelopeTier:
+        options.setdefault("namespace", "t")
+        tier = SQLiteTier(server, wall_clock=clock.time, **options)
+        len(tier)  # opens the file and makes the table, so raw writes can go first
+        return tier
 
-    else:
-        factory = remote_factory(kind, server, clock)
-
-    def make(**options: Any) -> EnvelopeTier:
-        made.append(factory(**options))
-        return made[-1]
-
-    yield make
-    for tier in made:
-        tier.close()
+    yield from made_tiers(sqlite_tier)
 
 
 @pytest.fixture

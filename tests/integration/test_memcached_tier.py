@@ -20,6 +20,7 @@ from stratacache.tiers.remote import RemoteTier
 
 from ..conformance.remote_kit import (
     RawStore,
+    made_tiers,
     raw_store,
     remote_factory,
     server_url,
@@ -37,16 +38,7 @@ def tier_url(memcached_servers: list[MemcachedServer]) -> str:
 
 @pytest.fixture
 def make_tier(memcached_servers: list[MemcachedServer], clock: FakeClock) -> Iterator[TierFactory]:
-    factory = remote_factory("memcached", memcached_servers, clock)
-    made: list[RemoteTier] = []
-
-    def make(**options: Any) -> RemoteTier:
-        made.append(factory(**options))
-        return made[-1]
-
-    yield make
-    for tier in made:
-        tier.close()
+    yield from made_tiers(remote_factory("memcached", memcached_servers, clock))
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from stratacache.tiers.remote import RemoteTier
 
 from ..conformance.remote_kit import (
     RawStore,
+    made_tiers,
     raw_store,
     remote_factory,
 )
@@ -35,16 +36,7 @@ def tier_url(redis_cluster: RedisCluster) -> str:
 
 @pytest.fixture
 def make_tier(redis_cluster: RedisCluster, clock: FakeClock) -> Iterator[TierFactory]:
-    factory = remote_factory("redis-cluster", redis_cluster, clock)
-    made: list[RemoteTier] = []
-
-    def make(**options: Any) -> RemoteTier:
-        made.append(factory(**options))
-        return made[-1]
-
-    yield make
-    for tier in made:
-        tier.close()
+    yield from made_tiers(remote_factory("redis-cluster", redis_cluster, clock))
 
 
 @pytest.fixture

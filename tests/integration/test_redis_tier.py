@@ -26,6 +26,7 @@ from stratacache.tiers.remote import RemoteTier
 
 from ..conformance.remote_kit import (
     RawStore,
+    made_tiers,
     raw_store,
     remote_factory,
 )
@@ -43,16 +44,7 @@ def tier_url(redis_server: RedisServer) -> str:
 
 @pytest.fixture
 def make_tier(redis_server: RedisServer, clock: FakeClock) -> Iterator[TierFactory]:
-    factory = remote_factory("redis", redis_server, clock)
-    made: list[RemoteTier] = []
-
-    def make(**options: Any) -> RemoteTier:
-        made.append(factory(**options))
-        return made[-1]
-
-    yield make
-    for tier in made:
-        tier.close()
+    yield from made_tiers(remote_factory("redis", redis_server, clock))
 
 
 @pytest.fixture
