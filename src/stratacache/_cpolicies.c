@@ -37,13 +37,23 @@
  *
  * Differences, on purpose and outside the protocol: weights must be ints (Python would
  * also take floats) and not negative; the capacity must be at most 2**61 (make_policy
- * falls back to the Python class above that). tests/unit/test_cpolicies.py replays
- * random and adversarial traces through both implementations and compares every return
- * value.
+ * falls back to the Python class above that); a call with an invalid weight may raise
+ * before, rather than after, the events Python would have recorded first. Even the key
+ * objects agree: where Python re-inserts an entry under the requested (equal) key object,
+ * on a promotion to protected, so does this code, so victims are the very same objects.
+ * tests/unit/test_cpolicies.py replays random and adversarial traces through both
+ * implementations and compares every return value and, periodically, every list and
+ * every sketch counter.
+ *
+ * Speed, measured (2-core shared VM, OLTP at 1% of its keys): W-TinyLFU replays about 16M
+ * requests/s against 0.49M for the Python class; on a 10k-entry L1 a batch of hits costs
+ * tens of nanoseconds per key and an insert with its duel about 100 ns, most of it memory
+ * traffic (a table probe, the sketch's counters and doorkeeper bytes).
  *
  * Data structures. One open-addressing table (linear probing, backward-shift deletion, a
- * Fibonacci multiply of the stored hash for the home slot) maps every key the policy
- * remembers to its node; a node lives in exactly one list: window, probation, protected,
+ * Fibonacci multiply of the hash for the home slot, each slot keeping its node's hash so
+ * that probes touch no node) maps every key the policy remembers to its node, at most half
+ * full; a node lives in exactly one list: window, probation, protected,
  * or (keys that recently left, remembered without values by the "shadow" adaptation)
  * window shadow or main shadow. A key cannot be resident and shadowed at once (an insert
  * consults and drops the shadow entry first), so one lookup answers "resident?", "where?"
@@ -52,8 +62,10 @@
  * GIL and thread safety. Every method runs with the GIL held and, for keys whose equality
  * is computed in C (exact str, int, float, bytes), never runs Python code, so each call is
  * atomic with respect to other threads, as OrderedDict-based Python policies are per
- * operation. The only Python code a call can run is a key's __hash__ (before any state is
- * touched) and __eq__ during a lookup: the table has a version counter, bumped by every
+ * operation. The only Python code a call can run is a key's __hash__ and a non-int
+ * weight's __index__ (both before any state is touched), a released key's __del__ (after
+ * the state is complete, see below) and __eq__ during a lookup: the table has a version
+ * counter, bumped by every
  * insertion, deletion and resize, and a lookup whose comparison changed it starts over
  * (the same defence dict uses). Nothing else is looked up by key: evictions, moves and
  * removals of known nodes compare pointers only. Keys dropped in the middle of an
