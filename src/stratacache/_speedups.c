@@ -7,11 +7,17 @@
  * does not: these are the two closures of MemoryTier.make_reader and make_writer, with the
  * interpreter's per-call overhead removed.
  *
- * Reader(data, clock, buffer, limit, drain, slow, missing)
+ * Reader(data, clock, buffer, limit, drain, slow, missing, negative=None)
  *     reader(key, default=missing): an entry (value, expires_at, version) found in `data`
  *     whose expiry is later than clock() is a hit: the key is appended to `buffer`
  *     (drain() is called when it reaches `limit`) and the value returned. Anything else
- *     (absent, expired, unhashable key) is slow(key, default).
+ *     (absent, expired, unhashable key) is slow(key, default). Given the tier's
+ *     `negative` dict (a cache whose only source is L1), a non-empty str key found in
+ *     neither dict is answered here too: a miss, counted in `misses`, returning default.
+ *
+ * Lock()
+ *     A mutex with threading.Lock's acquire/release/context-manager interface, which the
+ *     Writer takes without going through Python method calls.
  *
  * Writer(data, negative, lock, buffer, drain, on_insert, on_update, clock, level_ttl,
  *        fallback)
@@ -20,6 +26,9 @@
  *     not a non-empty str, a ttl that is not a positive int or float, keywords) go to
  *     `fallback`, the Python closure, which raises the right error or handles them.
  *     `writes` and `evictions` count what it did.
+ *
+ * Clock: when the injected clock is time.monotonic itself, both read CLOCK_MONOTONIC
+ * directly and convert it exactly as CPython does, instead of calling the function.
  *
  * Thread safety: the reader takes no lock (one dict lookup and one list append are atomic
  * under the GIL; the entry is held by a new reference while the clock is read). The writer
@@ -47,6 +56,42 @@ as_double(PyObject *obj, double *out)
     return 0;
 }
 
+#if defined(__linux__)
+#include <time.h>
+#define HAVE_FAST_MONOTONIC 1
+/* time.monotonic() on Linux: CLOCK_MONOTONIC in nanoseconds, then seconds as CPython's
+ * _PyTime_AsSecondsDouble computes them (same branches, same rounding). */
+static int
+fast_monotonic(double *out)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    volatile double d;
+    if (ns % 1000000000LL == 0)
+        d = (double)(ns / 1000000000LL);
+    else {
+        d = (double)ns;
+        d /= 1e9;
+    }
+    *out = d;
+    return 0;
+}
+#else
+#define HAVE_FAST_MONOTONIC 0
+#endif
+
+static PyObject *time_monotonic = NULL; /* time.monotonic, to recognise it */
+
+static int
+is_time_monotonic(PyObject *clock)
+{
+    return HAVE_FAST_MONOTONIC && time_monotonic != NULL && clock == time_monotonic;
+}
+
 static int
 call_clock(PyObject *clock, double *out)
 {
@@ -57,6 +102,149 @@ call_clock(PyObject *clock, double *out)
     Py_DECREF(now);
     return rc;
 }
+
+static int
+read_clock(PyObject *clock, int fast, double *out)
+{
+#if HAVE_FAST_MONOTONIC
+    if (fast)
+        return fast_monotonic(out);
+#endif
+    return call_clock(clock, out);
+}
+
+/* ------------------------------------------------------------------------ Lock */
+
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lock;
+    int held;
+} Lock;
+
+static void
+lock_take(Lock *self)
+{
+    if (!PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(self->lock, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
+    self->held = 1;
+}
+
+static int
+lock_give(Lock *self)
+{
+    if (!self->held) {
+        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
+        return -1;
+    }
+    self->held = 0;
+    PyThread_release_lock(self->lock);
+    return 0;
+}
+
+static PyObject *
+lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwds != NULL && PyDict_GET_SIZE(kwds) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Lock() takes no arguments");
+        return NULL;
+    }
+    Lock *self = (Lock *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->lock = PyThread_allocate_lock();
+    if (self->lock == NULL) {
+        Py_DECREF(self);
+        PyErr_SetString(PyExc_MemoryError, "cannot allocate a lock");
+        return NULL;
+    }
+    self->held = 0;
+    return (PyObject *)self;
+}
+
+static void
+lock_dealloc(Lock *self)
+{
+    if (self->lock != NULL) {
+        if (self->held)
+            PyThread_release_lock(self->lock);
+        PyThread_free_lock(self->lock);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+lock_acquire(Lock *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"blocking", "timeout", NULL};
+    int blocking = 1;
+    double timeout = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pd", kwlist, &blocking, &timeout))
+        return NULL;
+    if (timeout != -1) {
+        PyErr_SetString(PyExc_ValueError, "this lock supports no timeout");
+        return NULL;
+    }
+    if (!blocking) {
+        if (!PyThread_acquire_lock(self->lock, NOWAIT_LOCK))
+            Py_RETURN_FALSE;
+        self->held = 1;
+        Py_RETURN_TRUE;
+    }
+    lock_take(self);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+lock_release(Lock *self, PyObject *Py_UNUSED(ignored))
+{
+    if (lock_give(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+lock_enter(Lock *self, PyObject *Py_UNUSED(ignored))
+{
+    lock_take(self);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+lock_exit(Lock *self, PyObject *args)
+{
+    if (lock_give(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+lock_locked(Lock *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(self->held);
+}
+
+static PyMethodDef lock_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))lock_acquire, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"release", (PyCFunction)lock_release, METH_NOARGS, NULL},
+    {"locked", (PyCFunction)lock_locked, METH_NOARGS, NULL},
+    {"__enter__", (PyCFunction)lock_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)lock_exit, METH_VARARGS, NULL},
+    {NULL},
+};
+
+static PyTypeObject LockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "stratacache._speedups.Lock",
+    .tp_basicsize = sizeof(Lock),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A mutex like threading.Lock that the C Writer can take directly.",
+    .tp_new = lock_new,
+    .tp_dealloc = (destructor)lock_dealloc,
+    .tp_methods = lock_methods,
+};
 
 /* ------------------------------------------------------------------------ Reader */
 
@@ -70,6 +258,9 @@ typedef struct {
     PyObject *drain;
     PyObject *slow;
     PyObject *missing;
+    PyObject *negative; /* NULL unless plain misses are answered here */
+    int fast_clock;
+    Py_ssize_t misses;
 } Reader;
 
 static PyObject *
@@ -125,13 +316,25 @@ reader_vectorcall(Reader *self, PyObject *const *args, size_t nargsf, PyObject *
                 return NULL;
             PyErr_Clear(); /* unhashable: the slow path names the problem */
         }
+        else if (self->negative != NULL && PyUnicode_CheckExact(key) &&
+                 PyUnicode_GET_LENGTH(key) > 0) {
+            /* L1 is the only source: absent from both dicts is a plain miss. */
+            int remembered = PyDict_Contains(self->negative, key);
+            if (remembered < 0)
+                return NULL;
+            if (!remembered) {
+                self->misses++;
+                return Py_NewRef(dflt);
+            }
+        }
         return reader_slow(self, key, dflt);
     }
     if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) < 2)
         return reader_slow(self, key, dflt);
     Py_INCREF(entry); /* the clock may run Python code that changes the dict */
     double now, expires;
-    if (call_clock(self->clock, &now) < 0 || as_double(PyTuple_GET_ITEM(entry, 1), &expires) < 0) {
+    if (read_clock(self->clock, self->fast_clock, &now) < 0 ||
+        as_double(PyTuple_GET_ITEM(entry, 1), &expires) < 0) {
         Py_DECREF(entry);
         return NULL;
     }
@@ -160,12 +363,18 @@ reader_vectorcall(Reader *self, PyObject *const *args, size_t nargsf, PyObject *
 static int
 reader_init(Reader *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"data", "clock", "buffer", "limit", "drain", "slow", "missing", NULL};
-    PyObject *data, *clock, *buffer, *drain, *slow, *missing;
+    static char *kwlist[] = {"data",  "clock",   "buffer",   "limit", "drain",
+                             "slow",  "missing", "negative", NULL};
+    PyObject *data, *clock, *buffer, *drain, *slow, *missing, *negative = Py_None;
     Py_ssize_t limit;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO!nOOO", kwlist, &PyDict_Type, &data, &clock,
-                                     &PyList_Type, &buffer, &limit, &drain, &slow, &missing))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO!nOOO|O", kwlist, &PyDict_Type, &data,
+                                     &clock, &PyList_Type, &buffer, &limit, &drain, &slow,
+                                     &missing, &negative))
         return -1;
+    if (negative != Py_None && !PyDict_Check(negative)) {
+        PyErr_SetString(PyExc_TypeError, "negative must be a dict or None");
+        return -1;
+    }
     if (limit < 1) {
         PyErr_SetString(PyExc_ValueError, "limit must be >= 1");
         return -1;
@@ -176,7 +385,10 @@ reader_init(Reader *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->drain, Py_NewRef(drain));
     Py_XSETREF(self->slow, Py_NewRef(slow));
     Py_XSETREF(self->missing, Py_NewRef(missing));
+    Py_XSETREF(self->negative, negative == Py_None ? NULL : Py_NewRef(negative));
     self->limit = limit;
+    self->fast_clock = is_time_monotonic(clock);
+    self->misses = 0;
     self->vectorcall = (vectorcallfunc)reader_vectorcall;
     return 0;
 }
@@ -190,6 +402,7 @@ reader_traverse(Reader *self, visitproc visit, void *arg)
     Py_VISIT(self->drain);
     Py_VISIT(self->slow);
     Py_VISIT(self->missing);
+    Py_VISIT(self->negative);
     return 0;
 }
 
@@ -202,6 +415,7 @@ reader_clear(Reader *self)
     Py_CLEAR(self->drain);
     Py_CLEAR(self->slow);
     Py_CLEAR(self->missing);
+    Py_CLEAR(self->negative);
     return 0;
 }
 
@@ -212,6 +426,17 @@ reader_dealloc(Reader *self)
     reader_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
+
+static PyObject *
+reader_get_misses(Reader *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->misses);
+}
+
+static PyGetSetDef reader_getset[] = {
+    {"misses", (getter)reader_get_misses, NULL, "plain misses answered in C", NULL},
+    {NULL},
+};
 
 static PyTypeObject ReaderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -226,6 +451,7 @@ static PyTypeObject ReaderType = {
     .tp_clear = (inquiry)reader_clear,
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(Reader, vectorcall),
+    .tp_getset = reader_getset,
 };
 
 /* ------------------------------------------------------------------------ Writer */
@@ -245,6 +471,8 @@ typedef struct {
     PyObject *fallback;
     PyObject *zero;
     PyObject *one;
+    Lock *c_lock;     /* the tier's lock when it is ours: taken without Python calls */
+    int fast_clock;
     double level_ttl; /* < 0: the level has no ttl of its own */
     Py_ssize_t writes;
     Py_ssize_t evictions;
@@ -284,8 +512,11 @@ writer_store(Writer *self, PyObject *key, PyObject *entry)
     if (victims == NULL)
         return -1;
     int rc = 0;
-    if (resident && discard(self->negative, key) < 0)
-        rc = -1;
+    if (resident) {
+        int remembered = PyDict_Contains(self->negative, key);
+        if (remembered < 0 || (remembered && PyDict_DelItem(self->negative, key) < 0))
+            rc = -1;
+    }
     if (rc == 0 && PyDict_SetItem(self->data, key, entry) < 0)
         rc = -1;
     if (rc == 0) {
@@ -350,7 +581,7 @@ writer_vectorcall(Writer *self, PyObject *const *args, size_t nargsf, PyObject *
     double expires = INFINITY;
     if (lifetime >= 0) {
         double now;
-        if (call_clock(self->clock, &now) < 0)
+        if (read_clock(self->clock, self->fast_clock, &now) < 0)
             return NULL;
         expires = now + lifetime;
     }
@@ -362,6 +593,17 @@ writer_vectorcall(Writer *self, PyObject *const *args, size_t nargsf, PyObject *
     if (entry == NULL)
         return NULL;
 
+    if (self->c_lock != NULL) {
+        lock_take(self->c_lock);
+        int stored = writer_store(self, key, entry);
+        Py_DECREF(entry);
+        self->c_lock->held = 0;
+        PyThread_release_lock(self->c_lock->lock);
+        if (stored < 0)
+            return NULL;
+        self->writes++;
+        Py_RETURN_NONE;
+    }
     PyObject *locked = PyObject_CallNoArgs(self->acquire);
     if (locked == NULL) {
         Py_DECREF(entry);
@@ -426,6 +668,8 @@ writer_init(Writer *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->on_update, Py_NewRef(on_update));
     Py_XSETREF(self->clock, Py_NewRef(clock));
     Py_XSETREF(self->fallback, Py_NewRef(fallback));
+    Py_XSETREF(self->c_lock, PyObject_TypeCheck(lock, &LockType) ? (Lock *)Py_NewRef(lock) : NULL);
+    self->fast_clock = is_time_monotonic(clock);
     Py_XSETREF(self->zero, PyLong_FromLong(0));
     Py_XSETREF(self->one, PyLong_FromLong(1));
     if (self->zero == NULL || self->one == NULL)
@@ -450,6 +694,7 @@ writer_traverse(Writer *self, visitproc visit, void *arg)
     Py_VISIT(self->on_update);
     Py_VISIT(self->clock);
     Py_VISIT(self->fallback);
+    Py_VISIT(self->c_lock);
     return 0;
 }
 
@@ -468,6 +713,7 @@ writer_clear(Writer *self)
     Py_CLEAR(self->fallback);
     Py_CLEAR(self->zero);
     Py_CLEAR(self->one);
+    Py_CLEAR(self->c_lock);
     return 0;
 }
 
@@ -525,13 +771,22 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&ReaderType) < 0 || PyType_Ready(&WriterType) < 0)
+    if (PyType_Ready(&ReaderType) < 0 || PyType_Ready(&WriterType) < 0 ||
+        PyType_Ready(&LockType) < 0)
+        return NULL;
+    PyObject *time_module = PyImport_ImportModule("time");
+    if (time_module == NULL)
+        return NULL;
+    time_monotonic = PyObject_GetAttrString(time_module, "monotonic");
+    Py_DECREF(time_module);
+    if (time_monotonic == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
-        PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0) {
+        PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0 ||
+        PyModule_AddObjectRef(m, "Lock", (PyObject *)&LockType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

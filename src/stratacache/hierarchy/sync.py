@@ -66,7 +66,9 @@ class Cache(CacheFacade):
         top = self._hierarchy.levels[0]
         slow = self._local_miss or self._slow_get
         if isinstance(top, MemoryTier):
-            self.get = top.make_reader(slow, timed=self._measure_l1)  # type: ignore[method-assign]
+            self.get = top.make_reader(  # type: ignore[method-assign]
+                slow, timed=self._measure_l1, local_misses=self._local_miss is not None
+            )
         else:
             self.get = self._slow_get  # type: ignore[method-assign]
         writer = self._local_writer

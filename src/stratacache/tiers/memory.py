@@ -69,10 +69,24 @@ class _MemoryStats(LevelStats):
         self._hits_offset = 0
         self._writes = 0
         self._evictions = 0
+        self._misses = 0
+        self._c_misses = 0
         self._c_offsets = (0, 0)
         super().__init__(name, kind)
 
-    # Writes and evictions: what Python code counted plus what C writers counted.
+    # Misses, writes and evictions: what Python code counted plus what C code counted.
+
+    def _c_reader_misses(self) -> int:
+        return sum(int(r.misses) for r in self._tier._c_readers)
+
+    @property
+    def misses(self) -> int:
+        return self._misses + self._c_reader_misses() - self._c_misses
+
+    @misses.setter
+    def misses(self, value: int) -> None:
+        self._misses = value - (self._c_reader_misses() - self._c_misses)
+
 
     def _c_counts(self) -> tuple[int, int]:
         writers = self._tier._c_writers
@@ -96,8 +110,9 @@ class _MemoryStats(LevelStats):
 
     def reset(self) -> None:
         super().reset()
-        self._writes = self._evictions = 0
+        self._writes = self._evictions = self._misses = 0
         self._c_offsets = self._c_counts()
+        self._c_misses = self._c_reader_misses()
 
     @property
     def hits(self) -> int:
@@ -170,11 +185,15 @@ class MemoryTier(Tier):
         self._wall_clock = wall_clock
         self._data: dict[str, tuple[Any, float, int]] = {}
         self._negative: dict[str, tuple[float, int]] = {}
-        self._lock = threading.Lock()
+        # The C writer takes the speedups' own lock directly; it works as threading.Lock.
+        self._lock: Any = (
+            _accel.speedups.Lock() if _accel.speedups is not None else threading.Lock()
+        )
         self._buffer: list[Hashable] = []
         self._buffer_limit = read_buffer_size
         self._hits_drained = 0
         self._c_writers: list[Any] = []  # C writers count their own writes and evictions
+        self._c_readers: list[Any] = []  # C readers count the plain misses they answer
         self.stats = _MemoryStats(self.name, self.kind, self)
 
     # ------------------------------------------------------------------ the hit path
@@ -184,10 +203,13 @@ class MemoryTier(Tier):
         slow: Callable[[str, Any], Any],
         *,
         timed: bool = False,
+        local_misses: bool = False,
     ) -> Callable[..., Any]:
         """A ``get(key, default=MISSING)`` closure: answers L1 hits itself and calls
         ``slow(key, default)`` for everything else (miss, expired, negative, bad key).
-        With ``timed``, every call is timed into ``stats.latency`` (costs two clock reads)."""
+        With ``timed``, every call is timed into ``stats.latency`` (costs two clock reads).
+        ``local_misses`` says this tier is the cache's only source (``slow`` is then
+        :meth:`lookup_or_default`): the C reader answers plain misses itself."""
         data_get = self._data.get
         now = self._clock
         buffer = self._buffer
@@ -197,7 +219,7 @@ class MemoryTier(Tier):
 
         if not timed:
             if _accel.speedups is not None:
-                reader: Callable[..., Any] = _accel.speedups.Reader(
+                reader: Any = _accel.speedups.Reader(
                     data=self._data,
                     clock=now,
                     buffer=buffer,
@@ -205,8 +227,10 @@ class MemoryTier(Tier):
                     drain=drain,
                     slow=slow,
                     missing=MISSING,
+                    negative=self._negative if local_misses else None,
                 )
-                return reader
+                self._c_readers.append(reader)
+                return reader  # type: ignore[no-any-return]
 
             def get(key: str, default: Any = MISSING) -> Any:
                 try:
