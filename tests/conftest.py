@@ -65,11 +65,13 @@ def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
 
 @pytest.fixture(params=["c", "python"])
 def both_implementations(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test with the C speedups (when built) and again with the pure-Python paths."""
+    """Run a test with the C speedups and compiled policies (when built), and again with
+    the pure-Python paths and policies."""
     from stratacache import _accel
 
     if request.param == "python":
         monkeypatch.setattr(_accel, "speedups", None)
+        monkeypatch.setattr(_accel, "cpolicies", None)
     elif _accel.speedups is None:
         pytest.skip("the C speedups are not built here (pure-Python install)")
     return str(request.param)
