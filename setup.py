@@ -10,19 +10,32 @@ headers) the install still succeeds and stratacache runs its pure-Python code pa
   arithmetic must round exactly as Python's does.
 """
 
+import hashlib
+from pathlib import Path
+
 from setuptools import Extension, setup
+
+
+def source_sha(path: str) -> tuple[str, str]:
+    """A macro carrying the source's hash: the built module reports it as ``__source_sha__``
+    and a test compares it with the file, so a stale build cannot go unnoticed."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return ("STRATACACHE_SOURCE_SHA", f'"{digest}"')
+
 
 setup(
     ext_modules=[
         Extension(
             "stratacache._speedups",
             ["src/stratacache/_speedups.c"],
+            define_macros=[source_sha("src/stratacache/_speedups.c")],
             optional=True,
             extra_compile_args=["-O2"],
         ),
         Extension(
             "stratacache._cpolicies",
             ["src/stratacache/_cpolicies.c"],
+            define_macros=[source_sha("src/stratacache/_cpolicies.c")],
             optional=True,
             extra_compile_args=["-O2", "-ffp-contract=off", "-Wall", "-Wextra"],
         ),

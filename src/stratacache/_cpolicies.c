@@ -77,6 +77,10 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+#ifndef STRATACACHE_SOURCE_SHA
+#define STRATACACHE_SOURCE_SHA "unknown"
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -2468,7 +2472,8 @@ cpolicies_exec(PyObject *module)
         return -1;
     if (PyModule_AddObjectRef(module, "FrequencySketch", (PyObject *)&SketchType) < 0 ||
         PyModule_AddObjectRef(module, "WTinyLFUPolicy", (PyObject *)&WTinyLFUType) < 0 ||
-        PyModule_AddObjectRef(module, "LRUPolicy", (PyObject *)&LRUType) < 0)
+        PyModule_AddObjectRef(module, "LRUPolicy", (PyObject *)&LRUType) < 0 ||
+        PyModule_AddStringConstant(module, "__source_sha__", STRATACACHE_SOURCE_SHA) < 0)
         return -1;
     return 0;
 }

@@ -37,6 +37,10 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+#ifndef STRATACACHE_SOURCE_SHA
+#define STRATACACHE_SOURCE_SHA "unknown"
+#endif
 #include <math.h>
 #include <stddef.h>
 
@@ -786,7 +790,8 @@ PyInit__speedups(void)
         return NULL;
     if (PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
         PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0 ||
-        PyModule_AddObjectRef(m, "Lock", (PyObject *)&LockType) < 0) {
+        PyModule_AddObjectRef(m, "Lock", (PyObject *)&LockType) < 0 ||
+        PyModule_AddStringConstant(m, "__source_sha__", STRATACACHE_SOURCE_SHA) < 0) {
         Py_DECREF(m);
         return NULL;
     }
