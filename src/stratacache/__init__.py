@@ -27,6 +27,31 @@ from .tiers.sqlite import SQLiteTier
 
 __version__ = "0.1.0"
 
+# Network tiers need optional dependencies ([redis], [memcached]): imported on first use.
+_LAZY = {
+    "RedisTier": "stratacache.tiers.redis",
+    "RedisClusterTier": "stratacache.tiers.redis_cluster",
+    "MemcachedTier": "stratacache.tiers.memcached",
+}
+
+
+def __getattr__(name: str) -> object:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'stratacache' has no attribute {name!r}")
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        extra = "memcached" if name == "MemcachedTier" else "redis"
+        raise ImportError(
+            f"stratacache.{name} needs an optional dependency: "
+            f"pip install 'stratacache[{extra}]' ({exc})"
+        ) from exc
+    return getattr(module, name)
+
+
 __all__ = [
     "MISSING",
     "AsyncCache",
@@ -39,9 +64,12 @@ __all__ = [
     "Entry",
     "InvalidKeyError",
     "LevelSnapshot",
+    "MemcachedTier",
     "MemoryTier",
     "Origin",
     "OriginError",
+    "RedisClusterTier",
+    "RedisTier",
     "SQLOrigin",
     "SQLiteTier",
     "SerializationError",
