@@ -9,6 +9,7 @@ checks that both implementations behave alike.
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 
@@ -19,11 +20,11 @@ if os.environ.get("STRATACACHE_PURE_PYTHON", "").lower() in ("1", "true", "yes")
     cpolicies = None
 else:
     try:
-        from . import _speedups as speedups  # type: ignore[attr-defined, no-redef]
+        speedups = importlib.import_module("stratacache._speedups")
     except ImportError:  # built without a compiler: the pure-Python paths serve
         speedups = None
     try:
-        from . import _cpolicies as cpolicies  # type: ignore[attr-defined, no-redef]
+        cpolicies = importlib.import_module("stratacache._cpolicies")
     except ImportError:
         cpolicies = None
 

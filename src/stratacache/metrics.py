@@ -35,6 +35,7 @@ def amat(latencies: Sequence[float], miss_ratios: Sequence[float], origin_latenc
         time = latency + miss_ratio * time
     return time
 
+
 _SUB_BITS = 4  # 16 sub-buckets per power of two: quantiles within ~6%
 _SUB = 1 << _SUB_BITS
 

@@ -87,7 +87,6 @@ class _MemoryStats(LevelStats):
     def misses(self, value: int) -> None:
         self._misses = value - (self._c_reader_misses() - self._c_misses)
 
-
     def _c_counts(self) -> tuple[int, int]:
         writers = self._tier._c_writers
         return (sum(w.writes for w in writers), sum(w.evictions for w in writers))
