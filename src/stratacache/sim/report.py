@@ -138,6 +138,13 @@ def plot_miss_ratios(results: Sequence[ReplayResult], path: Path, *, unit: str =
         # Sizes usually span decades (0.1% .. 30% of the keys): a log axis keeps them apart.
         if len(sizes) > 1 and max(sizes) >= 10 * min(sizes):
             ax.set_xscale("log")
+            # Label the sizes simulated, not matplotlib's minor ticks (which overlap).
+            from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+            ax.xaxis.set_major_locator(FixedLocator(sorted(sizes)))
+            ax.xaxis.set_major_formatter(lambda value, _pos: f"{value:,.0f}")
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(trace)
         ax.set_xlabel(f"cache size ({unit})")
         ax.set_ylabel("miss ratio")
