@@ -101,6 +101,7 @@
 #define CLIMB_SAMPLE_FACTOR 10
 #define SHADOW_PERCENT 0.05
 #define SHADOW_MIN_ENTRIES 2
+#define SHADOW_STEP_DIVISOR 128
 #define SKETCH_SAMPLE_FACTOR 20
 #define HASHDOS_THRESHOLD 6
 #define INITIAL_SKETCH_ENTRIES (1LL << 16)
@@ -1105,6 +1106,7 @@ typedef struct {
     long long window_shadow_weight;
     long long main_shadow_weight;
     long long shadow_floor; /* int(SHADOW_PERCENT * capacity) */
+    long long boundary_total; /* window_max + protected_max after a reset */
     double carry;
     int warm;
     long long hits;
@@ -1161,6 +1163,7 @@ w_reset_state(WTinyLFU *self)
     self->window_max = window;
     self->protected_max =
         (long long)(PERCENT_MAIN_PROTECTED * (double)(capacity - self->window_max));
+    self->boundary_total = self->window_max + self->protected_max;
     self->window_shadow_weight = 0;
     self->main_shadow_weight = 0;
     self->carry = 0.0;
@@ -1257,14 +1260,24 @@ w_sample(WTinyLFU *self, int hit)
 
 /* -- moving the boundary ------------------------------------------------------------- */
 
+/* protected's bound follows the window's: what the window takes comes from protected until
+ * protected is gone, then from probation (WTinyLFUPolicy._set_window_maximum). */
+static inline void
+w_set_window_max(WTinyLFU *self, long long window_max)
+{
+    self->window_max = window_max;
+    long long protected_max = self->boundary_total - window_max;
+    self->protected_max = protected_max > 0 ? protected_max : 0;
+}
+
 static void
 w_increase_window(WTinyLFU *self, long long amount)
 {
-    long long quota = amount < self->protected_max ? amount : self->protected_max;
+    long long room = self->capacity - 1 - self->window_max;
+    long long quota = amount < room ? amount : room;
     if (quota <= 0)
         return;
-    self->protected_max -= quota;
-    self->window_max += quota;
+    w_set_window_max(self, self->window_max + quota);
     w_demote_protected(self);
     Node *window = W_WINDOW(self), *probation = W_PROBATION(self),
          *protected = W_PROTECTED(self);
@@ -1284,8 +1297,7 @@ w_increase_window(WTinyLFU *self, long long amount)
         n->seg = SEG_WINDOW;
         self->window_weight += n->weight;
     }
-    self->protected_max += quota;
-    self->window_max -= quota;
+    w_set_window_max(self, self->window_max - quota);
 }
 
 static void
@@ -1294,8 +1306,7 @@ w_decrease_window(WTinyLFU *self, long long amount)
     long long quota = amount < self->window_max - 1 ? amount : self->window_max - 1;
     if (quota <= 0)
         return;
-    self->protected_max += quota;
-    self->window_max -= quota;
+    w_set_window_max(self, self->window_max - quota);
     Node *window = W_WINDOW(self), *probation = W_PROBATION(self);
     while (!list_empty(window)) {
         Node *n = window->next;
@@ -1307,8 +1318,7 @@ w_decrease_window(WTinyLFU *self, long long amount)
         n->seg = SEG_PROBATION;
         self->window_weight -= n->weight;
     }
-    self->protected_max -= quota;
-    self->window_max += quota;
+    w_set_window_max(self, self->window_max + quota);
 }
 
 /* -- adaptation: shadow lists --------------------------------------------------------- */
@@ -1365,17 +1375,28 @@ static void
 w_consult_shadows(WTinyLFU *self, Node *remembered, long long weight)
 {
     double ratio;
+    /* The step: a fraction of the smaller side, in average entries, at least one
+     * (WTinyLFUPolicy._step_scale). Computed before the shadow weights change, as in Python. */
+    long long average =
+        self->core.resident ? floor_div(self->weight, self->core.resident) : weight;
+    if (average < 1)
+        average = 1; /* zero-weight entries */
+    long long main_max = self->capacity - self->window_max;
+    long long smaller = self->window_max < main_max ? self->window_max : main_max;
+    double scale = (double)smaller / ((double)SHADOW_STEP_DIVISOR * (double)average);
+    if (!(scale > 1.0))
+        scale = 1.0;
     if (remembered->seg == SEG_WSHADOW) {
         self->window_shadow_weight -= remembered->weight;
         long long other = self->main_shadow_weight, this = self->window_shadow_weight;
         ratio = (other > this && this > 0) ? (double)other / (double)this : 1.0;
-        self->carry += (double)weight * ratio;
+        self->carry += (double)weight * ratio * scale;
     }
     else {
         self->main_shadow_weight -= remembered->weight;
         long long other = self->window_shadow_weight, this = self->main_shadow_weight;
         ratio = (other > this && this > 0) ? (double)other / (double)this : 1.0;
-        self->carry -= (double)weight * ratio;
+        self->carry -= (double)weight * ratio * scale;
     }
     core_free_node(&self->core, remembered);
     w_apply_carry(self);

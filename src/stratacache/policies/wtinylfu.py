@@ -88,6 +88,10 @@ CLIMB_SAMPLE_FACTOR = 10
 # Each shadow list remembers this share of the capacity (but at least two average entries).
 SHADOW_PERCENT = 0.05
 SHADOW_MIN_ENTRIES = 2
+# A shadow hit moves the boundary by the smaller of window and main divided by this, counted
+# in average entries (at least one entry): a walk on the ratio of the two sides, not on their
+# difference (see the module docstring).
+SHADOW_STEP_DIVISOR = 128
 # The sketch halves its counts every this many requests per cached entry. TinyLFU and Caffeine
 # use 10; with the window following recency on its own, a longer memory for the main area's
 # admission pays off on every trace family we measured (15 and 20 beat 10, 30 loses again).
@@ -155,6 +159,9 @@ class WTinyLFUPolicy(PolicyBase):
         self._protected_weight = 0
         self._window_max = min(max(1, round(capacity * self._window_percent)), capacity)
         self._protected_max = int(PERCENT_MAIN_PROTECTED * (capacity - self._window_max))
+        # What the window takes comes from protected until protected is gone, then from
+        # probation: protected's bound is this total minus the window's (never below zero).
+        self._boundary_total = self._window_max + self._protected_max
         self._window_shadow_weight = 0
         self._main_shadow_weight = 0
         # Boundary moves smaller than one unit accumulate here until they add up to one.
@@ -422,17 +429,26 @@ class WTinyLFUPolicy(PolicyBase):
         have kept it."""
         remembered = self._window_shadow.pop(key, None)
         if remembered is not None:
+            scale = self._step_scale(weight)
             self._window_shadow_weight -= remembered
             other, this = self._main_shadow_weight, self._window_shadow_weight
-            self._carry += weight * (other / this if other > this > 0 else 1.0)
+            self._carry += weight * (other / this if other > this > 0 else 1.0) * scale
         else:
             remembered = self._main_shadow.pop(key, None)
             if remembered is None:
                 return
+            scale = self._step_scale(weight)
             self._main_shadow_weight -= remembered
             other, this = self._window_shadow_weight, self._main_shadow_weight
-            self._carry -= weight * (other / this if other > this > 0 else 1.0)
+            self._carry -= weight * (other / this if other > this > 0 else 1.0) * scale
         self._apply_carry()
+
+    def _step_scale(self, weight: int) -> float:
+        """How many units one shadow hit of one unit moves the boundary: the smaller of window
+        and main over ``SHADOW_STEP_DIVISOR``, in average entries, and at least 1."""
+        average = self._weight // len(self._where) if self._where else weight
+        smaller = min(self._window_max, self._capacity - self._window_max)
+        return max(1.0, smaller / (SHADOW_STEP_DIVISOR * max(average, 1)))
 
     def _apply_carry(self) -> None:
         whole = int(self._carry)
@@ -474,12 +490,16 @@ class WTinyLFUPolicy(PolicyBase):
 
     # -- moving the boundary ------------------------------------------------------------------
 
+    def _set_window_maximum(self, window_max: int) -> None:
+        self._window_max = window_max
+        self._protected_max = max(0, self._boundary_total - window_max)
+
     def _increase_window(self, amount: int) -> None:
-        quota = min(amount, self._protected_max)
+        # Main keeps at least one unit, so that a candidate always has a victim to duel.
+        quota = min(amount, self._capacity - 1 - self._window_max)
         if quota <= 0:
             return
-        self._protected_max -= quota
-        self._window_max += quota
+        self._set_window_maximum(self._window_max + quota)
         self._demote_protected()
         window, probation, protected, where = (
             self._window,
@@ -501,16 +521,14 @@ class WTinyLFUPolicy(PolicyBase):
             window[key] = weight
             where[key] = window
             self._window_weight += weight
-        # Give back what could not be moved, so the bounds still add up to the capacity.
-        self._protected_max += quota
-        self._window_max -= quota
+        # Give back what could not be moved.
+        self._set_window_maximum(self._window_max - quota)
 
     def _decrease_window(self, amount: int) -> None:
         quota = min(amount, self._window_max - 1)
         if quota <= 0:
             return
-        self._protected_max += quota
-        self._window_max -= quota
+        self._set_window_maximum(self._window_max - quota)
         window, probation, where = self._window, self._probation, self._where
         while window:
             key = next(iter(window))
@@ -522,5 +540,4 @@ class WTinyLFUPolicy(PolicyBase):
             probation[key] = weight
             where[key] = probation
             self._window_weight -= weight
-        self._protected_max -= quota
-        self._window_max += quota
+        self._set_window_maximum(self._window_max + quota)
