@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import gc
+import itertools
 import os
 import random
 import sys
@@ -310,6 +311,46 @@ def test_wtinylfu_long_zipf_replay_adapts_identically(adaptation: str) -> None:
     if adaptation != "fixed":
         assert len(set(walk_c)) > 5, "the window should have moved"
     same_state(c, p)
+
+
+def stack_keys(rng: random.Random, depth: int, length: int, start: int) -> list[int]:
+    """An LRU stack-distance stream (uniform depths below ``depth``, 5% new keys): only
+    recency pays, so the shadow walk takes the window past protected's share."""
+    stack: list[int] = []
+    out: list[int] = []
+    for position in range(length):
+        d = rng.randrange(depth)
+        key = start + position if rng.random() < 0.05 or d >= len(stack) else stack.pop(-1 - d)
+        stack.append(key)
+        out.append(key)
+    return out
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["count", "weight"])
+def test_wtinylfu_window_walks_both_ways_in_large_steps_identically(weighted: bool) -> None:
+    """A frequency phase, then a recency phase, on a cache large enough that a shadow hit
+    moves the boundary by many units (the smaller side / 128): the window shrinks from half
+    the cache, then grows past protected's share (protected's bound reaches zero and
+    probation gives way). Every step, multi-unit or not, weighted or not, must be the same."""
+    rng = random.Random(29)
+    capacity = 3000
+    keys = [rng.randrange(2500) if i % 2 else 3 * 10**7 + i for i in range(30_000)]
+    keys += stack_keys(rng, 3600, 30_000, 10**7)
+    c, p = pair("wtinylfu", capacity, window_percent=0.5)
+    walk: list[int] = []
+    for key in keys:
+        weight = 1 + key % 3 if weighted else 1
+        assert c.access(key, weight) == p.access(key, weight)
+        assert c.window_maximum == p.window_maximum
+        assert c.protected_maximum == p.protected_maximum
+        walk.append(c.window_maximum)
+    same_state(c, p)
+    steps = [abs(b - a) for a, b in itertools.pairwise(walk)]
+    assert min(walk[:30_000]) < 0.6 * walk[0], "the window should shrink"
+    assert sum(step > 1 for step in steps) > 100, "many steps should move several units"
+    if not weighted:
+        assert max(walk) > 1500 + int(0.8 * 1500), "and grow past protected's share"
+        assert p.protected_maximum == 0
 
 
 class Collider:

@@ -93,6 +93,55 @@ def test_the_window_grows_on_a_recency_biased_trace(impl: Any) -> None:
     assert got > hits(fixed, trace)
 
 
+def stack_trace(length: int, depth: int) -> list[int]:
+    """An LRU stack-distance stream: 5% new keys, else the key at a uniform stack depth below
+    ``depth``, moved to the top. A cache of ``depth`` entries run as plain LRU hits every
+    re-request; a frequency filter only gets in the way (the keys' counts are all alike)."""
+    rng = random.Random(7)
+    stack: list[int] = []
+    keys: list[int] = []
+    for _ in range(length):
+        d = rng.randrange(depth)
+        new = rng.random() < 0.05 or d >= len(stack)
+        key = len(keys) + 10**6 if new else stack.pop(-1 - d)
+        stack.append(key)
+        keys.append(key)
+    return keys
+
+
+def test_the_window_can_take_nearly_the_whole_cache_when_only_recency_pays(impl: Any) -> None:
+    capacity = 400
+    policy = impl.WTinyLFUPolicy(capacity)
+    trace = stack_trace(60_000, int(1.2 * capacity))
+    got = hits(policy, trace)
+    # Past protected's initial share (80% of main, about 79% of the cache) and into
+    # probation's: all of it but the one unit main keeps for the duels.
+    assert policy.window_maximum == capacity - 1
+    assert policy.protected_maximum == 0
+    assert got >= 0.99 * hits(impl.LRUPolicy(capacity), trace)
+    assert got > 1.2 * hits(impl.WTinyLFUPolicy(capacity, adaptation="fixed"), trace)
+
+
+@pytest.mark.parametrize(("window_percent", "step"), [(0.01, 1), (0.5, 50)])
+def test_a_shadow_hit_moves_the_boundary_by_a_share_of_the_smaller_side(
+    impl: Any, window_percent: float, step: int
+) -> None:
+    """One rejected candidate comes back: the window grows by (the smaller of window and
+    main) / 128 entries, at least one: 128 / 128 = 1 for a 1% window of 12,800 entries,
+    6,400 / 128 = 50 for a half-and-half split."""
+    capacity = 12_800
+    policy = impl.WTinyLFUPolicy(capacity, window_percent=window_percent)
+    window = policy.window_maximum
+    for key in range(capacity):
+        policy.access(key)
+    candidate = capacity - window  # the window's oldest key
+    victims = policy.on_insert("newcomer")
+    assert victims == [candidate], "seen once like main's victim: the tie keeps the resident"
+    assert policy.window_maximum == window
+    assert policy.access(candidate) is False  # a miss on the window shadow
+    assert policy.window_maximum == window + step
+
+
 def frequency_trace(length: int, hot: int) -> list[int]:
     """A hot set that fits the cache, requested uniformly, interleaved half and half with a
     stream of keys requested once: a small window and a large main area hold the whole hot
