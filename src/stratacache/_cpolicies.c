@@ -67,7 +67,12 @@
  * the state is complete, see below) and __eq__ during a lookup: the table has a version
  * counter, bumped by every
  * insertion, deletion and resize, and a lookup whose comparison changed it starts over
- * (the same defence dict uses). Nothing else is looked up by key: evictions, moves and
+ * (the same defence dict uses). The adaptive aging's disputes (a second table and list, in
+ * their own Core) are looked up by key too, but only where the policy's state is complete:
+ * a hit or an insert settles its key after its own moves (Python settles at the increment;
+ * nothing those moves do depends on the outcome), and an eviction notes its disagreements
+ * and enters them once its loop is over, in the order Python enters them, which makes the
+ * same disputes. Nothing else is looked up by key: evictions, moves and
  * removals of known nodes compare pointers only. Keys dropped in the middle of an
  * operation (shadow entries trimmed, a re-requested key's shadow entry) are not released
  * there, since releasing the last reference can run a __del__ that re-enters the policy:
@@ -104,6 +109,9 @@
 #define SHADOW_STEP_DIVISOR 128
 #define SKETCH_SAMPLE_FACTOR 20
 #define HASHDOS_THRESHOLD 6
+#define DISPUTES_DIVISOR 4
+#define DISPUTES_MINIMUM 16
+#define TRUST_KEEP (1.0 - 1.0 / 256.0)
 #define INITIAL_SKETCH_ENTRIES (1LL << 16)
 
 /* Above this capacity the sums of weights could overflow 64 bits. */
@@ -1088,6 +1096,21 @@ victims_finish(Victims *v)
 
 enum { ADAPT_SHADOW = 0, ADAPT_CLIMB = 1, ADAPT_FIXED = 2 };
 
+/* Adaptive aging's disputes live in a second Core: one list (heads[DISPUTE_LIST]) holding
+ * each dispute as two adjacent nodes, its candidate then its victim, oldest dispute first;
+ * the candidate node's weight says whether the long memory favoured the candidate. */
+enum { DISPUTE_LIST = 0, DISPUTE_CANDIDATE = 0, DISPUTE_VICTIM = 1 };
+
+/* A duel the two sketches decide differently, noted during an eviction and entered as a
+ * dispute once the eviction is over (entering it runs key comparisons). */
+typedef struct {
+    PyObject *candidate;
+    Py_hash_t candidate_hash;
+    PyObject *victim;
+    Py_hash_t victim_hash;
+    int long_favours_candidate;
+} Disagreement;
+
 #define MT_N 624
 #define MT_M 397
 
@@ -1098,6 +1121,13 @@ typedef struct {
     int adaptation;
     double window_percent;
     Sketch *sketch;
+    Sketch *short_sketch; /* NULL when aging is fixed */
+    Core disputes;
+    double trust;
+    int short_memory;
+    Disagreement *noted; /* during one eviction */
+    Py_ssize_t nnoted;
+    Py_ssize_t noted_capacity;
     long long weight;
     long long window_weight;
     long long protected_weight;
@@ -1172,6 +1202,8 @@ w_reset_state(WTinyLFU *self)
     self->misses = 0;
     self->previous_hit_rate = 0.0;
     self->step = -STEP_PERCENT * (double)capacity;
+    self->trust = 0.0;
+    self->short_memory = 0;
 }
 
 /* -- segments ------------------------------------------------------------------- */
@@ -1427,10 +1459,157 @@ w_drop(WTinyLFU *self, Node *n)
         self->window_weight -= n->weight;
 }
 
+/* -- adaptive aging (policies/wtinylfu.py, "adaptive aging") -------------------------------- */
+
+/* Drop one node of a dispute; its key is parked in the policy's core and released with the
+ * operation's other keys. */
+static void
+dispute_free_node(WTinyLFU *self, Node *d)
+{
+    node_unlink(d);
+    table_remove(&self->disputes.table, d);
+    core_bury(&self->core, d->key);
+    PyMem_Free(d);
+}
+
+/* A requested key that is part of a dispute settles it: the sketch that wanted it kept was
+ * right. Call with the policy's state complete: the lookup may run a key's __eq__. A lookup
+ * error is cleared and the dispute left open (only a key whose __eq__ raises gets there). */
+static void
+w_settle(WTinyLFU *self, PyObject *key, Py_hash_t hash)
+{
+    if (self->disputes.table.used == 0)
+        return;
+    Node *d;
+    int found = table_find(&self->disputes.table, key, hash, &d);
+    if (found <= 0) {
+        if (found < 0)
+            PyErr_Clear();
+        return;
+    }
+    int is_candidate = d->seg == DISPUTE_CANDIDATE;
+    Node *candidate = is_candidate ? d : d->prev;
+    Node *victim = candidate->next;
+    int long_was_right = is_candidate == (int)candidate->weight;
+    self->trust = self->trust * TRUST_KEEP + (long_was_right ? 1.0 : -1.0);
+    self->short_memory = self->trust < 0.0;
+    dispute_free_node(self, candidate);
+    dispute_free_node(self, victim);
+}
+
+/* Note a duel the two sketches decide differently (entered after the eviction). On a memory
+ * error the disagreement is not noted. */
+static void
+w_note(WTinyLFU *self, Node *candidate, Node *victim, int long_favours_candidate)
+{
+    if (self->nnoted == self->noted_capacity) {
+        Py_ssize_t capacity = self->noted_capacity ? 2 * self->noted_capacity : 8;
+        Disagreement *grown =
+            PyMem_Realloc(self->noted, (size_t)capacity * sizeof(Disagreement));
+        if (grown == NULL)
+            return;
+        self->noted = grown;
+        self->noted_capacity = capacity;
+    }
+    Disagreement *n = &self->noted[self->nnoted++];
+    n->candidate = Py_NewRef(candidate->key);
+    n->candidate_hash = candidate->hash;
+    n->victim = Py_NewRef(victim->key);
+    n->victim_hash = victim->hash;
+    n->long_favours_candidate = long_favours_candidate;
+}
+
+/* Enter one disagreement as a dispute, as _dispute does: not if either key is already in
+ * one; then the oldest disputes beyond the bound are forgotten. */
+static void
+w_enter_dispute(WTinyLFU *self, Disagreement *n)
+{
+    Core *disputes = &self->disputes;
+    Node *found;
+    int c = table_find(&disputes->table, n->candidate, n->candidate_hash, &found);
+    int v = c == 0 ? table_find(&disputes->table, n->victim, n->victim_hash, &found) : 0;
+    if (c != 0 || v != 0) {
+        if (c < 0 || v < 0)
+            PyErr_Clear();
+        return;
+    }
+    long long limit = self->sketch->capacity / DISPUTES_DIVISOR;
+    if (limit < DISPUTES_MINIMUM)
+        limit = DISPUTES_MINIMUM;
+    Node *candidate, *victim;
+    if ((long long)(disputes->table.used / 2) >= limit) {
+        /* Full: Python adds the new dispute, then forgets the oldest; here the oldest's
+         * two nodes are taken over for the new one, which ends the same and allocates
+         * nothing (a full list is the usual state). */
+        candidate = disputes->heads[DISPUTE_LIST].next;
+        victim = candidate->next;
+        node_unlink(candidate);
+        node_unlink(victim);
+        table_remove(&disputes->table, candidate);
+        table_remove(&disputes->table, victim);
+        core_bury(&self->core, candidate->key);
+        core_bury(&self->core, victim->key);
+        candidate->key = Py_NewRef(n->candidate);
+        candidate->hash = n->candidate_hash;
+        candidate->weight = n->long_favours_candidate;
+        victim->key = Py_NewRef(n->victim);
+        victim->hash = n->victim_hash;
+    }
+    else {
+        if (table_reserve(&disputes->table, 2) < 0) {
+            PyErr_Clear();
+            return;
+        }
+        candidate = node_new(n->candidate, n->candidate_hash, n->long_favours_candidate,
+                             DISPUTE_CANDIDATE);
+        victim = candidate == NULL ? NULL
+                                   : node_new(n->victim, n->victim_hash, 0, DISPUTE_VICTIM);
+        if (victim == NULL) {
+            if (candidate != NULL) {
+                core_bury(&self->core, candidate->key);
+                PyMem_Free(candidate);
+            }
+            PyErr_Clear();
+            return;
+        }
+    }
+    table_insert_new(&disputes->table, candidate);
+    table_insert_new(&disputes->table, victim);
+    list_append(&disputes->heads[DISPUTE_LIST], candidate);
+    list_append(&disputes->heads[DISPUTE_LIST], victim);
+    /* The bound may have dropped below the count only if the sketch shrank, which it never
+     * does; the loop keeps the invariant whatever happens. */
+    while ((long long)(disputes->table.used / 2) > limit) {
+        Node *oldest = disputes->heads[DISPUTE_LIST].next;
+        Node *partner = oldest->next;
+        dispute_free_node(self, oldest);
+        dispute_free_node(self, partner);
+    }
+}
+
+/* Enter the disagreements noted during an eviction, in order. The noted array is taken
+ * first, so a key comparison that re-enters the policy starts a fresh one. */
+static void
+w_enter_noted(WTinyLFU *self)
+{
+    Disagreement *noted = self->noted;
+    Py_ssize_t count = self->nnoted, i;
+    if (count == 0)
+        return;
+    self->noted = NULL;
+    self->nnoted = self->noted_capacity = 0;
+    for (i = 0; i < count; i++) {
+        w_enter_dispute(self, &noted[i]);
+        core_bury(&self->core, noted[i].candidate);
+        core_bury(&self->core, noted[i].victim);
+    }
+    PyMem_Free(noted);
+}
+
 static void
 w_evict(WTinyLFU *self, Victims *victims)
 {
-    Sketch *sketch = self->sketch;
+    Sketch *sketch = self->sketch, *short_sketch = self->short_sketch;
     long long capacity = self->capacity;
     Node *window = W_WINDOW(self), *probation = W_PROBATION(self);
     while (self->weight > capacity) {
@@ -1452,7 +1631,11 @@ w_evict(WTinyLFU *self, Victims *victims)
         node_unlink(candidate);
         self->window_weight -= candidate->weight;
         self->core.resident--;
-        int candidate_freq = sketch_frequency(sketch, sketch_mix(sketch, candidate->hash));
+        int long_candidate = sketch_frequency(sketch, sketch_mix(sketch, candidate->hash));
+        int short_candidate =
+            short_sketch != NULL
+                ? sketch_frequency(short_sketch, sketch_mix(short_sketch, candidate->hash))
+                : 0;
         int admitted = 1;
         /* A heavy candidate may have to displace several victims; it must beat each. */
         while (self->weight > capacity) {
@@ -1462,7 +1645,19 @@ w_evict(WTinyLFU *self, Victims *victims)
                 break;
             }
             Node *victim = pool->next;
+            int candidate_freq = long_candidate;
             int victim_freq = sketch_frequency(sketch, sketch_mix(sketch, victim->hash));
+            if (short_sketch != NULL) {
+                int short_victim =
+                    sketch_frequency(short_sketch, sketch_mix(short_sketch, victim->hash));
+                int long_admits = candidate_freq > victim_freq;
+                if (long_admits != (short_candidate > short_victim))
+                    w_note(self, candidate, victim, long_admits);
+                if (self->short_memory) {
+                    candidate_freq = short_candidate;
+                    victim_freq = short_victim;
+                }
+            }
             if (candidate_freq <= victim_freq &&
                 !(candidate_freq >= HASHDOS_THRESHOLD && (mt_next(self) >> 25) == 0)) {
                 admitted = 0;
@@ -1486,6 +1681,7 @@ w_evict(WTinyLFU *self, Victims *victims)
             w_forget(self, candidate, 1);
         }
     }
+    w_enter_noted(self);
 }
 
 /* -- the events -------------------------------------------------------------------------- */
@@ -1520,6 +1716,8 @@ static inline void
 w_hit_node(WTinyLFU *self, Node *n, PyObject *key, Py_hash_t hash)
 {
     sketch_increment(self->sketch, sketch_mix(self->sketch, hash));
+    if (self->short_sketch != NULL)
+        sketch_increment(self->short_sketch, sketch_mix(self->short_sketch, hash));
     if (n->seg == SEG_PROTECTED || n->seg == SEG_WINDOW) {
         list_move_to_end(&self->core.heads[n->seg], n);
         if (self->adaptation == ADAPT_CLIMB)
@@ -1527,8 +1725,12 @@ w_hit_node(WTinyLFU *self, Node *n, PyObject *key, Py_hash_t hash)
     }
     else {
         w_promote(self, n, key);
-        core_release(&self->core);
     }
+    /* Python settles at the increment; the moves above do not depend on the outcome, and
+     * settling last keeps the state complete while a key's __eq__ may run. */
+    if (self->disputes.table.used != 0)
+        w_settle(self, key, hash);
+    core_release(&self->core);
 }
 
 /* 0 if handled (hit or ignored), -1 on error. */
@@ -1565,9 +1767,12 @@ w_insert(WTinyLFU *self, PyObject *key, Py_hash_t hash, Node *existing, long lon
             return NULL;
     }
     sketch_increment(sketch, sketch_mix(sketch, hash));
+    if (self->short_sketch != NULL)
+        sketch_increment(self->short_sketch, sketch_mix(self->short_sketch, hash));
     if (existing != NULL)
         w_consult_shadows(self, existing, weight); /* only shadowing fills the shadows */
     if (n == NULL) {
+        w_settle(self, key, hash);
         core_release(core);
         return Py_BuildValue("[O]", key);
     }
@@ -1576,14 +1781,20 @@ w_insert(WTinyLFU *self, PyObject *key, Py_hash_t hash, Node *existing, long lon
     core->resident++;
     self->window_weight += weight;
     self->weight += weight;
+    /* Python settles at the increment, before the duels (whose sketch it may switch); here
+     * after the insertion, so that the state is complete while a key's __eq__ may run. */
+    w_settle(self, key, hash);
     Victims victims = {NULL, 0};
     if (self->weight > self->capacity)
         w_evict(self, &victims);
     if (self->window_weight > self->window_max)
         w_drain_window(self);
     int resized = 0;
-    if (core->resident > sketch->capacity)
+    if (core->resident > sketch->capacity) {
         resized = sketch_ensure_capacity(sketch, 2 * (long long)core->resident);
+        if (resized == 0 && self->short_sketch != NULL)
+            resized = sketch_ensure_capacity(self->short_sketch, 2 * (long long)core->resident);
+    }
     if (self->adaptation == ADAPT_CLIMB)
         w_sample(self, 0);
     core_release(core);
@@ -1797,7 +2008,12 @@ WTinyLFU_on_remove(WTinyLFU *self, PyObject *key)
 static PyObject *
 WTinyLFU_clear(WTinyLFU *self, PyObject *Py_UNUSED(ignored))
 {
+    /* The disputes first: releasing their keys may run a __del__ that calls back into the
+     * policy, which must find a consistent state (the rest is emptied as before). */
+    core_empty(&self->disputes);
     sketch_clear(self->sketch);
+    if (self->short_sketch != NULL)
+        sketch_clear(self->short_sketch);
     w_reset_state(self);
     core_empty(&self->core);
     Py_RETURN_NONE;
@@ -1826,12 +2042,14 @@ static PyObject *
 WTinyLFU_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"capacity",      "seed",       "adaptation",   "window_percent",
-                             "sample_factor", "doorkeeper", "conservative", NULL};
+                             "sample_factor", "doorkeeper", "conservative", "aging",
+                             NULL};
     PyObject *capacity_obj, *seed_obj = NULL, *adaptation_obj = NULL, *window_obj = NULL,
-                            *sf_obj = NULL, *dk_obj = Py_True, *cons_obj = Py_True;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$OOOOOO:WTinyLFUPolicy", kwlist,
+                            *sf_obj = NULL, *dk_obj = Py_True, *cons_obj = Py_True,
+                            *aging_obj = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$OOOOOOO:WTinyLFUPolicy", kwlist,
                                      &capacity_obj, &seed_obj, &adaptation_obj, &window_obj,
-                                     &sf_obj, &dk_obj, &cons_obj))
+                                     &sf_obj, &dk_obj, &cons_obj, &aging_obj))
         return NULL;
     long long capacity;
     if (as_capacity(type, capacity_obj, &capacity) < 0)
@@ -1852,6 +2070,21 @@ WTinyLFU_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                          "WTinyLFUPolicy: adaptation must be 'shadow', 'climb' or 'fixed', "
                          "got %R",
                          adaptation_obj);
+            return NULL;
+        }
+    }
+    int adaptive_aging = 1;
+    if (aging_obj != NULL) {
+        if (PyUnicode_Check(aging_obj) &&
+            PyUnicode_CompareWithASCIIString(aging_obj, "adaptive") == 0)
+            adaptive_aging = 1;
+        else if (PyUnicode_Check(aging_obj) &&
+                 PyUnicode_CompareWithASCIIString(aging_obj, "fixed") == 0)
+            adaptive_aging = 0;
+        else {
+            PyErr_Format(PyExc_ValueError,
+                         "WTinyLFUPolicy: aging must be 'adaptive' or 'fixed', got %R",
+                         aging_obj);
             return NULL;
         }
     }
@@ -1925,17 +2158,32 @@ WTinyLFU_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                                    16, sample_factor, doorkeeper, conservative, seed);
     if (sketch == NULL)
         return NULL;
+    Sketch *short_sketch = NULL;
+    if (adaptive_aging) {
+        short_sketch = sketch_create(capacity < INITIAL_SKETCH_ENTRIES ? capacity
+                                                                       : INITIAL_SKETCH_ENTRIES,
+                                     16, sample_factor / 2 > 1 ? sample_factor / 2 : 1,
+                                     doorkeeper, conservative, seed);
+        if (short_sketch == NULL) {
+            Py_DECREF(sketch);
+            return NULL;
+        }
+    }
     WTinyLFU *self = (WTinyLFU *)type->tp_alloc(type, 0);
     if (self == NULL) {
         Py_DECREF(sketch);
+        Py_XDECREF(short_sketch);
         return NULL;
     }
-    if (core_init(&self->core) < 0) {
+    /* tp_alloc zeroes the object: a failure below leaves nothing for dealloc to free. */
+    if (core_init(&self->core) < 0 || core_init(&self->disputes) < 0) {
         Py_DECREF(sketch);
+        Py_XDECREF(short_sketch);
         Py_DECREF(self);
         return NULL;
     }
     self->sketch = sketch;
+    self->short_sketch = short_sketch;
     self->capacity = capacity;
     self->adaptation = adaptation;
     self->window_percent = window_percent;
@@ -1949,14 +2197,24 @@ WTinyLFU_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static int
 WTinyLFU_traverse(WTinyLFU *self, visitproc visit, void *arg)
 {
-    return core_traverse(&self->core, visit, arg);
+    Py_ssize_t i;
+    for (i = 0; i < self->nnoted; i++) {
+        Py_VISIT(self->noted[i].candidate);
+        Py_VISIT(self->noted[i].victim);
+    }
+    int rc = core_traverse(&self->disputes, visit, arg);
+    return rc != 0 ? rc : core_traverse(&self->core, visit, arg);
 }
 
 static int
 WTinyLFU_tp_clear(WTinyLFU *self)
 {
-    if (self->core.table.slots != NULL)
+    if (self->disputes.table.slots != NULL)
+        core_empty(&self->disputes);
+    if (self->core.table.slots != NULL) {
         core_empty(&self->core);
+        core_release(&self->core); /* dispute keys parked by the lines above */
+    }
     return 0;
 }
 
@@ -1965,8 +2223,11 @@ WTinyLFU_dealloc(WTinyLFU *self)
 {
     PyTypeObject *type = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    core_dealloc(&self->disputes);
     core_dealloc(&self->core);
     Py_CLEAR(self->sketch);
+    Py_CLEAR(self->short_sketch);
+    PyMem_Free(self->noted); /* empty outside an eviction */
     type->tp_free((PyObject *)self);
 }
 
@@ -2006,6 +2267,26 @@ static PyObject *
 WTinyLFU_get_sketch(WTinyLFU *self, void *Py_UNUSED(c))
 {
     return Py_NewRef((PyObject *)self->sketch);
+}
+
+static PyObject *
+WTinyLFU_get_short_sketch(WTinyLFU *self, void *Py_UNUSED(c))
+{
+    if (self->short_sketch == NULL)
+        Py_RETURN_NONE;
+    return Py_NewRef((PyObject *)self->short_sketch);
+}
+
+static PyObject *
+WTinyLFU_get_uses_short_memory(WTinyLFU *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(self->short_memory);
+}
+
+static PyObject *
+WTinyLFU_get_pending_disputes(WTinyLFU *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromSsize_t(self->disputes.table.used / 2);
 }
 
 /* The segments' keys, oldest first (for tests and debugging). */
@@ -2070,7 +2351,13 @@ static PyGetSetDef WTinyLFU_getset[] = {
      "The current bound of the LRU window.", NULL},
     {"protected_maximum", (getter)WTinyLFU_get_protected_maximum, NULL,
      "The current bound of the protected segment.", NULL},
-    {"sketch", (getter)WTinyLFU_get_sketch, NULL, "The frequency sketch.", NULL},
+    {"sketch", (getter)WTinyLFU_get_sketch, NULL, "The sketch with the long memory.", NULL},
+    {"short_sketch", (getter)WTinyLFU_get_short_sketch, NULL,
+     "The sketch that ages twice as fast, or None when aging is fixed.", NULL},
+    {"uses_short_memory", (getter)WTinyLFU_get_uses_short_memory, NULL,
+     "Whether the duels currently trust the short memory.", NULL},
+    {"pending_disputes", (getter)WTinyLFU_get_pending_disputes, NULL,
+     "Duels the two sketches decided differently, not settled yet.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -70,6 +70,12 @@ def same_state(c: Any, p: Any) -> None:
         assert c.sketch.capacity == p.sketch.capacity
         assert c.sketch.sample_size == p.sketch.sample_size
         assert c.sketch._table == bytes(p.sketch._table)
+        assert (c.short_sketch is None) == (p.short_sketch is None)
+        if p.short_sketch is not None:
+            assert c.short_sketch.sample_size == p.short_sketch.sample_size
+            assert c.short_sketch._table == bytes(p.short_sketch._table)
+        assert c.uses_short_memory == p.uses_short_memory
+        assert c.pending_disputes == p.pending_disputes
     else:
         assert c._order() == list(p._order)
 
@@ -249,6 +255,9 @@ WTINYLFU_OPTIONS: list[dict[str, Any]] = [
     {"conservative": False},
     {"sample_factor": 1},  # a reset every few requests: halving and the period wrap
     {"adaptation": "climb", "sample_factor": 2, "seed": -3},
+    {"aging": "fixed"},
+    {"aging": "fixed", "adaptation": "climb"},
+    {"sample_factor": 3},  # the short memory ages every request per entry
 ]
 
 
@@ -313,6 +322,36 @@ def test_wtinylfu_long_zipf_replay_adapts_identically(adaptation: str) -> None:
     same_state(c, p)
 
 
+def test_wtinylfu_adaptive_aging_settles_disputes_identically() -> None:
+    """A stationary stretch, popularity moved to new keys every 6,000 requests, stationary
+    again: the disputes settle both ways and the trust flips between the memories. Every
+    decision, the trust, the open disputes and both sketches must agree, by count and by
+    weight."""
+    rng = random.Random(41)
+    keys: list[int] = []
+    for phase in range(12):
+        offset = phase * 5000 if 3 <= phase < 9 else 0
+        keys += [offset + int(rng.paretovariate(0.9)) % 4000 for _ in range(6000)]
+    for weighted in (False, True):
+        c, p = pair("wtinylfu", 100)
+        flips, trusted_short = 0, False
+        for i, key in enumerate(keys):
+            weight = 1 + key % 3 if weighted else 1
+            assert c.access(key, weight) == p.access(key, weight)
+            assert c.uses_short_memory == p.uses_short_memory
+            assert c.pending_disputes == p.pending_disputes
+            if c.uses_short_memory != trusted_short:
+                flips, trusted_short = flips + 1, c.uses_short_memory
+            if i % 5000 == 0:
+                same_state(c, p)
+        same_state(c, p)
+        assert flips >= 2, "the trust should move both ways on this stream"
+        p.clear()
+        c.clear()
+        same_state(c, p)
+        assert c.pending_disputes == 0 and not c.uses_short_memory
+
+
 def stack_keys(rng: random.Random, depth: int, length: int, start: int) -> list[int]:
     """An LRU stack-distance stream (uniform depths below ``depth``, 5% new keys): only
     recency pays, so the shadow walk takes the window past protected's share."""
@@ -336,7 +375,8 @@ def test_wtinylfu_window_walks_both_ways_in_large_steps_identically(weighted: bo
     capacity = 3000
     keys = [rng.randrange(2500) if i % 2 else 3 * 10**7 + i for i in range(30_000)]
     keys += stack_keys(rng, 3600, 30_000, 10**7)
-    c, p = pair("wtinylfu", capacity, window_percent=0.5)
+    # Fixed aging isolates the walk (the adaptive aging has its own tests below).
+    c, p = pair("wtinylfu", capacity, window_percent=0.5, aging="fixed")
     walk: list[int] = []
     for key in keys:
         weight = 1 + key % 3 if weighted else 1
@@ -549,7 +589,12 @@ def test_constructor_and_argument_errors_match(kind: str) -> None:
 
 def test_wtinylfu_option_errors_match() -> None:
     assert _cpolicies is not None
-    for options in ({"adaptation": "magic"}, {"window_percent": 1.5}, {"sample_factor": 0}):
+    for options in (
+        {"adaptation": "magic"},
+        {"window_percent": 1.5},
+        {"sample_factor": 0},
+        {"aging": "sometimes"},
+    ):
         with pytest.raises(ValueError) as from_c:
             _cpolicies.WTinyLFUPolicy(10, **options)
         with pytest.raises(ValueError) as from_python:

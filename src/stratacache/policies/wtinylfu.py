@@ -89,6 +89,26 @@ over a hot set of 2,500 keys and half one-time keys: 24,855 hits in the second p
 fresh policy gets 46,104 and Caffeine's climber, whose window the first phase left small,
 28,616.
 
+**Adaptive aging.** How long the sketch should remember depends on the workload too. A long
+memory (halving every ``SKETCH_SAMPLE_FACTOR`` = 20 requests per cached entry) tells hot from
+warm in small caches, where a short period holds too few requests to count anything. It goes
+stale when popularity moves (yesterday's hot keys out-count today's), and it breaks down on a
+loop longer than the cache: every loop key then has about the same count, and a candidate,
+counted on this very request, beats the resident requested longest ago (the next one the
+loop will want) by exactly one, so main churns like LRU on the loop. Caffeine's period (10)
+fixes those and costs the small caches. No fixed period measured passes the hit-ratio bar on
+``ANCHORS.md``, the held-out set and the validation set at once.
+
+So two sketches count every request: the long one and one that halves twice as often. Most
+duels they decide alike. When they disagree, the candidate and the victim are remembered as
+a *dispute* (up to a quarter of the sketch's entries, at least 16; the oldest are dropped
+unsettled); whichever of the two keys is requested first settles it, in favour of the sketch
+that wanted that key kept, which is the question an offline optimum would have asked. The
+running score, with a memory of about ``TRUST_MEMORY`` settled disputes, picks the sketch the
+duels use; it starts with the long one. This is expert selection with regret measured on the
+policy's own decisions, in the spirit of LeCaR and of ARC's ghost lists, applied to the one
+parameter the window walk cannot reach. ``aging="fixed"`` keeps one sketch.
+
 Everything is in weight units, so the policy works by entry count (weight 1) and by bytes.
 The sketch is sized from a number of entries, which a weighted cache does not know up front:
 it starts at ``min(capacity, 65536)`` entries and doubles whenever more keys are resident.
@@ -107,6 +127,7 @@ from .sketch import FrequencySketch
 __all__ = ["WTinyLFUPolicy"]
 
 Adaptation = Literal["shadow", "climb", "fixed"]
+Aging = Literal["adaptive", "fixed"]
 
 # The initial share of the capacity given to the window, and protected's share of main.
 PERCENT_WINDOW = 0.01
@@ -124,12 +145,18 @@ SHADOW_MIN_ENTRIES = 2
 # in average entries (at least one entry): a walk on the ratio of the two sides, not on their
 # difference (see the module docstring).
 SHADOW_STEP_DIVISOR = 128
-# The sketch halves its counts every this many requests per cached entry. TinyLFU and Caffeine
-# use 10; with the window following recency on its own, a longer memory for the main area's
-# admission pays off: chosen on ANCHORS.md (15 and 20 beat 10, 30 loses again), and the
-# held-out set, which played no part in that choice, agrees (with 10 it loses 1 to 4 rows
-# within a point on each set; see benchmarks/hit_ratio_heldout_results.md).
+# The long sketch halves its counts every this many requests per cached entry; the short one
+# twice as often (Caffeine's 10). Chosen on ANCHORS.md (15 and 20 beat 10, 30 loses again)
+# before the aging adapted; see "Adaptive aging" above.
 SKETCH_SAMPLE_FACTOR = 20
+# Adaptive aging (see the module docstring): a second sketch ages twice as fast; the duels on
+# which the two disagree are remembered, up to a quarter of the sketch's entries (at least
+# 16), until one of the two keys comes back; the sketch that favoured it scores, with a memory
+# of about this many settled disputes.
+DISPUTES_DIVISOR = 4
+DISPUTES_MINIMUM = 16
+TRUST_MEMORY = 256
+_TRUST_KEEP = 1.0 - 1.0 / TRUST_MEMORY
 # A losing candidate this popular is still admitted with probability 1/128 (hash flooding).
 HASHDOS_THRESHOLD = 6
 # The sketch is first sized for at most this many entries; it grows with the resident count.
@@ -153,8 +180,11 @@ class WTinyLFUPolicy(PolicyBase):
         sample_factor: int = SKETCH_SAMPLE_FACTOR,
         doorkeeper: bool = True,
         conservative: bool = True,
+        aging: Aging = "adaptive",
     ) -> None:
         super().__init__(capacity)
+        if aging not in ("adaptive", "fixed"):
+            raise ValueError(f"WTinyLFUPolicy: aging must be 'adaptive' or 'fixed', got {aging!r}")
         if adaptation not in ("shadow", "climb", "fixed"):
             raise ValueError(
                 f"WTinyLFUPolicy: adaptation must be 'shadow', 'climb' or 'fixed', "
@@ -174,7 +204,23 @@ class WTinyLFUPolicy(PolicyBase):
             conservative=conservative,
             seed=seed,
         )
-        self._increment = self._sketch.increment
+        # The sketch that ages twice as fast, when aging adapts (see the module docstring).
+        self._short_sketch = (
+            FrequencySketch(
+                min(capacity, _INITIAL_SKETCH_ENTRIES),
+                sample_factor=max(1, sample_factor // 2),
+                doorkeeper=doorkeeper,
+                conservative=conservative,
+                seed=seed,
+            )
+            if aging == "adaptive"
+            else None
+        )
+        self._increment = self._sketch.increment if self._short_sketch is None else self._count
+        # Disputed duels: key -> (dispute number, is it the candidate?), and in order of the
+        # dispute: number -> (candidate, victim, did the long memory favour the candidate?).
+        self._disputed: dict[Key, tuple[int, bool]] = {}
+        self._disputes: OrderedDict[int, tuple[Key, Key, bool]] = OrderedDict()
         self._window: _Segment = OrderedDict()
         self._probation: _Segment = OrderedDict()
         self._protected: _Segment = OrderedDict()
@@ -207,6 +253,10 @@ class WTinyLFUPolicy(PolicyBase):
         self._misses = 0
         self._previous_hit_rate = 0.0
         self._step = -STEP_PERCENT * capacity
+        # Adaptive aging: which sketch the duels use, and the evidence for it.
+        self._dispute_count = 0
+        self._trust = 0.0
+        self._short_memory = False
 
     # -- the Policy protocol ------------------------------------------------------------------
 
@@ -231,7 +281,23 @@ class WTinyLFUPolicy(PolicyBase):
 
     @property
     def sketch(self) -> FrequencySketch:
+        """The sketch with the long memory (the only one when ``aging="fixed"``)."""
         return self._sketch
+
+    @property
+    def short_sketch(self) -> FrequencySketch | None:
+        """The sketch that ages twice as fast, or None when ``aging="fixed"``."""
+        return self._short_sketch
+
+    @property
+    def uses_short_memory(self) -> bool:
+        """Whether the duels currently trust the sketch that ages twice as fast."""
+        return self._short_memory
+
+    @property
+    def pending_disputes(self) -> int:
+        """Duels the two sketches decided differently that neither key has settled yet."""
+        return len(self._disputes)
 
     def on_hit(self, key: Key) -> None:
         segment = self._where.get(key)
@@ -297,6 +363,8 @@ class WTinyLFUPolicy(PolicyBase):
         if len(where) > self._sketch.capacity:
             # Only a weighted cache gets here: by count, residents never exceed the capacity.
             self._sketch.ensure_capacity(2 * len(where))
+            if self._short_sketch is not None:
+                self._short_sketch.ensure_capacity(2 * len(where))
         if self._climbing:
             self._sample(hit=False)
         return victims
@@ -339,6 +407,10 @@ class WTinyLFUPolicy(PolicyBase):
         self._window_shadow.clear()
         self._main_shadow.clear()
         self._sketch.clear()
+        if self._short_sketch is not None:
+            self._short_sketch.clear()
+        self._disputed.clear()
+        self._disputes.clear()
         self._reset_state()
 
     # -- segments --------------------------------------------------------------------
@@ -381,6 +453,7 @@ class WTinyLFUPolicy(PolicyBase):
         window, probation, protected = self._window, self._probation, self._protected
         where = self._where
         frequency = self._sketch.frequency
+        short = self._short_sketch
         capacity = self._capacity
         shadowing = self._shadowing
         victims: list[Key] = []
@@ -398,7 +471,8 @@ class WTinyLFUPolicy(PolicyBase):
             candidate, candidate_weight = window.popitem(last=False)
             self._window_weight -= candidate_weight
             del where[candidate]
-            candidate_freq = frequency(candidate)
+            long_candidate = frequency(candidate)
+            short_candidate = short.frequency(candidate) if short is not None else 0
             admitted = True
             # A heavy candidate may have to displace several victims; it must beat each one.
             while self._weight > capacity:
@@ -407,7 +481,14 @@ class WTinyLFUPolicy(PolicyBase):
                     admitted = False
                     break
                 victim = next(iter(pool))
-                victim_freq = frequency(victim)
+                candidate_freq, victim_freq = long_candidate, frequency(victim)
+                if short is not None:
+                    short_victim = short.frequency(victim)
+                    long_admits = candidate_freq > victim_freq
+                    if long_admits != (short_candidate > short_victim):
+                        self._dispute(candidate, victim, long_admits)
+                    if self._short_memory:
+                        candidate_freq, victim_freq = short_candidate, short_victim
                 if candidate_freq <= victim_freq and not (
                     candidate_freq >= HASHDOS_THRESHOLD and self._rng.getrandbits(7) == 0
                 ):
@@ -428,6 +509,43 @@ class WTinyLFUPolicy(PolicyBase):
                 if shadowing:
                     self._remember(candidate, candidate_weight, from_window=True)
         return victims
+
+    # -- adaptive aging ------------------------------------------------------------------------
+
+    def _count(self, key: Key) -> None:
+        """Count a request in both sketches, and settle a dispute the key is part of."""
+        self._sketch.increment(key)
+        assert self._short_sketch is not None
+        self._short_sketch.increment(key)
+        if key in self._disputed:
+            self._settle(key)
+
+    def _dispute(self, candidate: Key, victim: Key, long_favours_candidate: bool) -> None:
+        """Remember a duel the two sketches would decide differently. A key already in a
+        dispute is not entered in a second one, so each settles exactly one."""
+        disputed = self._disputed
+        if candidate in disputed or victim in disputed:
+            return
+        self._dispute_count += 1
+        number = self._dispute_count
+        self._disputes[number] = (candidate, victim, long_favours_candidate)
+        disputed[candidate] = (number, True)
+        disputed[victim] = (number, False)
+        limit = max(DISPUTES_MINIMUM, self._sketch.capacity // DISPUTES_DIVISOR)
+        while len(self._disputes) > limit:
+            _, (old_candidate, old_victim, _) = self._disputes.popitem(last=False)
+            del disputed[old_candidate]
+            del disputed[old_victim]
+
+    def _settle(self, key: Key) -> None:
+        """``key`` came back before the other key of its dispute: the sketch that wanted it
+        kept was right."""
+        number, is_candidate = self._disputed.pop(key)
+        candidate, victim, long_favours_candidate = self._disputes.pop(number)
+        del self._disputed[victim if is_candidate else candidate]
+        long_was_right = is_candidate == long_favours_candidate
+        self._trust = self._trust * _TRUST_KEEP + (1.0 if long_was_right else -1.0)
+        self._short_memory = self._trust < 0.0
 
     def _drop(self, key: Key, weight: int, pool: _Segment) -> None:
         """Account for ``key`` leaving ``pool`` (already unlinked from it and from ``where``)."""
