@@ -1462,6 +1462,17 @@ w_drop(WTinyLFU *self, Node *n)
 
 /* -- adaptive aging (policies/wtinylfu.py, "adaptive aging") -------------------------------- */
 
+/* Count a request in the sketch, and in the short-memory one when aging adapts. Both are
+ * created with the same seed, so one mixed hash serves both. */
+static inline void
+w_count(WTinyLFU *self, Py_hash_t hash)
+{
+    uint64_t mixed = sketch_mix(self->sketch, hash);
+    sketch_increment(self->sketch, mixed);
+    if (self->short_sketch != NULL)
+        sketch_increment(self->short_sketch, mixed);
+}
+
 /* Drop one node of a dispute; its key is parked in the policy's core and released with the
  * operation's other keys. */
 static void
@@ -1632,11 +1643,11 @@ w_evict(WTinyLFU *self, Victims *victims)
         node_unlink(candidate);
         self->window_weight -= candidate->weight;
         self->core.resident--;
-        int long_candidate = sketch_frequency(sketch, sketch_mix(sketch, candidate->hash));
+        /* One mixed hash per key serves both sketches (same seed, see w_count). */
+        uint64_t candidate_mixed = sketch_mix(sketch, candidate->hash);
+        int long_candidate = sketch_frequency(sketch, candidate_mixed);
         int short_candidate =
-            short_sketch != NULL
-                ? sketch_frequency(short_sketch, sketch_mix(short_sketch, candidate->hash))
-                : 0;
+            short_sketch != NULL ? sketch_frequency(short_sketch, candidate_mixed) : 0;
         int admitted = 1;
         /* A heavy candidate may have to displace several victims; it must beat each. */
         while (self->weight > capacity) {
@@ -1647,10 +1658,10 @@ w_evict(WTinyLFU *self, Victims *victims)
             }
             Node *victim = pool->next;
             int candidate_freq = long_candidate;
-            int victim_freq = sketch_frequency(sketch, sketch_mix(sketch, victim->hash));
+            uint64_t victim_mixed = sketch_mix(sketch, victim->hash);
+            int victim_freq = sketch_frequency(sketch, victim_mixed);
             if (short_sketch != NULL) {
-                int short_victim =
-                    sketch_frequency(short_sketch, sketch_mix(short_sketch, victim->hash));
+                int short_victim = sketch_frequency(short_sketch, victim_mixed);
                 int long_admits = candidate_freq > victim_freq;
                 if (long_admits != (short_candidate > short_victim))
                     w_note(self, candidate, victim, long_admits);
@@ -1716,9 +1727,7 @@ w_promote(WTinyLFU *self, Node *n, PyObject *key)
 static inline void
 w_hit_node(WTinyLFU *self, Node *n, PyObject *key, Py_hash_t hash)
 {
-    sketch_increment(self->sketch, sketch_mix(self->sketch, hash));
-    if (self->short_sketch != NULL)
-        sketch_increment(self->short_sketch, sketch_mix(self->short_sketch, hash));
+    w_count(self, hash);
     if (n->seg == SEG_PROTECTED || n->seg == SEG_WINDOW) {
         list_move_to_end(&self->core.heads[n->seg], n);
         if (self->adaptation == ADAPT_CLIMB)
@@ -1767,9 +1776,7 @@ w_insert(WTinyLFU *self, PyObject *key, Py_hash_t hash, Node *existing, long lon
         if (n == NULL)
             return NULL;
     }
-    sketch_increment(sketch, sketch_mix(sketch, hash));
-    if (self->short_sketch != NULL)
-        sketch_increment(self->short_sketch, sketch_mix(self->short_sketch, hash));
+    w_count(self, hash);
     if (existing != NULL)
         w_consult_shadows(self, existing, weight); /* only shadowing fills the shadows */
     if (n == NULL) {
