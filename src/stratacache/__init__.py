@@ -27,29 +27,15 @@ from .tiers.sqlite import SQLiteTier
 
 __version__ = "0.1.0"
 
-# Network tiers need optional dependencies ([redis], [memcached]): imported on first use.
-_LAZY = {
-    "RedisTier": "stratacache.tiers.redis",
-    "RedisClusterTier": "stratacache.tiers.redis_cluster",
-    "MemcachedTier": "stratacache.tiers.memcached",
-}
-
 
 def __getattr__(name: str) -> object:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'stratacache' has no attribute {name!r}")
-    import importlib
+    # Network tiers need optional dependencies ([redis], [memcached]): imported on first
+    # use, with the install hint config.SCHEMES gives.
+    if name in ("RedisTier", "RedisClusterTier", "MemcachedTier"):
+        from .config import load_tier_class
 
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        extra = "memcached" if name == "MemcachedTier" else "redis"
-        raise ImportError(
-            f"stratacache.{name} needs an optional dependency: "
-            f"pip install 'stratacache[{extra}]' ({exc})"
-        ) from exc
-    return getattr(module, name)
+        return load_tier_class(name)
+    raise AttributeError(f"module 'stratacache' has no attribute {name!r}")
 
 
 __all__ = [

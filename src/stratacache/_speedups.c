@@ -7,25 +7,30 @@
  * does not: these are the two closures of MemoryTier.make_reader and make_writer, with the
  * interpreter's per-call overhead removed.
  *
- * Reader(data, clock, buffer, limit, drain, slow, missing, negative=None)
- *     reader(key, default=missing): an entry (value, expires_at, version) found in `data`
- *     whose expiry is later than clock() is a hit: the key is appended to `buffer`
- *     (drain() is called when it reaches `limit`) and the value returned. Anything else
- *     (absent, expired, unhashable key) is slow(key, default). Given the tier's
- *     `negative` dict (a cache whose only source is L1), a non-empty str key found in
- *     neither dict is answered here too: a miss, counted in `misses`, returning default.
+ * Counters()
+ *     The counters of one level (hits, misses, writes, evictions, errors, corrupt,
+ *     too_large, unencodable) as plain C fields. metrics.LevelStats subclasses it, so the
+ *     C paths below and the Python code count into the very same object.
+ *
+ * Reader(data, clock, buffer, limit, drain, slow, missing, counters, negative=None)
+ *     reader(key, default=missing): an entry (value, expires_at) found in `data` whose
+ *     expiry is later than clock() is a hit, counted in `counters`: the key is appended to
+ *     `buffer` (drain() is called when it reaches `limit`) and the value returned.
+ *     Anything else (absent, expired, unhashable key) is slow(key, default). Given the
+ *     tier's `negative` dict (a cache whose only source is L1), a non-empty str key found
+ *     in neither dict is answered here too: a miss, counted, returning default.
  *
  * Lock()
  *     A mutex with threading.Lock's acquire/release/context-manager interface, which the
  *     Writer takes without going through Python method calls.
  *
  * Writer(data, negative, lock, buffer, drain, on_insert, on_update, clock, level_ttl,
- *        fallback)
- *     writer(key, value, ttl=None) stores (value, expiry, 0) under the lock, replaying
+ *        fallback, counters)
+ *     writer(key, value, ttl=None) stores (value, expiry) under the lock, replaying
  *     buffered hits first and applying the policy's victims. Unusual calls (a key that is
  *     not a non-empty str, a ttl that is not a positive int or float, keywords) go to
  *     `fallback`, the Python closure, which raises the right error or handles them.
- *     `writes` and `evictions` count what it did.
+ *     Writes and evictions are counted in `counters`.
  *
  * Clock: when the injected clock is time.monotonic itself, both read CLOCK_MONOTONIC
  * directly and convert it exactly as CPython does, instead of calling the function.
@@ -43,6 +48,7 @@
 #endif
 #include <math.h>
 #include <stddef.h>
+#include <structmember.h>
 
 /* ------------------------------------------------------------------------ helpers */
 
@@ -250,6 +256,54 @@ static PyTypeObject LockType = {
     .tp_methods = lock_methods,
 };
 
+/* ------------------------------------------------------------------------ Counters */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t hits;
+    Py_ssize_t misses;
+    Py_ssize_t writes;
+    Py_ssize_t evictions;
+    Py_ssize_t errors;
+    Py_ssize_t corrupt;
+    Py_ssize_t too_large;
+    Py_ssize_t unencodable;
+} Counters;
+
+#define COUNTER(name, doc) {#name, T_PYSSIZET, offsetof(Counters, name), 0, doc}
+static PyMemberDef counters_members[] = {
+    COUNTER(hits, "keys found"),
+    COUNTER(misses, "keys not found"),
+    COUNTER(writes, "entries stored"),
+    COUNTER(evictions, "entries the policy evicted"),
+    COUNTER(errors, "transient failures: the level was skipped"),
+    COUNTER(corrupt, "payloads rejected as corrupt, foreign or forged"),
+    COUNTER(too_large, "values not stored for exceeding the level's maximum"),
+    COUNTER(unencodable, "values the level's serializer could not encode"),
+    {NULL},
+};
+#undef COUNTER
+
+static PyTypeObject CountersType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "stratacache._speedups.Counters",
+    .tp_basicsize = sizeof(Counters),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "One level's counters, shared by the C paths and Python code.",
+    .tp_new = PyType_GenericNew,
+    .tp_members = counters_members,
+};
+
+static Counters *
+as_counters(PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, &CountersType)) {
+        PyErr_SetString(PyExc_TypeError, "counters must be a stratacache._speedups.Counters");
+        return NULL;
+    }
+    return (Counters *)obj;
+}
+
 /* ------------------------------------------------------------------------ Reader */
 
 typedef struct {
@@ -263,8 +317,8 @@ typedef struct {
     PyObject *slow;
     PyObject *missing;
     PyObject *negative; /* NULL unless plain misses are answered here */
+    Counters *counters;
     int fast_clock;
-    Py_ssize_t misses;
 } Reader;
 
 static PyObject *
@@ -327,7 +381,7 @@ reader_vectorcall(Reader *self, PyObject *const *args, size_t nargsf, PyObject *
             if (remembered < 0)
                 return NULL;
             if (!remembered) {
-                self->misses++;
+                self->counters->misses++;
                 return Py_NewRef(dflt);
             }
         }
@@ -346,6 +400,7 @@ reader_vectorcall(Reader *self, PyObject *const *args, size_t nargsf, PyObject *
         PyObject *value = PyTuple_GET_ITEM(entry, 0);
         Py_INCREF(value);
         Py_DECREF(entry);
+        self->counters->hits++;
         if (PyList_Append(self->buffer, key) < 0) {
             Py_DECREF(value);
             return NULL;
@@ -367,13 +422,15 @@ reader_vectorcall(Reader *self, PyObject *const *args, size_t nargsf, PyObject *
 static int
 reader_init(Reader *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"data",  "clock",   "buffer",   "limit", "drain",
-                             "slow",  "missing", "negative", NULL};
-    PyObject *data, *clock, *buffer, *drain, *slow, *missing, *negative = Py_None;
+    static char *kwlist[] = {"data",    "clock",    "buffer",   "limit", "drain", "slow",
+                             "missing", "counters", "negative", NULL};
+    PyObject *data, *clock, *buffer, *drain, *slow, *missing, *counters, *negative = Py_None;
     Py_ssize_t limit;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO!nOOO|O", kwlist, &PyDict_Type, &data,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO!nOOOO|O", kwlist, &PyDict_Type, &data,
                                      &clock, &PyList_Type, &buffer, &limit, &drain, &slow,
-                                     &missing, &negative))
+                                     &missing, &counters, &negative))
+        return -1;
+    if (as_counters(counters) == NULL)
         return -1;
     if (negative != Py_None && !PyDict_Check(negative)) {
         PyErr_SetString(PyExc_TypeError, "negative must be a dict or None");
@@ -390,9 +447,9 @@ reader_init(Reader *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->slow, Py_NewRef(slow));
     Py_XSETREF(self->missing, Py_NewRef(missing));
     Py_XSETREF(self->negative, negative == Py_None ? NULL : Py_NewRef(negative));
+    Py_XSETREF(self->counters, (Counters *)Py_NewRef(counters));
     self->limit = limit;
     self->fast_clock = is_time_monotonic(clock);
-    self->misses = 0;
     self->vectorcall = (vectorcallfunc)reader_vectorcall;
     return 0;
 }
@@ -407,6 +464,7 @@ reader_traverse(Reader *self, visitproc visit, void *arg)
     Py_VISIT(self->slow);
     Py_VISIT(self->missing);
     Py_VISIT(self->negative);
+    Py_VISIT(self->counters);
     return 0;
 }
 
@@ -420,6 +478,7 @@ reader_clear(Reader *self)
     Py_CLEAR(self->slow);
     Py_CLEAR(self->missing);
     Py_CLEAR(self->negative);
+    Py_CLEAR(self->counters);
     return 0;
 }
 
@@ -430,17 +489,6 @@ reader_dealloc(Reader *self)
     reader_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
-
-static PyObject *
-reader_get_misses(Reader *self, void *closure)
-{
-    return PyLong_FromSsize_t(self->misses);
-}
-
-static PyGetSetDef reader_getset[] = {
-    {"misses", (getter)reader_get_misses, NULL, "plain misses answered in C", NULL},
-    {NULL},
-};
 
 static PyTypeObject ReaderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -455,7 +503,6 @@ static PyTypeObject ReaderType = {
     .tp_clear = (inquiry)reader_clear,
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(Reader, vectorcall),
-    .tp_getset = reader_getset,
 };
 
 /* ------------------------------------------------------------------------ Writer */
@@ -473,13 +520,11 @@ typedef struct {
     PyObject *on_update;
     PyObject *clock;
     PyObject *fallback;
-    PyObject *zero;
     PyObject *one;
+    Counters *counters;
     Lock *c_lock;     /* the tier's lock when it is ours: taken without Python calls */
     int fast_clock;
     double level_ttl; /* < 0: the level has no ttl of its own */
-    Py_ssize_t writes;
-    Py_ssize_t evictions;
 } Writer;
 
 /* Remove `key` from `dict`; 1 if it was there, 0 if not, -1 on error. */
@@ -543,7 +588,7 @@ writer_store(Writer *self, PyObject *key, PyObject *entry)
                 if (same < 0)
                     rc = -1;
                 else if (!same)
-                    self->evictions++;
+                    self->counters->evictions++;
             }
             Py_DECREF(seq);
         }
@@ -592,7 +637,7 @@ writer_vectorcall(Writer *self, PyObject *const *args, size_t nargsf, PyObject *
     PyObject *expiry = PyFloat_FromDouble(expires);
     if (expiry == NULL)
         return NULL;
-    PyObject *entry = PyTuple_Pack(3, value, expiry, self->zero);
+    PyObject *entry = PyTuple_Pack(2, value, expiry);
     Py_DECREF(expiry);
     if (entry == NULL)
         return NULL;
@@ -605,7 +650,7 @@ writer_vectorcall(Writer *self, PyObject *const *args, size_t nargsf, PyObject *
         PyThread_release_lock(self->c_lock->lock);
         if (stored < 0)
             return NULL;
-        self->writes++;
+        self->counters->writes++;
         Py_RETURN_NONE;
     }
     PyObject *locked = PyObject_CallNoArgs(self->acquire);
@@ -630,20 +675,23 @@ writer_vectorcall(Writer *self, PyObject *const *args, size_t nargsf, PyObject *
     PyErr_Restore(exc_type, exc_value, exc_tb);
     if (rc < 0)
         return NULL;
-    self->writes++;
+    self->counters->writes++;
     Py_RETURN_NONE;
 }
 
 static int
 writer_init(Writer *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"data",      "negative", "lock",  "buffer",    "drain",   "on_insert",
-                             "on_update", "clock",    "level_ttl", "fallback", NULL};
+    static char *kwlist[] = {"data",      "negative", "lock",     "buffer",
+                             "drain",     "on_insert", "on_update", "clock",
+                             "level_ttl", "fallback", "counters",  NULL};
     PyObject *data, *negative, *lock, *buffer, *drain, *on_insert, *on_update, *clock, *ttl,
-        *fallback;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OO!OOOOOO", kwlist, &PyDict_Type, &data,
+        *fallback, *counters;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OO!OOOOOOO", kwlist, &PyDict_Type, &data,
                                      &PyDict_Type, &negative, &lock, &PyList_Type, &buffer, &drain,
-                                     &on_insert, &on_update, &clock, &ttl, &fallback))
+                                     &on_insert, &on_update, &clock, &ttl, &fallback, &counters))
+        return -1;
+    if (as_counters(counters) == NULL)
         return -1;
     double level_ttl = -1.0;
     if (ttl != Py_None) {
@@ -672,15 +720,13 @@ writer_init(Writer *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->on_update, Py_NewRef(on_update));
     Py_XSETREF(self->clock, Py_NewRef(clock));
     Py_XSETREF(self->fallback, Py_NewRef(fallback));
+    Py_XSETREF(self->counters, (Counters *)Py_NewRef(counters));
     Py_XSETREF(self->c_lock, PyObject_TypeCheck(lock, &LockType) ? (Lock *)Py_NewRef(lock) : NULL);
     self->fast_clock = is_time_monotonic(clock);
-    Py_XSETREF(self->zero, PyLong_FromLong(0));
     Py_XSETREF(self->one, PyLong_FromLong(1));
-    if (self->zero == NULL || self->one == NULL)
+    if (self->one == NULL)
         return -1;
     self->level_ttl = level_ttl;
-    self->writes = 0;
-    self->evictions = 0;
     self->vectorcall = (vectorcallfunc)writer_vectorcall;
     return 0;
 }
@@ -698,6 +744,7 @@ writer_traverse(Writer *self, visitproc visit, void *arg)
     Py_VISIT(self->on_update);
     Py_VISIT(self->clock);
     Py_VISIT(self->fallback);
+    Py_VISIT(self->counters);
     Py_VISIT(self->c_lock);
     return 0;
 }
@@ -715,8 +762,8 @@ writer_clear(Writer *self)
     Py_CLEAR(self->on_update);
     Py_CLEAR(self->clock);
     Py_CLEAR(self->fallback);
-    Py_CLEAR(self->zero);
     Py_CLEAR(self->one);
+    Py_CLEAR(self->counters);
     Py_CLEAR(self->c_lock);
     return 0;
 }
@@ -728,24 +775,6 @@ writer_dealloc(Writer *self)
     writer_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
-
-static PyObject *
-writer_get_writes(Writer *self, void *closure)
-{
-    return PyLong_FromSsize_t(self->writes);
-}
-
-static PyObject *
-writer_get_evictions(Writer *self, void *closure)
-{
-    return PyLong_FromSsize_t(self->evictions);
-}
-
-static PyGetSetDef writer_getset[] = {
-    {"writes", (getter)writer_get_writes, NULL, "entries stored by this writer", NULL},
-    {"evictions", (getter)writer_get_evictions, NULL, "other entries evicted by its stores", NULL},
-    {NULL},
-};
 
 static PyTypeObject WriterType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -760,7 +789,6 @@ static PyTypeObject WriterType = {
     .tp_clear = (inquiry)writer_clear,
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(Writer, vectorcall),
-    .tp_getset = writer_getset,
 };
 
 /* ------------------------------------------------------------------------ module */
@@ -776,7 +804,7 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     if (PyType_Ready(&ReaderType) < 0 || PyType_Ready(&WriterType) < 0 ||
-        PyType_Ready(&LockType) < 0)
+        PyType_Ready(&LockType) < 0 || PyType_Ready(&CountersType) < 0)
         return NULL;
     PyObject *time_module = PyImport_ImportModule("time");
     if (time_module == NULL)
@@ -791,6 +819,7 @@ PyInit__speedups(void)
     if (PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
         PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0 ||
         PyModule_AddObjectRef(m, "Lock", (PyObject *)&LockType) < 0 ||
+        PyModule_AddObjectRef(m, "Counters", (PyObject *)&CountersType) < 0 ||
         PyModule_AddStringConstant(m, "__source_sha__", STRATACACHE_SOURCE_SHA) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -1,12 +1,9 @@
-"""The unit every level stores: a value with its logical expiry and version.
+"""The unit every level stores: a value with its logical expiry.
 
 ``expires_at`` is wall-clock time (seconds since the epoch) so that processes on different
 hosts agree on it; the in-process tier converts it to its own monotonic clock on the way
 in. A server-side TTL is only a backstop: every read checks ``expires_at`` against the
 injected clock.
-
-``version`` is reserved for fencing fills (a fill may not overwrite a newer write); the
-foundation stores and returns it unchanged.
 
 ``negative`` marks a remembered "not found": the origin had no row for the key, and the
 hierarchy may answer that without asking again until the entry expires.
@@ -27,7 +24,6 @@ NEVER: Final = math.inf  # an expiry that never comes
 class Entry:
     value: Any
     expires_at: float = NEVER
-    version: int = 0
     negative: bool = False
 
     def remaining(self, now: float) -> float:

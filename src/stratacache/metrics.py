@@ -13,9 +13,12 @@ level's mean latency per lookup, m its miss rate (misses / lookups at that level
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import _accel
 
 __all__ = [
     "CacheStats",
@@ -72,6 +75,10 @@ class LatencyHistogram:
         self.count += 1
         self.total_ns += ns
 
+    def timer(self) -> Stopwatch:
+        """A context manager recording how long its block took."""
+        return Stopwatch(self)
+
     def mean_us(self) -> float | None:
         return self.total_ns / self.count / 1000 if self.count else None
 
@@ -92,22 +99,65 @@ class LatencyHistogram:
         self.total_ns = 0
 
 
-class LevelStats:
+class _PyCounters:
+    """The pure-Python twin of ``_speedups.Counters``: the same fields, as slots."""
+
+    __slots__ = (
+        "corrupt",
+        "errors",
+        "evictions",
+        "hits",
+        "misses",
+        "too_large",
+        "unencodable",
+        "writes",
+    )
+
+
+# One object per level holds its counters. With the compiled module it is a C struct
+# that the L1 Reader and Writer bump directly, so no path keeps counts of its own that
+# would have to be summed up later.
+_Counters: type = _accel.speedups.Counters if _accel.speedups is not None else _PyCounters
+
+
+class Stopwatch:
+    __slots__ = ("_histogram", "_start")
+
+    def __init__(self, histogram: LatencyHistogram) -> None:
+        self._histogram = histogram
+        self._start = 0
+
+    def __enter__(self) -> Stopwatch:
+        self._start = time.perf_counter_ns()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._histogram.record(time.perf_counter_ns() - self._start)
+
+
+class LevelStats(_Counters):  # type: ignore[misc]
     """What one level counts. ``lookups`` counts keys looked up (a batch of 100 keys is 100
-    lookups); ``latency`` records one sample per call to the tier."""
+    lookups); ``latency`` records one sample per call to the tier.
+
+    Who counts what: the hierarchy's flow counts the outcome of every operation it sends a
+    level (hits, misses, writes, errors); the L1 fast paths count the operations they
+    answer without the flow; a tier counts only what happens inside it (evictions,
+    corrupt payloads)."""
+
+    hits: int
+    misses: int
+    errors: int  # transient failures: the level was skipped
+    corrupt: int  # payloads rejected as corrupt, foreign or forged (read as misses)
+    too_large: int  # values not stored here because they exceed this level's maximum
+    unencodable: int  # loaded values its serializer could not encode (not stored)
+    writes: int
+    evictions: int
 
     def __init__(self, name: str, kind: str) -> None:
         self.name = name
         self.kind = kind
-        self.hits = 0
-        self.misses = 0
-        self.errors = 0  # transient failures: the level was skipped
-        self.corrupt = 0  # payloads rejected as corrupt, foreign or forged (read as misses)
-        self.too_large = 0  # values not stored here because they exceed this level's maximum
-        self.unencodable = 0  # loaded values its serializer could not encode (not stored)
-        self.writes = 0
-        self.evictions = 0
         self.latency = LatencyHistogram()
+        self.reset()
 
     def snapshot(self) -> LevelSnapshot:
         hits, misses = self.hits, self.misses

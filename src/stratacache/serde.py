@@ -4,16 +4,15 @@ Every value a shared tier (SQLite file, Redis, memcached) holds is one envelope:
 
     offset  size  field
     0       2     magic b"SC"
-    2       1     format version (1)
+    2       1     format version (2)
     3       1     serializer id (1 msgpack, 2 json, 3 pickle)
     4       1     flags (bit 0: zstd-compressed, bit 1: negative entry, bit 2: signed)
     5       1     signing key id (0 when unsigned)
     6       8     expires_at, float64 wall-clock seconds (0.0 = never)
-    14      8     version, uint64 (reserved for fencing fills)
-    22      2     key length (bytes of the UTF-8 key)
-    24      4     payload length
-    28      k     the original key, UTF-8
-    28+k    p     payload (compressed when flag 0 is set)
+    14      2     key length (bytes of the UTF-8 key)
+    16      4     payload length
+    20      k     the original key, UTF-8
+    20+k    p     payload (compressed when flag 0 is set)
     end     32    HMAC-SHA256 over every byte before it (only when signed)
 
 Why carry the key: a shared tier may hash long keys, and anyone with write access to the
@@ -62,11 +61,11 @@ __all__ = [
 ]
 
 MAGIC = b"SC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FLAG_COMPRESSED = 0x01
 FLAG_NEGATIVE = 0x02
 FLAG_SIGNED = 0x04
-_HEADER = struct.Struct("<2sBBBBdQHI")
+_HEADER = struct.Struct("<2sBBBBdHI")
 HEADER_SIZE = _HEADER.size
 SIGNATURE_SIZE = 32
 #: The longest key an envelope can carry (its length field is 16 bits), in UTF-8 bytes.
@@ -416,7 +415,6 @@ class Codec:
             flags,
             key_id,
             expires,
-            entry.version,
             len(key_bytes),
             len(payload),
         )
@@ -433,7 +431,7 @@ class Codec:
         total = len(view)
         if total < HEADER_SIZE:
             raise PayloadError(f"{total} bytes is shorter than the {HEADER_SIZE}-byte header")
-        (magic, fmt, serializer_id, flags, key_id, expires, version, key_len, payload_len) = (
+        (magic, fmt, serializer_id, flags, key_id, expires, key_len, payload_len) = (
             _HEADER.unpack_from(view)
         )
         if magic != MAGIC:
@@ -478,7 +476,7 @@ class Codec:
         if negative:
             if payload_len:
                 raise PayloadError("negative entry with a payload")
-            return Entry(None, expires_at, version, True)
+            return Entry(None, expires_at, True)
         payload = bytes(view[key_end : key_end + payload_len])
         if flags & FLAG_COMPRESSED:
             if self._zstd is None:
@@ -493,7 +491,7 @@ class Codec:
             raise PayloadError(
                 f"{self.serializer.name} could not decode the payload: {exc}"
             ) from exc
-        return Entry(value, expires_at, version, False)
+        return Entry(value, expires_at)
 
     @staticmethod
     def peek_expiry(data: bytes | memoryview) -> float | None:

@@ -29,9 +29,17 @@ from pymemcache.client.base import Client as MemcacheClient
 from pymemcache.serde import pickle_serde
 
 from stratacache.entry import Entry
-from stratacache.serde import _HEADER, FLAG_COMPRESSED, FLAG_NEGATIVE, FLAG_SIGNED, MAGIC, Signer
-from stratacache.tiers.envelope import EnvelopeTier
+from stratacache.serde import (
+    _HEADER,
+    FLAG_COMPRESSED,
+    FLAG_NEGATIVE,
+    FLAG_SIGNED,
+    FORMAT_VERSION,
+    MAGIC,
+    Signer,
+)
 from stratacache.tiers.remote import RemoteTier
+from stratacache.tiers.shared import SharedTier
 from stratacache.tiers.sqlite import SQLiteTier
 
 from ..conformance.remote_kit import (
@@ -48,7 +56,7 @@ from ..servers import MemcachedServer
 
 OTHER_KEY = b"fedcba9876543210fedcba9876543210"
 KINDS = ["redis", "redis-cluster", "memcached", "sqlite"]
-TierFactory = Callable[..., EnvelopeTier]
+TierFactory = Callable[..., SharedTier]
 
 
 class Gadget:
@@ -101,7 +109,7 @@ class _SQLiteRaw:
         self.conn.close()
 
 
-def name_of(tier: EnvelopeTier, key: str) -> str:
+def name_of(tier: SharedTier, key: str) -> str:
     """Where ``tier`` keeps ``key``, as the raw store of its kind takes it."""
     if isinstance(tier, RemoteTier):
         return tier.storage_name(key)
@@ -133,7 +141,7 @@ def make_tier(kind: str, server: Any, clock: FakeClock) -> Iterator[TierFactory]
         yield from made_tiers(remote_factory(kind, server, clock))
         return
 
-    def sqlite_tier(**options: Any) -> EnvelopeTier:
+    def sqlite_tier(**options: Any) -> SharedTier:
         options.setdefault("namespace", "t")
         tier = SQLiteTier(server, wall_clock=clock.time, **options)
         len(tier)  # opens the file and makes the table, so raw writes can go first
@@ -171,10 +179,9 @@ def envelope(
     flags: int = 0,
     key_id: int = 0,
     expires: float = 0.0,
-    version: int = 0,
     key_len: int | None = None,
     payload_len: int | None = None,
-    fmt: int = 1,
+    fmt: int = FORMAT_VERSION,
     magic: bytes = MAGIC,
     sign_with: bytes | None = None,
     context: bytes = b"",
@@ -192,7 +199,6 @@ def envelope(
         flags,
         key_id,
         expires,
-        version,
         len(raw_key) if key_len is None else key_len,
         len(payload) if payload_len is None else payload_len,
     )
@@ -209,7 +215,7 @@ def msgpack(value: Any) -> bytes:
 
 
 def expect_misses(
-    tier: EnvelopeTier,
+    tier: SharedTier,
     raw: RawStore,
     blobs: dict[str, bytes],
     caplog: pytest.LogCaptureFixture,
@@ -396,7 +402,7 @@ def test_broken_header_fields(
     good = msgpack({"v": 1})
     blobs = {
         "bad magic": envelope("bad magic", good, magic=b"XX"),
-        "future format": envelope("future format", good, fmt=2),
+        "future format": envelope("future format", good, fmt=FORMAT_VERSION + 1),
         "unknown flag": envelope("unknown flag", good, flags=0x80),
         "json id": envelope("json id", b'{"v":1}', serializer=2),
         "unknown serializer": envelope("unknown serializer", good, serializer=99),

@@ -159,12 +159,12 @@ def test_connection_pools_are_bounded_per_node(
     assert isinstance(default, RedisClusterTier) and isinstance(sized, RedisClusterTier)
     for tier, bound in ((default, 64), (sized, 5)):
         tier.get_many(["k"])
-        nodes = tier._sync_client().get_nodes()
+        nodes = tier.perform(lambda client: client).get_nodes()
         assert {n.redis_connection.connection_pool.max_connections for n in nodes} == {bound}
 
         async def from_async(tier: RedisClusterTier = tier, bound: int = bound) -> None:
             await tier.aget_many(["k"])
-            client = await tier._async_client()
+            client = await tier.aperform(_the_client)
             assert {node.max_connections for node in client.get_nodes()} == {bound}
             await tier.aclose()
 
@@ -297,3 +297,8 @@ def test_reads_and_writes_recover_after_a_master_is_killed(
         await tier.aclose()
 
     asyncio.run(from_async())
+
+
+async def _the_client(client: Any) -> Any:
+    """A command that answers with the client it runs on."""
+    return client

@@ -279,7 +279,7 @@ def test_pool_size_option(redis_server: RedisServer, clock: FakeClock) -> None:
     tier = tier_from_url(f"{redis_server.url}?max_connections=3", wall_clock=clock.time)
     assert isinstance(tier, RedisTier)
     tier.set_many({"k": entry(1, clock)})
-    assert tier._sync_client().connection_pool.max_connections == 3
+    assert tier.perform(lambda client: client).connection_pool.max_connections == 3
     tier.close()
     for bad in (None, 0, -1, 2.5, True):
         with pytest.raises(ConfigurationError, match="max_connections must be an int >= 1"):

@@ -161,8 +161,8 @@ def test_read_buffer_stays_bounded_on_every_read_path(driver, clock) -> None:
     for _ in range(5_000):
         driver(cache.get("k"))
         driver(cache.get_many(["k"]))
-        tier.lookup_or_default("k", None)
-    assert len(tier._buffer) < tier._buffer_limit
+        cache._front.local_miss("k", None)
+    assert len(tier.buffer) < tier.buffer_limit
     assert cache.stats().levels[0].hits == 15_000
 
 

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import functools
 import inspect
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from ..entry import MISSING
 from ..errors import ConfigurationError, OriginError
-from .facade import L1_MISS, CacheFacade, key_builder
+from ..steps import Run, aattempt
+from .base import L1_MISS, BaseCache, key_builder
 from .flow import Flow, Loader
+from .ops import Op
 
 __all__ = ["AsyncCache", "arun"]
 
 T = TypeVar("T")
-_tick = time.perf_counter_ns
 
 
 async def arun(flow: Flow) -> Any:
@@ -30,41 +30,31 @@ async def arun(flow: Flow) -> Any:
     A cancelled task closes the flow, so it can release what it holds (single-flight
     claims) instead of leaving other callers waiting for an answer that never comes.
     """
-    try:
-        op = next(flow)
-        while True:
-            histogram = op.histogram
-            start = _tick() if histogram is not None else 0
-            try:
-                result = op.run() if op.local else await op.arun()
-            except Exception as exc:
-                if histogram is not None:
-                    histogram.record(_tick() - start)
-                op = flow.throw(exc)
-            else:
-                if histogram is not None:
-                    histogram.record(_tick() - start)
-                op = flow.send(result)
-    except StopIteration as stop:
-        return stop.value
-    finally:
-        flow.close()
+    with Run(flow) as running:
+        while running.waiting:
+            running.settle(*await aattempt(_aperform(running.command), (Exception,)))
+    return running.value
 
 
-class AsyncCache(CacheFacade):
+async def _aperform(op: Op) -> Any:
+    with op.timer():
+        return op.run() if op.local else await op.arun()
+
+
+class AsyncCache(BaseCache):
     """The async twin of :class:`~stratacache.Cache`: the same constructor and the same
     method names, as coroutines. Loaders and origin functions may be sync or async."""
 
     async def get(self, key: str, default: Any = MISSING) -> Any:
-        reader = self._l1_reader
-        if reader is not None:
-            value = reader(key, L1_MISS)
+        probe = self._probe
+        if probe is not None:
+            value = probe(key, L1_MISS)
             if value is not L1_MISS:
                 return value
         local_miss = self._local_miss
         if local_miss is not None and not self._closed:
             return local_miss(key, default)
-        values = await arun(self._flow_get(key))
+        values = await arun(self._flow_get(key, l1_checked=True))
         return values.get(key, default)
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
@@ -73,12 +63,12 @@ class AsyncCache(CacheFacade):
     async def get_or_load(
         self, key: str, loader: Loader, ttl: float | None = None, *, default: Any = MISSING
     ) -> Any:
-        reader = self._l1_reader
-        if reader is not None:
-            value = reader(key, L1_MISS)
+        probe = self._probe
+        if probe is not None:
+            value = probe(key, L1_MISS)
             if value is not L1_MISS:
                 return value
-        values = await arun(self._flow_get(key, loader, ttl))
+        values = await arun(self._flow_get(key, loader, ttl, l1_checked=True))
         return values.get(key, default)
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:

@@ -38,7 +38,7 @@ from ..metrics import CacheStats, OriginStats
 from ..origin import Origin
 from ..stampede import Flight, SingleFlight
 from ..tiers.base import Prepared, Tier
-from . import ttl as ttl_rules
+from . import rules as level_rules
 from .fence import WriteFence
 from .ops import (
     LevelClear,
@@ -50,9 +50,11 @@ from .ops import (
     Op,
     OriginClose,
     OriginDelete,
+    OriginStore,
     WaitFlights,
 )
 from .recovery import PendingRepairs
+from .rules import LevelRule
 from .write import WritePolicy, make_write_policy
 
 __all__ = ["Flow", "Hierarchy", "Loader"]
@@ -98,13 +100,13 @@ class Hierarchy:
         names = [level.name for level in self.levels]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"level names must be unique, got {names}")
-        self.ttls = [level.ttl for level in self.levels]
-        ttl_rules.check_ttls(names, self.ttls)
+        self.rules = [
+            LevelRule(level.name, level.ttl, ttl_jitter, level.sizing) for level in self.levels
+        ]
+        level_rules.check_ttls(self.rules)
         self.origin = origin
         self.write_policy = make_write_policy(write)
-        self.write_policy.check(self)
         self.negative_ttl = negative_ttl
-        self.ttl_jitter = ttl_jitter
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
         self.origin_stats = OriginStats()
@@ -127,9 +129,7 @@ class Hierarchy:
         if len(self.levels) != 1 or not self.levels[0].local:
             return False
         origin_written = self.origin is not None and self.origin.writable
-        return self.write_policy.name == "cache" or (
-            self.write_policy.name == "through" and not origin_written
-        )
+        return not (self.write_policy.writes_origin and origin_written)
 
     # ------------------------------------------------------------------ loaders
 
@@ -170,17 +170,22 @@ class Hierarchy:
         *,
         load: bool = True,
         ttl: float | None = None,
+        top_missed: bool = False,
     ) -> Flow:
         """Values for the keys found (or loaded); keys found nowhere are left out.
 
-        L1 is asked again even after the caller's fast path missed there: the fast path
-        only answers plain hits, and this lookup is what finds remembered misses and
-        expired entries and counts the L1 miss."""
+        ``top_missed``: the caller's L1 fast path already found nothing at all there for
+        these keys (see :meth:`.front.Front.absent`), so the read starts one level down,
+        counting the L1 miss."""
         missing = list(dict.fromkeys(keys))
         values: dict[str, Any] = {}
         promote: list[tuple[int, dict[str, Entry]]] = []
         epoch = self.fence.now()
-        for index in range(len(self.levels)):
+        first = 0
+        if top_missed:
+            self.levels[0].stats.misses += len(missing)
+            first = 1
+        for index in range(first, len(self.levels)):
             if not missing:
                 break
             level = self.levels[index]
@@ -191,9 +196,8 @@ class Hierarchy:
             except TransientError as exc:
                 self._level_failed(level, "read", exc)
                 continue
-            if not level.local:
-                level.stats.hits += len(entries)
-                level.stats.misses += len(missing) - len(entries)
+            level.stats.hits += len(entries)
+            level.stats.misses += len(missing) - len(entries)
             if not entries:
                 continue
             for key, entry in entries.items():
@@ -214,19 +218,15 @@ class Hierarchy:
         """Copy hits found at level ``index`` into every level above it, each copy living no
         longer than what remains of the entry (nor than the upper level's own TTL)."""
         now = self.wall_clock()
-        upper = self.ttls[:index]
+        upper = self.rules[:index]
         per_level: list[dict[str, Entry]] = [{} for _ in upper]
         written = self.fence.changed_since(entries, epoch)
         for key, entry in entries.items():
             if key in written:  # a write since we read it: our copy may be the old value
                 continue
-            expiries = ttl_rules.expiries(
-                upper, now, cap=entry.expires_at, jitter=self.ttl_jitter, rng=self.rng
-            )
+            expiries = level_rules.expiries(upper, now, cap=entry.expires_at, rng=self.rng)
             for level_index, expiry in enumerate(expiries):
-                per_level[level_index][key] = Entry(
-                    entry.value, expiry, entry.version, entry.negative
-                )
+                per_level[level_index][key] = Entry(entry.value, expiry, entry.negative)
         yield from self._write_levels(
             self._prepare_some(per_level + [{}] * (len(self.levels) - index)),
             range(index - 1, -1, -1),
@@ -359,9 +359,9 @@ class Hierarchy:
         if not_found and self.negative_ttl:
             now = self.wall_clock()
             for key in not_found:
-                expiries = ttl_rules.expiries(self.ttls, now, ttl=self.negative_ttl)
+                expiries = level_rules.expiries(self.rules, now, ttl=self.negative_ttl)
                 for level_index, expiry in enumerate(expiries):
-                    per_level[level_index][key] = Entry(None, expiry, 0, True)
+                    per_level[level_index][key] = Entry(None, expiry, True)
         yield from self._write_levels(
             self._prepare_some(per_level), range(len(self.levels) - 1, -1, -1)
         )
@@ -381,9 +381,7 @@ class Hierarchy:
         now = self.wall_clock()
         per_level: list[dict[str, Entry]] = [{} for _ in self.levels]
         for key, value in items.items():
-            expiries = ttl_rules.expiries(
-                self.ttls, now, ttl=ttl, jitter=self.ttl_jitter, rng=self.rng
-            )
+            expiries = level_rules.expiries(self.rules, now, ttl=ttl, rng=self.rng)
             for level_index, expiry in enumerate(expiries):
                 per_level[level_index][key] = Entry(value, expiry)
         return per_level
@@ -463,21 +461,30 @@ class Hierarchy:
                 self._level_failed(level, "write", exc)
                 # It may still hold an older value for these keys: owe it a delete.
                 self.repairs[index].add([*item.items, *item.rejected])
+            else:
+                level.stats.writes += len(item.items)
 
     def write(self, items: Mapping[str, Any], ttl: float | None) -> Flow:
-        return self.write_policy.write(self, items, ttl)
-
-    def prepare_write(self, items: Mapping[str, Any], ttl: float | None) -> list[Prepared]:
-        """Entries for an explicit write, encoded for every level; raises
-        ValueTooLargeError (before any I/O) for a value no level can hold. Marks the
-        write in the fence, so reads in flight do not fill over it."""
+        """``set``, as the write policy says (see :mod:`.write`). Entries are encoded for
+        every level first, so a value no level can hold raises ValueTooLargeError before
+        any I/O; the write is marked in the fence, so reads in flight do not fill over
+        it; the levels are written bottom-up, so no upper level ever holds what the level
+        below lacks."""
         prepared = self.prepare_levels(self.entries_for(items, ttl))
         self.fence.mark(items)
-        return prepared
-
-    def store_in_levels(self, prepared: list[Prepared]) -> Flow:
-        """Write prepared entries into every level, bottom-up (so no upper level ever
-        holds what the level below lacks)."""
+        origin = self.origin
+        if self.write_policy.writes_origin and origin is not None and origin.writable:
+            try:
+                yield OriginStore(origin, items)
+            except ConfigurationError:
+                raise
+            except Exception as exc:
+                self.origin_stats.errors += 1
+                raise OriginError(
+                    f"writing {len(items)} key(s) to the origin failed, no level was changed: "
+                    f"{exc!r}"
+                ) from exc
+            self.origin_stats.stores += len(items)
         yield from self._write_levels(prepared, range(len(self.levels) - 1, -1, -1))
 
     # ------------------------------------------------------------------ deletes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,11 +35,19 @@ __all__ = [
 ]
 
 
+_UNTIMED = nullcontext()
+
+
 class Op:
     #: run inline even in async code (in-process tiers are never awaited)
     local: bool = False
     #: where the driver records this operation's duration (None: not timed)
     histogram: LatencyHistogram | None = None
+
+    def timer(self) -> AbstractContextManager[object]:
+        """What the driver wraps the operation in to time it."""
+        histogram = self.histogram
+        return _UNTIMED if histogram is None else histogram.timer()
 
     def run(self) -> Any:
         raise NotImplementedError

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import functools
 import inspect
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from ..entry import MISSING
 from ..errors import ConfigurationError, OriginError
-from ..tiers.memory import MemoryTier
-from .facade import L1_MISS, CacheFacade, key_builder
+from ..steps import Run, attempt
+from .base import L1_MISS, BaseCache, key_builder
 from .flow import Flow, Loader
+from .ops import Op
 
 __all__ = ["Cache", "run"]
 
 T = TypeVar("T")
-_tick = time.perf_counter_ns
 
 
 def run(flow: Flow) -> Any:
@@ -26,28 +25,18 @@ def run(flow: Flow) -> Any:
     Whatever ends the run early (KeyboardInterrupt, a timeout exception from a library such
     as gevent) closes the flow, so it can release what it holds (single-flight claims).
     """
-    try:
-        op = next(flow)
-        while True:
-            histogram = op.histogram
-            start = _tick() if histogram is not None else 0
-            try:
-                result = op.run()
-            except Exception as exc:
-                if histogram is not None:
-                    histogram.record(_tick() - start)
-                op = flow.throw(exc)
-            else:
-                if histogram is not None:
-                    histogram.record(_tick() - start)
-                op = flow.send(result)
-    except StopIteration as stop:
-        return stop.value
-    finally:
-        flow.close()
+    with Run(flow) as running:
+        while running.waiting:
+            running.settle(*attempt(_perform, running.command, (Exception,)))
+    return running.value
 
 
-class Cache(CacheFacade):
+def _perform(op: Op) -> Any:
+    with op.timer():
+        return op.run()
+
+
+class Cache(BaseCache):
     """A multi-level cache: ``levels`` (top first: memory, then shared tiers) over an
     optional ``origin``.
 
@@ -63,11 +52,11 @@ class Cache(CacheFacade):
         # ``get`` is bound on the instance: an L1 hit costs one closure call, no method
         # lookup. What the closure calls on a miss is decided here too, so a cache with
         # nothing below L1 answers its misses without a second indirection.
-        top = self._hierarchy.levels[0]
-        slow = self._local_miss or self._slow_get
-        if isinstance(top, MemoryTier):
-            self.get = top.make_reader(  # type: ignore[method-assign]
-                slow, timed=self._measure_l1, local_misses=self._local_miss is not None
+        front = self._front
+        if front is not None:
+            local_miss = self._local_miss
+            self.get = front.reader(  # type: ignore[method-assign]
+                local_miss or self._slow_get, local_misses=local_miss is not None
             )
         else:
             self.get = self._slow_get  # type: ignore[method-assign]
@@ -87,7 +76,7 @@ class Cache(CacheFacade):
         local_miss = self._local_miss
         if local_miss is not None and not self._closed:
             return local_miss(key, default)
-        values = run(self._flow_get(key))
+        values = run(self._flow_get(key, l1_checked=True))
         return values.get(key, default)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
@@ -102,12 +91,12 @@ class Cache(CacheFacade):
         like every loader here: it gets a list of keys (one, here) and returns a mapping
         ``{key: value}``; a key left out means "not found" and the call returns ``default``.
         What it returns is cached with ``ttl`` (bounded by each level's own)."""
-        reader = self._l1_reader
-        if reader is not None:
-            value = reader(key, L1_MISS)
+        probe = self._probe
+        if probe is not None:
+            value = probe(key, L1_MISS)
             if value is not L1_MISS:
                 return value
-        return run(self._flow_get(key, loader, ttl)).get(key, default)
+        return run(self._flow_get(key, loader, ttl, l1_checked=True)).get(key, default)
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` (write-through: the origin if it can store, then every level,

@@ -1,4 +1,5 @@
-"""The tier protocol: what the hierarchy needs from one storage level.
+"""The tier protocol: what the hierarchy needs from one storage level, and the two ways a
+tier gets its sync and async faces.
 
 A tier stores :class:`~stratacache.entry.Entry` objects under ``str`` keys within its own
 namespace. Reads return only live entries (the tier checks ``expires_at`` against its
@@ -11,28 +12,40 @@ Writes happen in two steps so that a value too large for every level is refused 
 anything is written anywhere: ``prepare`` encodes and measures (no I/O) and reports the
 keys this tier will not take; ``write`` stores what was prepared.
 
-Each tier has a sync face and an async face. In-process tiers (``local = True``) are never
-awaited: the async hierarchy calls their sync methods directly. Tiers that block on
-files or sockets provide coroutine versions; the defaults here run the sync method in a
-worker thread, which is right for a local file and should be overridden by network tiers
-that have a native async client.
+Sync and async, one way each:
+
+* :class:`LocalTier`: in-process, no I/O. Its async face is its sync face; the async
+  hierarchy calls it inline and never awaits it.
+* :class:`CommandTier`: a tier over a store. Each operation is written once, as a
+  generator that yields *commands* (what to send to the store) and receives their
+  results, free of I/O, the way the hierarchy's flows are. The tier's transport runs a
+  command synchronously (:meth:`CommandTier.perform`) or natively async
+  (:meth:`CommandTier.aperform`); the two small drivers here turn every operation into
+  both faces. A failure of the transport is thrown into the generator, so an operation
+  that spans several servers can carry on without the one that failed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
+from ..config import TierOptions
 from ..entry import Entry
+from ..errors import ConfigurationError, TierUnavailableError
 from ..metrics import LevelStats
+from ..steps import Run, aattempt, attempt
 
-__all__ = ["Prepared", "Tier", "logger"]
+__all__ = ["CommandTier", "LocalTier", "Prepared", "Sizing", "Steps", "Tier", "Weigher", "logger"]
 
 logger = logging.getLogger("stratacache")
+
+T = TypeVar("T")
+#: An operation of a command tier: yields commands, receives their results, returns T.
+Steps = Generator[Any, Any, T]
 
 
 @dataclass
@@ -45,14 +58,40 @@ class Prepared:
     rejected: dict[str, int] = field(default_factory=dict)
 
 
+Weigher = Callable[[str, Any], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    """How an in-process level weighs values: one rule for the flow's writes and the
+    L1 fast path's alike. ``weighted``: weights count against the level's bound
+    (``max_bytes``); ``max_weight``: the heaviest single value it accepts."""
+
+    weigher: Weigher
+    weighted: bool
+    max_weight: int | None
+
+    def weigh(self, key: str, value: Any) -> int:
+        return max(1, int(self.weigher(key, value)))
+
+    def fits(self, weight: int) -> bool:
+        return self.max_weight is None or weight <= self.max_weight
+
+    def charge(self, weight: int) -> int:
+        """What the entry counts against the level's bound."""
+        return weight if self.weighted else 1
+
+
 class Tier(ABC):
     kind: ClassVar[str] = "?"
     #: True for in-process tiers: the async hierarchy calls them without awaiting.
     local: ClassVar[bool] = False
+    #: how values are weighed and bounded here (None: each entry weighs 1, any size fits)
+    sizing: Sizing | None = None
+    #: the dataclass of this kind's options (the constructor's keywords, the URL's query)
+    Options: ClassVar[type[TierOptions]]
 
     def __init__(self, *, name: str | None = None, ttl: float | None = None) -> None:
-        from ..errors import ConfigurationError
-
         if ttl is not None and not ttl > 0:
             raise ConfigurationError(
                 f"{type(self).__name__}: ttl must be > 0 seconds or None, got {ttl!r}"
@@ -67,15 +106,26 @@ class Tier(ABC):
         self.name = name
         self.stats.name = name
 
-    # -- sync face
+    def size_limit(self) -> int | None:
+        """The largest value this tier stores, in the unit ``prepare`` reports for rejected
+        keys (bytes), or None when it has no per-value limit. Used in error messages."""
+        return None
 
-    @abstractmethod
-    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
-        """Live entries for the keys that are present; absent keys are left out."""
+    def set_many(self, entries: Mapping[str, Entry]) -> dict[str, int]:
+        """``prepare`` then ``write``; returns the rejected keys with their sizes."""
+        prepared = self.prepare(entries)
+        self.write(prepared)
+        return prepared.rejected
 
     @abstractmethod
     def prepare(self, entries: Mapping[str, Entry]) -> Prepared:
         """Encode and measure, without I/O. May raise SerializationError."""
+
+    # -- the sync face
+
+    @abstractmethod
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        """Live entries for the keys that are present; absent keys are left out."""
 
     @abstractmethod
     def write(self, prepared: Prepared) -> None:
@@ -92,34 +142,126 @@ class Tier(ABC):
     def close(self) -> None:
         self.closed = True
 
-    def size_limit(self) -> int | None:
-        """The largest value this tier stores, in the unit ``prepare`` reports for rejected
-        keys (bytes), or None when it has no per-value limit. Used in error messages."""
-        limit = getattr(self, "max_value_size", None)
-        return limit if isinstance(limit, int) else None
+    # -- the async face
 
-    def set_many(self, entries: Mapping[str, Entry]) -> dict[str, int]:
-        """``prepare`` then ``write``; returns the rejected keys with their sizes."""
-        prepared = self.prepare(entries)
-        self.write(prepared)
-        return prepared.rejected
+    @abstractmethod
+    async def aget_many(self, keys: Sequence[str]) -> dict[str, Entry]: ...
 
-    # -- async face (defaults: the sync method in a worker thread)
+    @abstractmethod
+    async def awrite(self, prepared: Prepared) -> None: ...
 
-    async def aget_many(self, keys: Sequence[str]) -> dict[str, Entry]:
-        return await asyncio.to_thread(self.get_many, keys)
+    @abstractmethod
+    async def adelete_many(self, keys: Sequence[str]) -> None: ...
 
-    async def awrite(self, prepared: Prepared) -> None:
-        await asyncio.to_thread(self.write, prepared)
-
-    async def adelete_many(self, keys: Sequence[str]) -> None:
-        await asyncio.to_thread(self.delete_many, keys)
-
-    async def aclear(self) -> None:
-        await asyncio.to_thread(self.clear)
+    @abstractmethod
+    async def aclear(self) -> None: ...
 
     async def aclose(self) -> None:
         self.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} ttl={self.ttl}>"
+
+
+class LocalTier(Tier):
+    """An in-process tier: nothing to wait for, so the async face is the sync one."""
+
+    local = True
+
+    async def aget_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        return self.get_many(keys)
+
+    async def awrite(self, prepared: Prepared) -> None:
+        self.write(prepared)
+
+    async def adelete_many(self, keys: Sequence[str]) -> None:
+        self.delete_many(keys)
+
+    async def aclear(self) -> None:
+        self.clear()
+
+
+class CommandTier(Tier):
+    """A tier whose operations are command generators; see the module docstring.
+
+    Subclasses write the four operations as generators and provide the transport:
+    ``perform`` / ``aperform`` run one command, ``transport_errors`` names what their
+    failures raise, and ``unavailable`` turns such a failure into the transient error
+    the hierarchy skips a level on.
+    """
+
+    #: exceptions of the transport that mean "the store cannot answer now"
+    transport_errors: ClassVar[tuple[type[BaseException], ...]] = (OSError,)
+
+    @abstractmethod
+    def read_steps(self, keys: Sequence[str]) -> Steps[dict[str, Entry]]: ...
+
+    @abstractmethod
+    def write_steps(self, prepared: Prepared) -> Steps[None]: ...
+
+    @abstractmethod
+    def delete_steps(self, keys: Sequence[str]) -> Steps[None]: ...
+
+    @abstractmethod
+    def clear_steps(self) -> Steps[None]: ...
+
+    @abstractmethod
+    def perform(self, command: Any) -> Any:
+        """Run one command synchronously and return its result."""
+
+    @abstractmethod
+    async def aperform(self, command: Any) -> Any:
+        """Run one command on the event loop and return its result."""
+
+    def unavailable(self, exc: BaseException) -> TierUnavailableError:
+        return TierUnavailableError(self.name, f"{type(exc).__name__}: {exc}")
+
+    # -- the two drivers (see stratacache.steps)
+
+    def drive(self, steps: Steps[T]) -> T:
+        errors = self.transport_errors
+        with Run(steps, errors, self.unavailable) as run:
+            while run.waiting:
+                run.settle(*attempt(self.perform, run.command, errors))
+        return run.value  # type: ignore[no-any-return]
+
+    async def adrive(self, steps: Steps[T]) -> T:
+        errors = self.transport_errors
+        with Run(steps, errors, self.unavailable) as run:
+            while run.waiting:
+                run.settle(*await aattempt(self.aperform(run.command), errors))
+        return run.value  # type: ignore[no-any-return]
+
+    def run_one(self, command: Any) -> Any:
+        """One command, synchronously, with the transport's failures mapped."""
+        return self.drive(_single(command))
+
+    # -- both faces of every operation
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        return self.drive(self.read_steps(keys)) if keys else {}
+
+    async def aget_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        return await self.adrive(self.read_steps(keys)) if keys else {}
+
+    def write(self, prepared: Prepared) -> None:
+        self.drive(self.write_steps(prepared))
+
+    async def awrite(self, prepared: Prepared) -> None:
+        await self.adrive(self.write_steps(prepared))
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        self.drive(self.delete_steps(keys))
+
+    async def adelete_many(self, keys: Sequence[str]) -> None:
+        await self.adrive(self.delete_steps(keys))
+
+    def clear(self) -> None:
+        self.drive(self.clear_steps())
+
+    async def aclear(self) -> None:
+        await self.adrive(self.clear_steps())
+
+
+def _single(command: Any) -> Steps[Any]:
+    return (yield command)

@@ -44,9 +44,14 @@ stranger keys are hashed, see :mod:`stratacache.tiers.remote`); an item is at mo
 refused in ``prepare``. memcached speaks no authentication in its text protocol and no TLS
 here: keep it on a private network, and turn on signing if others can write to it.
 
-**Async.** The async face runs the same sync code in a small dedicated thread pool
-(``async_workers`` threads): there is nothing to share with an async client's routing,
-and the round trip dominates the thread hop (see benchmarks/remote_overhead_results.md).
+**Sync and async.** Every operation is a command generator
+(:class:`~stratacache.tiers.base.CommandTier`): routing, generations, the down-server
+rules and the merging of answers are written once. A command names a server and a call
+on a client; the sync transport runs it on that server's pymemcache ``Client`` for this
+thread, the async one awaits it on that server's
+:class:`~stratacache.tiers.memcached_client.AsyncMemcachedClient` for this event loop (a
+native asyncio client with a bounded pool that waits for a free connection), whose calls
+mirror pymemcache's.
 """
 
 from __future__ import annotations
@@ -61,32 +66,22 @@ import time
 import weakref
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
-from ..config import SchemeSpec, register_scheme
+from ..config import MemcachedOptions
 from ..entry import Entry
 from ..errors import CacheClosedError, ConfigurationError, TierUnavailableError
 from ..keys import KeyRules
-from ..serde import Serializer
-from .base import Prepared, logger
-from .remote import (
-    COMMON_OPTIONS,
-    NameMapper,
-    RemoteTier,
-    SigningKey,
-    check_timeout,
-    parse_location,
-    shown_url,
-)
+from .base import Prepared, Steps, logger
+from .loops import LoopClients
+from .memcached_client import AsyncMemcachedClient
+from .remote import NameMapper, RemoteTier, split_url
 
-__all__ = ["DEFAULT_MAX_ITEM_SIZE", "MemcachedTier"]
+__all__ = ["MemcachedTier"]
 
-#: memcached's default item size limit (-I 1m) less room for the item header and the name.
-DEFAULT_MAX_ITEM_SIZE = 1024 * 1024 - 512
 _POINTS_PER_SERVER = 160
 _UP = -math.inf  # a server's down_until while it answers
 _THIRTY_DAYS = 30 * 24 * 3600  # above this memcached reads an expiry as a Unix time
@@ -95,6 +90,8 @@ UNREACHABLE: tuple[type[BaseException], ...] = (OSError, MemcacheUnexpectedClose
 #: Any failure of a call; the others (a SERVER_ERROR reply such as "out of memory") fail
 #: that call's part but leave the server in use.
 MEMCACHED_ERRORS: tuple[type[BaseException], ...] = (OSError, MemcacheError)
+#: A call on a client, sync or async: ``action(client, argument)``.
+Action = Callable[[Any, Any], Any]
 
 
 class _RawBytes:
@@ -111,21 +108,33 @@ class _RawBytes:
 
 
 class _Server:
-    """One memcached server: its address, its down-until time, and a pymemcache ``Client``
+    """One memcached server: its address, its down-until time, a pymemcache ``Client``
     per thread (a Client is one socket and must not be shared between threads; a
     thread-local one costs nothing per call, where a lock-guarded pool costs a lock and a
-    context manager on every call). Clients go away with their thread; ``close()`` closes
-    the ones still alive."""
+    context manager on every call) and an asyncio client per event loop. Sync clients go
+    away with their thread; ``close()`` closes the ones still alive."""
 
-    __slots__ = ("__weakref__", "_clients", "_local", "_make", "address", "down_until", "label")
+    __slots__ = (
+        "__weakref__",
+        "_clients",
+        "_local",
+        "_make",
+        "aclients",
+        "address",
+        "down_until",
+        "label",
+    )
 
-    def __init__(self, address: tuple[str, int], make: Callable[[], Any]) -> None:
+    def __init__(
+        self, address: tuple[str, int], make: Callable[[], Any], make_async: Callable[[], Any]
+    ) -> None:
         self.address = address
         self.label = f"{address[0]}:{address[1]}"
         self.down_until = _UP
         self._make = make
         self._local = threading.local()
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.aclients = LoopClients(make_async)
 
     @property
     def client(self) -> Any:
@@ -139,6 +148,7 @@ class _Server:
     def close(self) -> None:
         for client in list(self._clients):
             client.close()
+        self.aclients.close()
 
 
 class _Failed(Exception):
@@ -182,80 +192,40 @@ class _Ring:
 class MemcachedTier(RemoteTier):
     """A pool of memcached servers as a cache level; see the module docstring.
 
-    ``url`` is ``memcached://host:port[,host:port...]``. ``retry_interval`` is how long a
-    failed server is skipped before it is tried again; ``generation_check_interval`` how
-    stale this process's view of the namespace generation may get (``clear()`` by another
-    process); both run on ``clock``. Other options as for
-    :class:`~stratacache.tiers.redis.RedisTier`.
+    ``url`` is ``memcached://host:port[,host:port...]``. Options:
+    :class:`~stratacache.config.MemcachedOptions`; ``retry_interval`` (how long a failed
+    server is skipped) and ``generation_check_interval`` (how stale this process's view
+    of the namespace generation may get) run on ``clock``.
     """
 
     kind = "memcached"
+    Options = MemcachedOptions
+    options: MemcachedOptions
     key_rules = KeyRules(250, allow_whitespace=False)
+    transport_errors = MEMCACHED_ERRORS
 
     def __init__(
         self,
         url: str = "memcached://localhost:11211",
         *,
-        namespace: str = "default",
-        ttl: float | None = None,
-        ttl_grace: float = 1.0,
-        serializer: str | Serializer = "msgpack",
-        value_type: Any = Any,
-        signing_key: SigningKey | None = None,
-        compress_threshold: int | None = None,
-        max_value_size: int = DEFAULT_MAX_ITEM_SIZE,
-        max_item_size: int = DEFAULT_MAX_ITEM_SIZE,
-        connect_timeout: float = 0.5,
-        socket_timeout: float = 1.0,
-        retry_interval: float = 1.0,
-        generation_check_interval: float = 1.0,
-        async_workers: int = 8,
-        name: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        **options: Any,
     ) -> None:
-        if not isinstance(url, str) or not url.lower().startswith("memcached://"):
-            raise ConfigurationError(f"expected a memcached:// URL, got {shown_url(url)}")
-        location, question, _ = url.split("://", 1)[1].partition("?")
-        if question:
-            raise ConfigurationError(
-                "options go in keyword arguments here (query options are for "
-                "stratacache.config.tier_from_url)"
-            )
-        where = parse_location(url, location, default_port=11211)
+        opts = MemcachedOptions.build(options)
+        _, where = split_url(url, ("memcached",), default_port=11211)
+        shown = where.display("memcached")
         if where.username or where.password:
             raise ConfigurationError(
                 "memcached's text protocol has no authentication: drop the credentials "
-                f"from {where.display('memcached')} (and keep memcached on a private network)"
+                f"from {shown} (and keep memcached on a private network)"
             )
         if where.path.strip("/"):
-            raise ConfigurationError(f"{where.display('memcached')}: a memcached URL has no path")
+            raise ConfigurationError(f"{shown}: a memcached URL has no path")
         if len(set(where.hosts)) != len(where.hosts):
-            raise ConfigurationError(f"{where.display('memcached')} lists a server twice")
-        for option, value in (
-            ("retry_interval", retry_interval),
-            ("generation_check_interval", generation_check_interval),
-        ):
-            if not (isinstance(value, int | float) and value >= 0):
-                raise ConfigurationError(f"{option} must be >= 0 seconds, got {value!r}")
-        if not (isinstance(async_workers, int) and async_workers >= 1):
-            raise ConfigurationError(f"async_workers must be an int >= 1, got {async_workers!r}")
-        super().__init__(
-            namespace=namespace,
-            ttl=ttl,
-            ttl_grace=ttl_grace,
-            serializer=serializer,
-            value_type=value_type,
-            signing_key=signing_key,
-            compress_threshold=compress_threshold,
-            max_value_size=max_value_size,
-            max_item_size=max_item_size,
-            name=name,
-            wall_clock=wall_clock,
-        )
-        self._location_text = where.display("memcached")
-        connect_timeout = check_timeout("connect_timeout", connect_timeout)
-        socket_timeout = check_timeout("socket_timeout", socket_timeout)
+            raise ConfigurationError(f"{shown} lists a server twice")
+        super().__init__(opts, max_item_size=opts.max_item_size, wall_clock=wall_clock)
+        self._location_text = shown
         self.servers = [
             _Server(
                 address,
@@ -263,26 +233,55 @@ class MemcachedTier(RemoteTier):
                     Client,
                     address,
                     serde=_RawBytes(),
-                    connect_timeout=connect_timeout,
-                    timeout=socket_timeout,
+                    connect_timeout=opts.connect_timeout,
+                    timeout=opts.socket_timeout,
                     no_delay=True,
                     allow_unicode_keys=True,  # names are checked by key_rules (UTF-8 bytes)
                     default_noreply=False,  # a write is done when memcached says so
+                ),
+                functools.partial(
+                    AsyncMemcachedClient,
+                    address,
+                    connect_timeout=opts.connect_timeout,
+                    timeout=opts.socket_timeout,
+                    max_connections=opts.max_connections,
                 ),
             )
             for address in where.hosts
         ]
         self._ring = _Ring(self.servers)
         self._clock = clock
-        self.retry_interval = float(retry_interval)
-        self.generation_check_interval = float(generation_check_interval)
+        self.retry_interval = float(opts.retry_interval)
+        self.generation_check_interval = float(opts.generation_check_interval)
         self._generation_name = f"{self.namespace}:generation"
         self.generation: int | None = None  # the namespace generation in use
         self._generation_due = -math.inf
         self._generation_lock = threading.Lock()
         self._set_generation(None)
-        self._async_workers = async_workers
-        self._executor: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        options: dict[str, Any],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> MemcachedTier:
+        return cls(url, clock=clock, wall_clock=wall_clock, **options)
+
+    # ------------------------------------------------------------------ the transport
+
+    def perform(self, command: tuple[_Server, Action, Any]) -> Any:
+        server, action, argument = command
+        return action(server.client, argument)
+
+    async def aperform(self, command: tuple[_Server, Action, Any]) -> Any:
+        server, action, argument = command
+        loop = asyncio.get_running_loop()
+        last = server.aclients.last
+        client = last[1] if last[0] is loop else await server.aclients.get(loop)
+        return await action(client, argument)
 
     # ------------------------------------------------------------------ generations
 
@@ -295,50 +294,50 @@ class MemcachedTier(RemoteTier):
         self._names = NameMapper(f"{self.namespace}:{generation}:", self.key_rules)
 
     def storage_name(self, key: str) -> str:
-        return self._current_names().name(key)
+        return self.drive(self._current_names()).name(key)
 
-    def _current_names(self) -> NameMapper:
+    def _current_names(self) -> Steps[NameMapper]:
         """The name mapper for the current generation, re-read when it is due."""
         if self._clock() >= self._generation_due:
-            self._refresh_generation()
+            yield from self._refresh_generation()
         return self._names
 
-    def _refresh_generation(self) -> None:
-        with self._generation_lock:
+    def _refresh_generation(self) -> Steps[None]:
+        with self._generation_lock:  # claims the refresh; never held across a command
             if self._clock() < self._generation_due:
                 return  # another thread just did it
             self._generation_due = self._clock() + self.generation_check_interval
-            server = self._ring.server(self._generation_name)
-            if self._is_down(server):
-                return
-            try:
-                generation = self._read_generation(server.client)
-            except UNREACHABLE as exc:
-                self._server_failed(server, exc)
-                return
-            except MemcacheError as exc:
-                logger.warning(
-                    "tier %s (memcached): cannot read the namespace generation: %s: %s",
-                    self.name,
-                    type(exc).__name__,
-                    exc,
-                )
-                return
-            if generation != self.generation:
-                self._set_generation(generation)
+        server = self._ring.server(self._generation_name)
+        if self._is_down(server):
+            return
+        try:
+            generation = yield from self._read_generation(server)
+        except UNREACHABLE as exc:
+            self._server_failed(server, exc)
+            return
+        except MemcacheError as exc:
+            logger.warning(
+                "tier %s (memcached): cannot read the namespace generation: %s: %s",
+                self.name,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        if generation != self.generation:
+            self._set_generation(generation)
 
-    def _read_generation(self, client: Any) -> int:
+    def _read_generation(self, server: _Server) -> Steps[int]:
         name = self._generation_name
-        raw = client.get(name)
+        raw = yield (server, _get, name)
         if raw is None:
-            client.add(name, str(int(self._wall_clock() * 1000)).encode(), noreply=False)
-            raw = client.get(name)
+            yield (server, _add, (name, str(int(self._wall_clock() * 1000)).encode()))
+            raw = yield (server, _get, name)
         try:
             return int(raw)
         except (TypeError, ValueError):
             # Not ours (or evicted at once): start a new generation rather than trust it.
             fresh = int(self._wall_clock() * 1000)
-            client.set(name, str(fresh).encode(), noreply=False)
+            yield (server, _set_many, ({name: str(fresh).encode()}, 0))
             return fresh
 
     # ------------------------------------------------------------------ servers
@@ -363,15 +362,14 @@ class MemcachedTier(RemoteTier):
             server.down_until = _UP
             logger.warning("tier %s (memcached): server %s answers again", self.name, server.label)
 
-    def _on(
-        self, server: _Server, now: float, action: Callable[[Any, Any], Any], part: Any, what: str
-    ) -> Any:
-        """``action(client, part)`` on ``server``; raises :class:`_Failed` when the server is
+    def _on(self, server: _Server, now: float, work: Steps[Any], what: str) -> Steps[Any]:
+        """``work`` (commands for ``server``); raises :class:`_Failed` when the server is
         down or fails (a server that cannot be reached is skipped for ``retry_interval``)."""
         if server.down_until > now:
+            work.close()
             raise _Failed(server.label, None)
         try:
-            result = action(server.client, part)
+            result = yield from work
         except UNREACHABLE as exc:
             self._server_failed(server, exc)
             raise _Failed(server.label, exc) from exc
@@ -392,18 +390,18 @@ class MemcachedTier(RemoteTier):
     def _per_server(
         self,
         groups: dict[_Server, Any],
-        action: Callable[[Any, Any], Any],
+        work: Callable[[_Server, Any], Steps[Any]],
         what: str,
-    ) -> list[Any]:
-        """Run ``action(client, part)`` for each server's part; skip (and remember) the
-        servers that are down or fail. Raises TierUnavailableError when none answered."""
+    ) -> Steps[list[Any]]:
+        """``work(server, part)`` for each server's part; skip (and remember) the servers
+        that are down or fail. Raises TierUnavailableError when none answered."""
         self._check_open()
         results: list[Any] = []
         failures: list[_Failed] = []
         now = self._clock()
         for server, part in groups.items():
             try:
-                results.append(self._on(server, now, action, part, what))
+                results.append((yield from self._on(server, now, work(server, part), what)))
             except _Failed as failed:
                 failures.append(failed)
         if failures:
@@ -423,27 +421,22 @@ class MemcachedTier(RemoteTier):
         if self.closed:
             raise CacheClosedError(f"tier {self.name!r} is closed")
 
-    # ------------------------------------------------------------------ tier protocol
+    # ------------------------------------------------------------------ operations
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
-        if not keys:
-            return {}
+    def read_steps(self, keys: Sequence[str]) -> Steps[dict[str, Entry]]:
+        names = yield from self._current_names()
         if len(keys) == 1:  # the commonest read: one name, one server, one plain get
-            name = self._current_names().name(keys[0])
-            self._check_open()
-            try:
-                blob = self._on(self._ring.server(name), self._clock(), _get, name, "read")
-            except _Failed as failed:
-                raise self._no_answer("read", [failed]) from None
-            return self._found(keys, (blob,))
-        names = self._current_names().names(keys)
-        found: dict[str, bytes] = {}
-        for part in self._per_server(self._ring.group(names), _get_many, "read"):
-            found.update(part)
-        return self._found(keys, [found.get(name) for name in names])
+            name = names.name(keys[0])
+            found = yield from self._per_server({self._ring.server(name): name}, _one_get, "read")
+            return self._found(keys, found)
+        all_names = names.names(keys)
+        merged: dict[str, bytes] = {}
+        for part in (yield from self._per_server(self._ring.group(all_names), _gets, "read")):
+            merged.update(part)
+        return self._found(keys, [merged.get(name) for name in all_names])
 
-    def write(self, prepared: Prepared) -> None:
-        self._current_names()
+    def write_steps(self, prepared: Prepared) -> Steps[None]:
+        yield from self._current_names()
         sets, deletes = self._plan(prepared)
         if not sets and not deletes:
             return
@@ -456,78 +449,37 @@ class MemcachedTier(RemoteTier):
             batches.setdefault(_expiry(seconds, now), {})[name] = blob
         for name in deletes:
             work.setdefault(server_of(name), ({}, []))[1].append(name)
-        self._per_server(work, _store, "write")
-        self.stats.writes += len(sets)
+        yield from self._per_server(work, _stores, "write")
 
-    def delete_many(self, keys: Sequence[str]) -> None:
+    def delete_steps(self, keys: Sequence[str]) -> Steps[None]:
         if not keys:
             return
-        names = self._current_names().names(keys)
-        self._per_server(self._ring.group(names), _delete_many, "delete")
+        names = (yield from self._current_names()).names(keys)
+        yield from self._per_server(self._ring.group(names), _deletes, "delete")
 
-    def clear(self) -> None:
+    def clear_steps(self) -> Steps[None]:
         """Start a new generation of this namespace (see the module docstring)."""
         self._check_open()
         server = self._ring.server(self._generation_name)
         try:
-            generation = server.client.incr(self._generation_name, 1, noreply=False)
+            generation = yield (server, _incr, self._generation_name)
             if generation is None:  # no generation yet: making one is a clear too
-                generation = self._read_generation(server.client)
+                generation = yield from self._read_generation(server)
         except MEMCACHED_ERRORS as exc:
             if isinstance(exc, UNREACHABLE):
                 self._server_failed(server, exc)
-            raise self._unavailable(exc, f"clear (generation on {server.label}): ") from exc
+            raise self.unavailable(exc, f"clear (generation on {server.label}): ") from exc
         self._server_ok(server)
         with self._generation_lock:
             self._set_generation(int(generation))
             self._generation_due = self._clock() + self.generation_check_interval
 
-    # ------------------------------------------------------------------ async face
-
-    def _pool(self) -> ThreadPoolExecutor:
-        executor = self._executor
-        if executor is None:
-            with self._generation_lock:
-                if self.closed:  # never start threads that close() would not wait for
-                    raise CacheClosedError(f"tier {self.name!r} is closed")
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(
-                        self._async_workers, thread_name_prefix=f"stratacache-{self.name}"
-                    )
-                executor = self._executor
-        return executor
-
-    async def aget_many(self, keys: Sequence[str]) -> dict[str, Entry]:
-        if not keys:
-            return {}
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool(), self.get_many, keys)
-
-    async def awrite(self, prepared: Prepared) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool(), self.write, prepared)
-
-    async def adelete_many(self, keys: Sequence[str]) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool(), self.delete_many, keys)
-
-    async def aclear(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool(), self.clear)
-
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        with self._generation_lock:
-            super().close()  # first: from here on no call starts, no worker is made
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            # Work already queued still uses the clients: let it finish (each call is
-            # bounded by the socket timeouts) before the clients are closed under it.
-            executor.shutdown(wait=True)
+        super().close()
         for server in self.servers:
             server.close()
-
-    async def aclose(self) -> None:
-        # close() waits for the worker threads: wait in a thread, not on the event loop.
-        await asyncio.to_thread(self.close)
 
     def __repr__(self) -> str:
         return (
@@ -544,41 +496,54 @@ def _expiry(seconds: float, now: float) -> int:
     return whole if whole <= _THIRTY_DAYS else math.ceil(now + seconds)
 
 
-def _get(client: Any, name: str) -> bytes | None:
-    return client.get(name)  # type: ignore[no-any-return]
+# Calls on a client: the same for pymemcache's Client and AsyncMemcachedClient (whose
+# results the async transport awaits).
 
 
-def _get_many(client: Any, names: list[str]) -> dict[str, bytes]:
-    return client.get_many(names)  # type: ignore[no-any-return]
+def _get(client: Any, name: str) -> Any:
+    return client.get(name)
 
 
-def _store(client: Any, work: tuple[dict[int, dict[str, bytes]], list[str]]) -> None:
+def _get_many(client: Any, names: list[str]) -> Any:
+    return client.get_many(names)
+
+
+def _add(client: Any, item: tuple[str, bytes]) -> Any:
+    return client.add(item[0], item[1], noreply=False)
+
+
+def _incr(client: Any, name: str) -> Any:
+    return client.incr(name, 1, noreply=False)
+
+
+def _set_many(client: Any, batch: tuple[dict[str, bytes], int]) -> Any:
+    return client.set_many(batch[0], expire=batch[1], noreply=False)
+
+
+def _delete_many(client: Any, names: list[str]) -> Any:
+    return client.delete_many(names, noreply=False)
+
+
+# One server's part of an operation, as commands.
+
+
+def _one_get(server: _Server, name: str) -> Steps[Any]:
+    return (yield (server, _get, name))
+
+
+def _gets(server: _Server, names: list[str]) -> Steps[Any]:
+    return (yield (server, _get_many, names))
+
+
+def _stores(server: _Server, work: tuple[dict[int, dict[str, bytes]], list[str]]) -> Steps[None]:
     batches, deletes = work
     for expire, values in batches.items():
-        failed = client.set_many(values, expire=expire, noreply=False)
+        failed = yield (server, _set_many, (values, expire))
         if failed:  # not stored: make sure no older value stays in its place
             deletes = [*deletes, *failed]
     if deletes:
-        client.delete_many(deletes, noreply=False)
+        yield (server, _delete_many, deletes)
 
 
-def _delete_many(client: Any, names: list[str]) -> None:
-    client.delete_many(names, noreply=False)
-
-
-MEMCACHED_URL_OPTIONS: dict[str, str] = {
-    **COMMON_OPTIONS,
-    "max_item_size": "int",
-    "retry_interval": "float",
-    "generation_check_interval": "float",
-    "async_workers": "int",
-}
-
-
-def _build(
-    *, url: str, location: str, options: dict[str, Any], clock: Any, wall_clock: Any
-) -> MemcachedTier:
-    return MemcachedTier(f"memcached://{location}", clock=clock, wall_clock=wall_clock, **options)
-
-
-register_scheme("memcached", SchemeSpec(options=MEMCACHED_URL_OPTIONS, build=_build))
+def _deletes(server: _Server, names: list[str]) -> Steps[None]:
+    yield (server, _delete_many, names)

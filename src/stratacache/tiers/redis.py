@@ -2,13 +2,13 @@
 
 One tier object has clients over the same options, redis-py's ``redis.Redis`` for the
 sync face and a ``redis.asyncio.Redis`` per event loop for the async one (asyncio
-connections belong to the loop that opened them; each client is closed when its loop shuts
-down, or with the tier: see :class:`_LoopClients`). Every pool is bounded
-(``max_connections``, 64 by default) and every socket operation has a finite timeout.
-Everything but the client calls is shared, construction included (:class:`RedisFamilyTier`,
-which the cluster tier extends): each operation is written once as a function of "a
-client" that returns the client's result, which the sync face uses as is and the async
-face awaits.
+connections belong to the loop that opened them; see :mod:`.loops`). Every pool is
+bounded (``max_connections``, 64 by default) and every socket operation has a finite
+timeout. Everything but the client calls is shared, construction included
+(:class:`RedisFamilyTier`, which the cluster tier extends): each operation is a command
+generator (:class:`~stratacache.tiers.base.CommandTier`) whose commands are functions of
+"a client" returning the client's result, which the sync transport uses as is and the
+async one awaits.
 
 Round trips: a read of one key is a ``GET``, of more an ``MGET`` (batches above 1000 keys
 are split into several MGETs sent in one pipeline); a write is one ``SET ... PX`` for a
@@ -28,11 +28,10 @@ level". Server replies that refuse the command (``OOM``, ``READONLY`` during a f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import redis
@@ -42,25 +41,15 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.retry import Retry
 
-from ..config import SchemeSpec, register_scheme
+from ..config import RedisFamilyOptions, RedisOptions
 from ..entry import Entry
 from ..errors import CacheClosedError, ConfigurationError
 from ..keys import KeyRules
-from ..serde import DEFAULT_MAX_VALUE_SIZE, Serializer
-from .base import Prepared
-from .remote import (
-    COMMON_OPTIONS,
-    Location,
-    RemoteTier,
-    SigningKey,
-    check_timeout,
-    chunks,
-    milliseconds,
-    parse_location,
-    shown_url,
-)
+from .base import Prepared, Steps
+from .loops import LoopClients
+from .remote import Location, RemoteTier, chunks, milliseconds, split_url
 
-__all__ = ["DEFAULT_MAX_CONNECTIONS", "REDIS_ERRORS", "RedisFamilyTier", "RedisTier"]
+__all__ = ["REDIS_ERRORS", "RedisFamilyTier", "RedisTier"]
 
 #: Client failures that mean "this level cannot answer now". That includes redis-py's
 #: DataError (an argument it cannot encode): every argument is built here from validated
@@ -69,117 +58,9 @@ __all__ = ["DEFAULT_MAX_CONNECTIONS", "REDIS_ERRORS", "RedisFamilyTier", "RedisT
 #: CacheError tree.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
 
-#: Connections per pool (per node, for a cluster) unless told otherwise: enough for a
-#: busy process, and a bound, so that a stalled server cannot make a process open sockets
-#: without limit. A call that finds the pool exhausted fails at once (the level is
-#: skipped) instead of queueing behind the stall.
-DEFAULT_MAX_CONNECTIONS = 64
-
 _BATCH = 1000  # keys per MGET / UNLINK / SCAN page
-#: A call maps a client (sync or async) to its result (sync) or an awaitable (async).
+#: A command maps a client (sync or async) to its result (sync) or an awaitable (async).
 Call = Callable[[Any], Any]
-Steps = Generator[Call, Any, None]
-
-
-# ---------------------------------------------------------------------------- asyncio clients
-
-#: Closes scheduled from sync code on a running loop: a task nobody references can be
-#: collected before it runs.
-_CLOSING: set[asyncio.Task[None]] = set()
-
-
-class _LoopClients:
-    """One asyncio client per event loop, each closed while its loop can still run the close.
-
-    asyncio connections belong to the loop that opened them: they can neither be used nor
-    closed from another loop, and once their loop is closed nothing can close them (the
-    sockets linger until the transports are collected). So each client is held by a small
-    async generator started on its own loop. ``asyncio.run()``, like every runner that
-    calls ``loop.shutdown_asyncgens()``, closes the suspended generators before it closes
-    the loop, and that closes the client on its loop at the right moment. ``close()`` and
-    ``aclose()`` close the clients of loops still running through those loops.
-    """
-
-    def __init__(self, make: Callable[[], Any]) -> None:
-        self._make = make
-        self._lock = threading.Lock()
-        self._held: dict[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None]]] = {}
-        #: ``(loop, client)`` of the latest use, for the hot path: one tuple, read at once,
-        #: so that no thread can pair its loop with another thread's client.
-        self.last: tuple[asyncio.AbstractEventLoop | None, Any] = (None, None)
-
-    async def get(self, loop: asyncio.AbstractEventLoop) -> Any:
-        with self._lock:
-            held = self._held.get(loop)
-            # Loops closed without finalizing their async generators (a hand-run loop):
-            # nothing can close their clients any more, so only forget them.
-            for stale in [old for old in self._held if old.is_closed()]:
-                del self._held[stale]
-        if held is None:
-            client = self._make()
-            holder = self._hold(loop, client)
-            await holder.__anext__()  # its first step registers it with this loop
-            with self._lock:
-                self._held[loop] = (client, holder)
-        else:
-            client = held[0]
-        self.last = (loop, client)
-        return client
-
-    async def _hold(
-        self, loop: asyncio.AbstractEventLoop, client: Any
-    ) -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            with self._lock:
-                if self._held.get(loop, (None, None))[0] is client:
-                    del self._held[loop]
-            if self.last[0] is loop:
-                self.last = (None, None)
-            with contextlib.suppress(*REDIS_ERRORS):  # a dead server: nothing to close
-                await client.aclose()
-
-    async def aclose(self) -> None:
-        """Close this loop's client here, and the others through their loops."""
-        with self._lock:
-            mine = self._held.pop(asyncio.get_running_loop(), None)
-        if mine is not None:
-            await mine[1].aclose()
-        self.close()
-
-    def close(self) -> None:
-        with self._lock:
-            held = list(self._held.items())
-            self._held.clear()
-        self.last = (None, None)
-        for loop, (_, holder) in held:
-            _close_on(loop, holder)
-
-
-def _close_on(loop: asyncio.AbstractEventLoop, holder: AsyncGenerator[None, None]) -> None:
-    """Close ``holder`` (and so its client) on ``loop``, from whatever thread and loop."""
-    if loop.is_closed():
-        return  # nothing can run there any more (asyncio.run already closed it)
-    try:
-        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if loop is running:  # sync close() called from a coroutine on that very loop
-        task = loop.create_task(_finish(holder))
-        _CLOSING.add(task)
-        task.add_done_callback(_CLOSING.discard)
-    elif loop.is_running():  # another thread's loop
-        asyncio.run_coroutine_threadsafe(_finish(holder), loop)
-    elif running is None:  # a stopped loop, and this thread runs none: run the close now
-        loop.run_until_complete(_finish(holder))
-    # Else a stopped loop while another one runs in this thread: it cannot be run from
-    # here. The holder stays registered with it, so the loop closes the client when it
-    # runs again or shuts down.
-
-
-async def _finish(holder: AsyncGenerator[None, None]) -> None:
-    await holder.aclose()
 
 
 # ---------------------------------------------------------------------------- the family
@@ -191,79 +72,52 @@ class RedisFamilyTier(RemoteTier):
 
     Subclasses name their URL ``schemes`` and provide ``_server_options`` (check the
     URL's hosts and path, return what the client needs from them), ``_client_makers``
-    (the sync and the asyncio client, made on first use) and the per-store calls
-    ``_read`` (names to envelopes), ``_queue_unlink`` and ``_clear_steps``.
+    (the sync and the asyncio client, made on first use) and the per-store commands
+    ``_read`` (names to envelopes), ``_queue_unlink`` and ``clear_steps``.
     """
 
     #: the plain and the TLS scheme of this tier's URLs
     schemes: ClassVar[tuple[str, str]]
-    #: the keyword that sets the pool size, as this tier's callers spell it
-    _pool_option: ClassVar[str] = "max_connections"
+    options: RedisFamilyOptions
+    Options: ClassVar[type[RedisFamilyOptions]]
+    transport_errors = REDIS_ERRORS
 
     def __init__(
         self,
         url: str = "redis://localhost:6379/0",
         *,
-        namespace: str = "default",
-        ttl: float | None = None,
-        ttl_grace: float = 1.0,
-        serializer: str | Serializer = "msgpack",
-        value_type: Any = Any,
-        signing_key: SigningKey | None = None,
-        compress_threshold: int | None = None,
-        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
-        connect_timeout: float = 0.5,
-        socket_timeout: float = 1.0,
-        retries: int = 1,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        client_name: str | None = None,
-        ssl_ca_certs: str | None = None,
-        ssl_certfile: str | None = None,
-        ssl_keyfile: str | None = None,
-        ssl_cert_reqs: str = "required",
-        ssl_check_hostname: bool = True,
-        name: str | None = None,
         wall_clock: Callable[[], float] = time.time,
+        **options: Any,
     ) -> None:
-        scheme, location = _split_url(url, self.schemes)
-        where = parse_location(url, location, default_port=6379)
+        opts = self.Options.build(options)
+        scheme, where = split_url(url, self.schemes, default_port=6379)
         server_options = self._server_options(where, scheme)
-        super().__init__(
-            namespace=namespace,
-            ttl=ttl,
-            ttl_grace=ttl_grace,
-            serializer=serializer,
-            value_type=value_type,
-            signing_key=signing_key,
-            compress_threshold=compress_threshold,
-            max_value_size=max_value_size,
-            max_item_size=None,
-            name=name,
-            wall_clock=wall_clock,
-            secrets=(where.password,),
-        )
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
+        super().__init__(opts, wall_clock=wall_clock, secrets=(where.password,))
         self._location_text = where.display(scheme)
-        options = _connection_options(
-            where,
-            scheme.removesuffix("+cluster"),
-            connect_timeout=connect_timeout,
-            socket_timeout=socket_timeout,
-            client_name=client_name,
-            ssl_ca_certs=ssl_ca_certs,
-            ssl_certfile=ssl_certfile,
-            ssl_keyfile=ssl_keyfile,
-            ssl_cert_reqs=ssl_cert_reqs,
-            ssl_check_hostname=ssl_check_hostname,
-        )
-        options["max_connections"] = _pool_size(self._pool_option, max_connections)
-        options.update(server_options)
+        client_options = _connection_options(where, scheme.removesuffix("+cluster"), opts)
+        client_options["max_connections"] = self._pool_size(opts)
+        client_options.update(server_options)
         # Closures, not attributes: the password stays out of vars(tier) and its repr.
-        self._make_client, make_async_client = self._client_makers(where, options, retries)
+        self._make_client, make_async_client = self._client_makers(
+            where, client_options, opts.retries
+        )
         self._client: Any = None  # made on first use: a cache must start while Redis is down
         self._client_lock = threading.Lock()
-        self._aclients = _LoopClients(make_async_client)
+        self._aclients = LoopClients(make_async_client)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        options: dict[str, Any],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> RedisFamilyTier:
+        return cls(url, wall_clock=wall_clock, **options)
+
+    def _pool_size(self, options: Any) -> int:
+        raise NotImplementedError
 
     def _server_options(self, where: Location, scheme: str) -> dict[str, Any]:
         """Check the hosts and the path of the URL; the client options they give."""
@@ -275,33 +129,31 @@ class RedisFamilyTier(RemoteTier):
         """``(make the sync client, make an asyncio client)``."""
         raise NotImplementedError
 
-    # -- clients
+    # -- the transport
 
-    def _sync_client(self) -> Any:
-        if self.closed:
-            raise CacheClosedError(f"tier {self.name!r} is closed")
-        with self._client_lock:  # one client, however many threads get here first
-            client = self._client
-            if client is None:
-                try:
+    def perform(self, command: Call) -> Any:
+        client = self._client
+        if client is None:
+            if self.closed:
+                raise CacheClosedError(f"tier {self.name!r} is closed")
+            with self._client_lock:  # one client, however many threads get here first
+                client = self._client
+                if client is None:
                     client = self._client = self._make_client()
-                except REDIS_ERRORS as exc:
-                    raise self._unavailable(exc, "connecting: ") from exc
-        return client
+        return command(client)
 
-    async def _async_client(self) -> Any:
+    async def aperform(self, command: Call) -> Any:
         loop = asyncio.get_running_loop()
         last = self._aclients.last
         if last[0] is loop:
-            return last[1]
-        if self.closed:
-            raise CacheClosedError(f"tier {self.name!r} is closed")
-        try:
-            return await self._aclients.get(loop)
-        except REDIS_ERRORS as exc:
-            raise self._unavailable(exc, "connecting: ") from exc
+            client = last[1]
+        else:
+            if self.closed:
+                raise CacheClosedError(f"tier {self.name!r} is closed")
+            client = await self._aclients.get(loop)
+        return await command(client)
 
-    # -- per-store calls
+    # -- per-store commands
 
     def _read(self, client: Any, names: list[str]) -> Any:
         """The envelopes stored under ``names`` (None where absent), in order."""
@@ -310,51 +162,28 @@ class RedisFamilyTier(RemoteTier):
     def _queue_unlink(self, pipe: Any, names: Sequence[str]) -> None:
         raise NotImplementedError
 
-    def _clear_steps(self) -> Steps:
-        raise NotImplementedError
+    # -- operations
 
-    # -- reads: the hot path, kept free of generators and closures
-
-    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
-        if not keys:
-            return {}
-        client = self._client if self._client is not None else self._sync_client()
+    def read_steps(self, keys: Sequence[str]) -> Steps[dict[str, Entry]]:
         try:
             if len(keys) == 1:  # GET: a little cheaper than an MGET of one, on both clients
-                return self._found(keys, (client.get(self._names.name(keys[0])),))
-            blobs = self._read(client, self._names.names(keys))
+                name = self._names.name(keys[0])
+                blob = yield lambda client: client.get(name)
+                blobs = [blob]
+            else:
+                names = self._names.names(keys)
+                blobs = yield lambda client: self._read(client, names)
         except ResponseError as exc:
-            return self._wrong_type(keys, exc)
-        except REDIS_ERRORS as exc:
-            raise self._unavailable(exc) from exc
+            # GET of a name that holds a hash, a list...: someone else's value, a miss
+            # (MGET answers nil for those by itself). Any other refusal means the level
+            # is down.
+            if len(keys) == 1 and str(exc).startswith("WRONGTYPE"):
+                self._corrupt(keys[0], "the name holds a non-string value (WRONGTYPE)")
+                return {}
+            raise
         return self._found(keys, blobs)
 
-    async def aget_many(self, keys: Sequence[str]) -> dict[str, Entry]:
-        if not keys:
-            return {}
-        last = self._aclients.last
-        client = last[1] if last[0] is asyncio.get_running_loop() else await self._async_client()
-        try:
-            if len(keys) == 1:
-                return self._found(keys, (await client.get(self._names.name(keys[0])),))
-            blobs = await self._read(client, self._names.names(keys))
-        except ResponseError as exc:
-            return self._wrong_type(keys, exc)
-        except REDIS_ERRORS as exc:
-            raise self._unavailable(exc) from exc
-        return self._found(keys, blobs)
-
-    def _wrong_type(self, keys: Sequence[str], exc: ResponseError) -> dict[str, Entry]:
-        """GET of a name that holds a hash, a list...: someone else's value, a miss (MGET
-        answers nil for those by itself). Any other refusal means the level is down."""
-        if len(keys) == 1 and str(exc).startswith("WRONGTYPE"):
-            self._corrupt(keys[0], "the name holds a non-string value (WRONGTYPE)")
-            return {}
-        raise self._unavailable(exc) from exc
-
-    # -- writes, deletes, clear: written once as steps, driven sync or async
-
-    def _write_steps(self, prepared: Prepared) -> Steps:
+    def write_steps(self, prepared: Prepared) -> Steps[None]:
         sets, deletes = self._plan(prepared)
         if len(sets) == 1 and not deletes:
             name, blob, seconds = sets[0]
@@ -371,9 +200,8 @@ class RedisFamilyTier(RemoteTier):
                 return pipe.execute()
 
             yield pipelined
-        self.stats.writes += len(sets)
 
-    def _delete_steps(self, keys: Sequence[str]) -> Steps:
+    def delete_steps(self, keys: Sequence[str]) -> Steps[None]:
         if not keys:
             return
         names = self._names.names(keys)
@@ -385,46 +213,6 @@ class RedisFamilyTier(RemoteTier):
 
         yield unlink
 
-    def _drive(self, steps: Steps) -> None:
-        client = self._client if self._client is not None else self._sync_client()
-        try:
-            call = next(steps)
-            while True:
-                call = steps.send(call(client))
-        except StopIteration:
-            return
-        except REDIS_ERRORS as exc:
-            raise self._unavailable(exc) from exc
-
-    async def _adrive(self, steps: Steps) -> None:
-        client = await self._async_client()
-        try:
-            call = next(steps)
-            while True:
-                call = steps.send(await call(client))
-        except StopIteration:
-            return
-        except REDIS_ERRORS as exc:
-            raise self._unavailable(exc) from exc
-
-    def write(self, prepared: Prepared) -> None:
-        self._drive(self._write_steps(prepared))
-
-    async def awrite(self, prepared: Prepared) -> None:
-        await self._adrive(self._write_steps(prepared))
-
-    def delete_many(self, keys: Sequence[str]) -> None:
-        self._drive(self._delete_steps(keys))
-
-    async def adelete_many(self, keys: Sequence[str]) -> None:
-        await self._adrive(self._delete_steps(keys))
-
-    def clear(self) -> None:
-        self._drive(self._clear_steps())
-
-    async def aclear(self) -> None:
-        await self._adrive(self._clear_steps())
-
     @property
     def _scan_pattern(self) -> str:
         # Namespaces are letters, digits and "_.-", none of them special to MATCH; every
@@ -434,7 +222,7 @@ class RedisFamilyTier(RemoteTier):
     # -- lifecycle
 
     def close(self) -> None:
-        """Close the sync client and every asyncio client (see :class:`_LoopClients`)."""
+        """Close the sync client and every asyncio client (see :mod:`.loops`)."""
         super().close()  # first, so that no client is made from here on
         with self._client_lock:
             client, self._client = self._client, None
@@ -468,10 +256,14 @@ class RedisTier(RedisFamilyTier):
     """
 
     kind = "redis"
+    Options = RedisOptions
     schemes = ("redis", "rediss")
     # Redis takes any bytes as a key; long ones are hashed anyway to keep memory, SCAN
     # replies and logs small, and control characters to keep names printable.
     key_rules = KeyRules(1024)
+
+    def _pool_size(self, options: Any) -> int:
+        return int(options.max_connections)
 
     def _server_options(self, where: Location, scheme: str) -> dict[str, Any]:
         if len(where.hosts) != 1:
@@ -507,7 +299,7 @@ class RedisTier(RedisFamilyTier):
         for chunk in chunks(names, _BATCH):
             pipe.unlink(*chunk)
 
-    def _clear_steps(self) -> Steps:
+    def clear_steps(self) -> Steps[None]:
         pattern = self._scan_pattern
         cursor = 0
         while True:
@@ -544,33 +336,6 @@ def _pipelined_mget(client: Any, names: list[str]) -> Any:
 # ---------------------------------------------------------------------------- URL helpers
 
 
-def _split_url(url: str, schemes: tuple[str, ...]) -> tuple[str, str]:
-    if not isinstance(url, str) or "://" not in url:
-        raise ConfigurationError(f"expected a {schemes[0]}:// URL, got {shown_url(url)}")
-    scheme, rest = url.split("://", 1)
-    scheme = scheme.lower()
-    if scheme not in schemes:
-        raise ConfigurationError(
-            f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}, "
-            f"got {scheme}://"
-        )
-    location, question, _ = rest.partition("?")
-    if question:
-        raise ConfigurationError(
-            "options go in keyword arguments here (query options are for "
-            "stratacache.config.tier_from_url)"
-        )
-    return scheme, location
-
-
-def _pool_size(option: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(
-            f"{option} must be an int >= 1 (connection pools are bounded), got {value!r}"
-        )
-    return value
-
-
 def _database(where: Location, scheme: str) -> int:
     path = where.path.strip("/")
     if not path:
@@ -586,20 +351,9 @@ def _database(where: Location, scheme: str) -> int:
     return db
 
 
-def _connection_options(
-    where: Location,
-    scheme: str,
-    *,
-    connect_timeout: float,
-    socket_timeout: float,
-    client_name: str | None,
-    ssl_ca_certs: str | None,
-    ssl_certfile: str | None,
-    ssl_keyfile: str | None,
-    ssl_cert_reqs: str,
-    ssl_check_hostname: bool,
-) -> dict[str, Any]:
+def _connection_options(where: Location, scheme: str, opts: RedisFamilyOptions) -> dict[str, Any]:
     """redis-py keyword arguments shared by the single-node and the cluster clients."""
+    client_name = opts.client_name
     if client_name is not None and not (
         isinstance(client_name, str) and all("!" <= char <= "~" for char in client_name)
     ):
@@ -611,16 +365,17 @@ def _connection_options(
     options: dict[str, Any] = {
         "username": where.username,
         "password": where.password,
-        "socket_connect_timeout": check_timeout("connect_timeout", connect_timeout),
-        "socket_timeout": check_timeout("socket_timeout", socket_timeout),
+        "socket_connect_timeout": opts.connect_timeout,
+        "socket_timeout": opts.socket_timeout,
         "client_name": client_name,
     }
     tls = scheme.startswith("rediss")
     ssl_given = {
-        "ssl_ca_certs": ssl_ca_certs,
-        "ssl_certfile": ssl_certfile,
-        "ssl_keyfile": ssl_keyfile,
+        "ssl_ca_certs": opts.ssl_ca_certs,
+        "ssl_certfile": opts.ssl_certfile,
+        "ssl_keyfile": opts.ssl_keyfile,
     }
+    ssl_cert_reqs = opts.ssl_cert_reqs
     if not tls:
         named = [key for key, value in ssl_given.items() if value is not None]
         if named:
@@ -636,38 +391,7 @@ def _connection_options(
     options.update(
         ssl=True,
         ssl_cert_reqs=ssl_cert_reqs,
-        ssl_check_hostname=ssl_check_hostname and ssl_cert_reqs != "none",
+        ssl_check_hostname=opts.ssl_check_hostname and ssl_cert_reqs != "none",
         **{key: value for key, value in ssl_given.items() if value is not None},
     )
     return options
-
-
-REDIS_OPTIONS: dict[str, str] = {
-    **COMMON_OPTIONS,
-    "retries": "int",
-    "client_name": "str",
-    "ssl_ca_certs": "str",
-    "ssl_certfile": "str",
-    "ssl_keyfile": "str",
-    "ssl_cert_reqs": "str",
-    "ssl_check_hostname": "bool",
-}
-
-
-def url_builder(cls: type[RedisFamilyTier]) -> Callable[..., RedisFamilyTier]:
-    """The :class:`~stratacache.config.SchemeSpec` builder of a Redis-family tier."""
-
-    def build(
-        *, url: str, location: str, options: dict[str, Any], clock: Any, wall_clock: Any
-    ) -> RedisFamilyTier:
-        scheme = url.split("://", 1)[0].lower()
-        return cls(f"{scheme}://{location}", wall_clock=wall_clock, **options)
-
-    return build
-
-
-_SPEC = SchemeSpec(
-    options={**REDIS_OPTIONS, "max_connections": "int"}, build=url_builder(RedisTier)
-)
-register_scheme("redis", _SPEC)
-register_scheme("rediss", _SPEC)

@@ -40,19 +40,11 @@ from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from ..config import SchemeSpec, register_scheme
+from ..config import RedisClusterOptions
 from ..errors import ConfigurationError
 from ..keys import KeyRules
-from .redis import (
-    _BATCH,
-    DEFAULT_MAX_CONNECTIONS,
-    REDIS_OPTIONS,
-    Call,
-    RedisFamilyTier,
-    Steps,
-    _unlink,
-    url_builder,
-)
+from .base import Steps
+from .redis import _BATCH, Call, RedisFamilyTier, _unlink
 from .remote import Location
 
 __all__ = ["RedisClusterTier", "by_slot"]
@@ -79,22 +71,19 @@ class RedisClusterTier(RedisFamilyTier):
     """
 
     kind = "redis-cluster"
+    Options = RedisClusterOptions
     schemes = ("redis+cluster", "rediss+cluster")
-    _pool_option = "max_connections_per_node"
     key_rules = KeyRules(1024)
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        max_connections_per_node: int = DEFAULT_MAX_CONNECTIONS,
-        **options: Any,
-    ) -> None:
+    def __init__(self, url: str, **options: Any) -> None:
         if "max_connections" in options:
             raise ConfigurationError(
                 "a cluster has a connection pool per node: pass max_connections_per_node"
             )
-        super().__init__(url, max_connections=max_connections_per_node, **options)
+        super().__init__(url, **options)
+
+    def _pool_size(self, options: Any) -> int:
+        return int(options.max_connections_per_node)
 
     def _server_options(self, where: Location, scheme: str) -> dict[str, Any]:
         if where.path.strip("/") not in ("", "0"):
@@ -140,7 +129,7 @@ class RedisClusterTier(RedisFamilyTier):
                 # unlink() is a coroutine that would send at once.
                 pipe.execute_command("UNLINK", *group[start : start + _BATCH])
 
-    def _clear_steps(self) -> Steps:
+    def clear_steps(self) -> Steps[None]:
         pattern = self._scan_pattern
         primaries = yield _primaries
         for node in primaries:
@@ -168,11 +157,3 @@ def _primaries(client: Any) -> Any:
 
 def _scan_node(node: Any, cursor: int, pattern: str) -> Call:
     return lambda client: client.scan(cursor=cursor, match=pattern, count=_BATCH, target_nodes=node)
-
-
-_SPEC = SchemeSpec(
-    options={**REDIS_OPTIONS, "max_connections_per_node": "int"},
-    build=url_builder(RedisClusterTier),
-)
-register_scheme("redis+cluster", _SPEC)
-register_scheme("rediss+cluster", _SPEC)

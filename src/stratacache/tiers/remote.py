@@ -12,7 +12,7 @@ their faces (sync and async):
   :meth:`~stratacache.serde.Codec.decode` compares it: two keys that hash alike can never
   return each other's value. Names are sent as length-prefixed arguments (RESP) or
   validated tokens (memcached), so no key can smuggle a command.
-* **Envelopes** are :class:`~stratacache.tiers.envelope.EnvelopeTier`'s, shared with
+* **Envelopes** are :class:`~stratacache.tiers.shared.SharedTier`'s, shared with
   the SQLite tier: a codec whose signing context is the namespace, so an entry signed for
   one cache cannot be replayed into another that shares the store and the key; anything
   that does not decode is a miss, counted in ``stats.corrupt`` and logged with the
@@ -23,50 +23,35 @@ their faces (sync and async):
   when it is written is deleted instead.
 * **Errors.** Every client failure that means "the store cannot answer now" becomes
   :class:`~stratacache.errors.TierUnavailableError` with a reason from which every
-  configured secret has been scrubbed; timeouts are finite (:func:`check_timeout`), so
-  a hung server costs a bounded wait. Messages and reprs show URLs only through
+  configured secret has been scrubbed; timeouts are finite (the options refuse anything
+  else), so a hung server costs a bounded wait. Messages and reprs show URLs only through
   :func:`~stratacache.config.redact` (or built from their parts without the password).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from ..config import redact
+from ..config import NetworkOptions, redact
 from ..entry import NEVER
 from ..errors import ConfigurationError, TierUnavailableError
 from ..keys import KeyRules, storage_key
 from .base import Prepared
-from .envelope import EnvelopeTier, SigningKey
+from .shared import SharedTier
 
 __all__ = [
-    "COMMON_OPTIONS",
     "Location",
     "NameMapper",
     "RemoteTier",
-    "SigningKey",
-    "check_timeout",
     "chunks",
     "parse_location",
-    "shown_url",
+    "split_url",
 ]
-
-#: URL query options every network tier accepts (converter names from config.CONVERTERS).
-COMMON_OPTIONS: dict[str, str] = {
-    "namespace": "str",
-    "ttl": "optional_float",
-    "ttl_grace": "float",
-    "serializer": "str",
-    "compress_threshold": "int",
-    "max_value_size": "int",
-    "connect_timeout": "float",
-    "socket_timeout": "float",
-    "name": "str",
-}
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -174,38 +159,52 @@ def parse_location(
     return Location(username, password, tuple(hosts), path)
 
 
-def shown_url(url: object) -> str:
-    """``url`` as an error message may show it: redacted, quoted and cut short."""
-    if not isinstance(url, str):
-        return f"a {type(url).__name__}"
-    return f"{redact(url)!r:.100}"
+def split_url(url: object, schemes: tuple[str, ...], default_port: int) -> tuple[str, Location]:
+    """A network tier's URL as ``(scheme, location)``; options go in keywords, not in the
+    query (that form is :func:`stratacache.config.tier_from_url`'s)."""
+    if not isinstance(url, str) or "://" not in url:
+        shown = f"{redact(url)!r:.100}" if isinstance(url, str) else f"a {type(url).__name__}"
+        raise ConfigurationError(f"expected a {schemes[0]}:// URL, got {shown}")
+    scheme, rest = url.split("://", 1)
+    scheme = scheme.lower()
+    if scheme not in schemes:
+        raise ConfigurationError(
+            f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}, "
+            f"got {scheme}://"
+        )
+    location, question, _ = rest.partition("?")
+    if question:
+        raise ConfigurationError(
+            "options go in keyword arguments here (query options are for "
+            "stratacache.config.tier_from_url)"
+        )
+    return scheme, parse_location(url, location, default_port=default_port)
 
 
 # ---------------------------------------------------------------------------- the tier
 
 
-class RemoteTier(EnvelopeTier):
+class RemoteTier(SharedTier):
     """Base of the network tiers: storage names, server-side expiry, error mapping (the
-    envelopes are :class:`~stratacache.tiers.envelope.EnvelopeTier`'s).
+    envelopes are :class:`~stratacache.tiers.shared.SharedTier`'s).
 
-    Subclasses set ``key_rules`` and implement the client calls; see the module docstring.
+    Subclasses set ``key_rules`` and the transport; see the module docstring.
     """
 
-    local = False
     #: what the store accepts as a key name (longer or stranger keys are hashed)
     key_rules: ClassVar[KeyRules]
+    options: NetworkOptions
 
     def __init__(
         self,
+        options: NetworkOptions,
         *,
-        ttl_grace: float,
         secrets: Iterable[str | None] = (),
-        **options: Any,
+        max_item_size: int | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(**options)
-        if not (isinstance(ttl_grace, int | float) and ttl_grace >= 0):
-            raise ConfigurationError(f"ttl_grace must be >= 0 seconds, got {ttl_grace!r}")
-        self.ttl_grace = float(ttl_grace)
+        super().__init__(options, max_item_size=max_item_size, wall_clock=wall_clock)
+        self.ttl_grace = float(options.ttl_grace)
         self._secrets = tuple(s for s in secrets if s)
         self._names = NameMapper(f"{self.namespace}:", self.key_rules)
 
@@ -239,7 +238,7 @@ class RemoteTier(EnvelopeTier):
             text = text.replace(secret, "***")
         return text
 
-    def _unavailable(self, exc: BaseException, doing: str = "") -> TierUnavailableError:
+    def unavailable(self, exc: BaseException, doing: str = "") -> TierUnavailableError:
         detail = str(exc) or type(exc).__name__
         reason = self._scrub(f"{doing}{type(exc).__name__}: {detail}")
         return TierUnavailableError(self.name, reason)
@@ -248,18 +247,3 @@ class RemoteTier(EnvelopeTier):
 def milliseconds(seconds: float) -> int:
     """A server-side TTL in whole milliseconds, never 0 (which would mean "now")."""
     return max(1, math.ceil(seconds * 1000))
-
-
-def check_timeout(name: str, value: float) -> float:
-    """A finite, positive timeout in seconds: without one, a server that accepts the
-    connection and then hangs would hold the calling thread (or task) forever."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not 0 < value < math.inf  # also refuses NaN
-    ):
-        raise ConfigurationError(
-            f"{name} must be a finite number of seconds > 0 (so that a hung server cannot "
-            f"block a call forever), got {value!r}"
-        )
-    return float(value)

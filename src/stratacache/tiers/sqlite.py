@@ -15,6 +15,7 @@ every process); recency is the job of the L1 above.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import threading
@@ -23,11 +24,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import SQLiteOptions
 from ..entry import NEVER, Entry
 from ..errors import CacheClosedError, ConfigurationError, TierUnavailableError
-from ..serde import DEFAULT_MAX_VALUE_SIZE, Serializer
-from .base import Prepared
-from .envelope import EnvelopeTier, SigningKey
+from .base import Prepared, Steps
+from .shared import SharedTier
 
 __all__ = ["SQLiteTier"]
 
@@ -45,6 +46,9 @@ CREATE INDEX IF NOT EXISTS stratacache_entries_expiry
 CREATE INDEX IF NOT EXISTS stratacache_entries_age
     ON stratacache_entries (namespace, written_at);
 """
+
+#: A command: something to do with the connection.
+Command = Callable[[sqlite3.Connection], Any]
 
 _CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
 
@@ -68,59 +72,66 @@ def _column(key: str) -> str | bytes:
     return key
 
 
-class SQLiteTier(EnvelopeTier):
+class SQLiteTier(SharedTier):
     """L2 on the host: a SQLite file in WAL mode.
 
     ``path`` is a file path (``":memory:"`` is refused: it would not be shared).
     ``namespace`` separates caches sharing one file (and is bound into signatures, like
     the network tiers'); ``clear()`` removes only its rows. Envelopes, signing, and what
-    happens to rows that do not decode: :mod:`stratacache.tiers.envelope`.
+    happens to rows that do not decode: :mod:`stratacache.tiers.shared`. Options:
+    :class:`~stratacache.config.SQLiteOptions`.
+
+    Commands are functions of the connection; the sync face runs them under the tier's
+    lock, the async face in a worker thread (SQLite has no asyncio interface: the thread
+    hop is the honest way to keep a file's busy wait off the event loop).
     """
 
     kind = "sqlite"
+    Options = SQLiteOptions
+    transport_errors = (sqlite3.Error,)
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
-        namespace: str = "default",
-        max_entries: int = 1_000_000,
-        ttl: float | None = None,
-        serializer: str | Serializer = "msgpack",
-        value_type: Any = Any,
-        signing_key: SigningKey | None = None,
-        compress_threshold: int | None = None,
-        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
-        busy_timeout: float = 5.0,
-        name: str | None = None,
         wall_clock: Callable[[], float] = time.time,
+        **options: Any,
     ) -> None:
         if str(path) in ("", ":memory:"):
             raise ConfigurationError(
                 "SQLiteTier needs a file path that every process can open, e.g. "
                 "'/var/tmp/app-cache.db'; ':memory:' would not be shared"
             )
-        if not isinstance(max_entries, int) or max_entries < 1:
-            raise ConfigurationError(f"max_entries must be a positive int, got {max_entries!r}")
-        super().__init__(
-            namespace=namespace,
-            ttl=ttl,
-            serializer=serializer,
-            value_type=value_type,
-            signing_key=signing_key,
-            compress_threshold=compress_threshold,
-            max_value_size=max_value_size,
-            name=name,
-            wall_clock=wall_clock,
-        )
+        opts = SQLiteOptions.build(options)
+        super().__init__(opts, wall_clock=wall_clock)
         self.path = Path(path)
-        self.max_entries = max_entries
-        self._busy_timeout = busy_timeout
+        self.max_entries = opts.max_entries
+        self._busy_timeout = opts.busy_timeout
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
         self._writes_since_trim = 0
-        self._trim_every = max(100, max_entries // 100)
+        self._trim_every = max(100, opts.max_entries // 100)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        options: dict[str, Any],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> SQLiteTier:
+        # sqlite:///relative.db -> "relative.db"; sqlite:////abs/path.db -> "/abs/path.db"
+        location = url.split("://", 1)[1]
+        if not location.startswith("/"):
+            raise ConfigurationError(
+                "a SQLite tier URL is sqlite:///relative/path.db or "
+                f"sqlite:////absolute/path.db; got {url}"
+            )
+        if not location[1:]:
+            raise ConfigurationError(f"{url} names no file")
+        return cls(location[1:], wall_clock=wall_clock, **options)
 
     # ------------------------------------------------------------------ connection
 
@@ -176,24 +187,26 @@ class SQLiteTier(EnvelopeTier):
             conn.close()  # whatever went wrong (not a database...), do not leak the handle
             raise
 
-    def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    # ------------------------------------------------------------------ the transport
+
+    def perform(self, command: Command) -> Any:
         with self._lock:
-            conn = self._connection()
-            try:
-                return fn(conn)
-            except sqlite3.Error as exc:
-                # "database is locked" past busy_timeout, disk I/O errors, a file that is
-                # corrupt or not a database: this level is unusable right now, and none of
-                # it is the caller's fault. (The statements are ours and fixed; a
-                # sqlite3.ProgrammingError would be a bug here, and skipping the level
-                # while logging it still beats failing the caller's read.)
-                raise TierUnavailableError(self.name, f"{type(exc).__name__}: {exc}") from exc
+            return command(self._connection())
 
-    # ------------------------------------------------------------------ tier protocol
+    async def aperform(self, command: Command) -> Any:
+        return await asyncio.to_thread(self.perform, command)
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
-        if not keys:
-            return {}
+    def unavailable(self, exc: BaseException) -> TierUnavailableError:
+        # "database is locked" past busy_timeout, disk I/O errors, a file that is corrupt
+        # or not a database: this level is unusable right now, and none of it is the
+        # caller's fault. (The statements are ours and fixed; a sqlite3.ProgrammingError
+        # would be a bug here, and skipping the level while logging it still beats
+        # failing the caller's read.)
+        return TierUnavailableError(self.name, f"{type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ operations
+
+    def read_steps(self, keys: Sequence[str]) -> Steps[dict[str, Entry]]:
         columns = [_column(key) for key in keys]
         namespace = self.namespace
 
@@ -210,10 +223,10 @@ class SQLiteTier(EnvelopeTier):
                 )
             return stored
 
-        stored = self._run(query)
+        stored = yield query
         return self._found(keys, [stored.get(column) for column in columns])
 
-    def write(self, prepared: Prepared) -> None:
+    def write_steps(self, prepared: Prepared) -> Steps[None]:
         if not prepared.items and not prepared.rejected:
             return
         now = self._wall_clock()
@@ -243,12 +256,11 @@ class SQLiteTier(EnvelopeTier):
                     conn.execute("ROLLBACK")
                 raise
 
-        self._run(upsert)
-        self.stats.writes += len(rows)
+        yield upsert
         self._writes_since_trim += len(rows)
         if self._writes_since_trim >= self._trim_every:
             self._writes_since_trim = 0
-            self.trim()
+            yield from self._trim_steps()
 
     def _delete_chunk(self, conn: sqlite3.Connection, chunk: Sequence[str | bytes]) -> None:
         marks = ",".join("?" * len(chunk))
@@ -257,28 +269,28 @@ class SQLiteTier(EnvelopeTier):
             (self.namespace, *chunk),
         )
 
-    def delete_many(self, keys: Sequence[str]) -> None:
+    def delete_steps(self, keys: Sequence[str]) -> Steps[None]:
         if not keys:
             return
-
         columns = [_column(key) for key in keys]
 
         def delete(conn: sqlite3.Connection) -> None:
             for chunk in _chunks(columns):
                 self._delete_chunk(conn, chunk)
 
-        self._run(delete)
+        yield delete
 
-    def clear(self) -> None:
-        self._run(
-            lambda conn: conn.execute(
-                "DELETE FROM stratacache_entries WHERE namespace = ?", (self.namespace,)
-            )
+    def clear_steps(self) -> Steps[None]:
+        yield lambda conn: conn.execute(
+            "DELETE FROM stratacache_entries WHERE namespace = ?", (self.namespace,)
         )
 
     def trim(self) -> int:
         """Drop expired rows, then the oldest-written beyond ``max_entries``. Returns the
         number of rows removed."""
+        return self.drive(self._trim_steps())
+
+    def _trim_steps(self) -> Steps[int]:
         now = self._wall_clock()
 
         def run(conn: sqlite3.Connection) -> int:
@@ -304,10 +316,11 @@ class SQLiteTier(EnvelopeTier):
                 removed += evicted
             return int(removed)
 
-        return int(self._run(run))
+        removed = yield run
+        return int(removed)
 
     def __len__(self) -> int:
-        (count,) = self._run(
+        (count,) = self.run_one(
             lambda conn: conn.execute(
                 "SELECT COUNT(*) FROM stratacache_entries WHERE namespace = ? "
                 "AND (expires_at IS NULL OR expires_at > ?)",

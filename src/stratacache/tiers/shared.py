@@ -1,15 +1,15 @@
-"""What every tier that keeps envelopes in a shared store does the same way.
+"""What every tier over a store that processes share does the same way.
 
-The SQLite file, Redis, Redis Cluster and memcached all hold values as
-:mod:`stratacache.serde` envelopes, in a store that other processes share and that
-anyone with access to it can write. :class:`EnvelopeTier` is the one place that deals
-with those envelopes, so that no tier can get them subtly different:
+The SQLite file, Redis, Redis Cluster and memcached all hold values as the envelopes of
+:class:`stratacache.serde.Codec`, in a store that other processes share and that anyone
+with access to it can write. :class:`SharedTier` is the one place that deals with those
+envelopes, so that no tier can get them subtly different:
 
 * **The codec.** Its signing context is the tier's namespace: an entry signed for one
   cache cannot be replayed into another cache that shares the store, the key and the
   secret (a row copied between namespaces of one SQLite file, a Redis value copied
   between prefixes).
-* **Writes.** :meth:`EnvelopeTier.prepare` encodes and measures without I/O, and reports
+* **Writes.** :meth:`SharedTier.prepare` encodes and measures without I/O, and reports
   the values above ``max_value_size`` (serialized, before compression) and the envelopes
   above ``max_item_size`` (what the store itself takes, when it has a limit) as rejected.
 * **Reads.** Anything that does not decode (corrupt, truncated, forged, foreign, stored
@@ -27,19 +27,19 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from ..config import SharedOptions
 from ..entry import Entry
 from ..errors import ConfigurationError
 from ..keys import validate_namespace
-from ..serde import DEFAULT_MAX_VALUE_SIZE, Codec, PayloadError, Serializer, Signer
-from .base import Prepared, Tier, logger
+from ..serde import Codec, PayloadError
+from .base import CommandTier, Prepared, logger
 
-__all__ = ["EnvelopeTier", "SigningKey"]
-
-SigningKey = Signer | bytes | str | Mapping[int, bytes]
+__all__ = ["SharedTier"]
 
 
-class EnvelopeTier(Tier):
-    """Base of the tiers that store envelopes; see the module docstring.
+class SharedTier(CommandTier):
+    """Base of the tiers over a shared store; see the module docstring. Each operation is
+    a command generator (:class:`~stratacache.tiers.base.CommandTier`).
 
     ``prepare`` puts ``(envelope, expires_at)`` under each accepted key; ``_found`` turns
     what the store returned into live entries.
@@ -47,35 +47,32 @@ class EnvelopeTier(Tier):
 
     def __init__(
         self,
+        options: SharedOptions,
         *,
-        namespace: str = "default",
-        ttl: float | None = None,
-        serializer: str | Serializer = "msgpack",
-        value_type: Any = Any,
-        signing_key: SigningKey | None = None,
-        compress_threshold: int | None = None,
-        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         max_item_size: int | None = None,
-        name: str | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(name=name, ttl=ttl)
-        self.namespace = validate_namespace(namespace)
+        super().__init__(name=options.name, ttl=options.ttl)
+        self.options = options
+        self.namespace = validate_namespace(options.namespace)
         if max_item_size is not None and max_item_size < 1:
             raise ConfigurationError(f"max_item_size must be positive, got {max_item_size}")
         self.codec = Codec(
-            serializer,
-            value_type=value_type,
-            signer=signing_key,
-            compress_threshold=compress_threshold,
-            max_value_size=max_value_size,
+            options.serializer,
+            value_type=options.value_type,
+            signer=options.signing_key,
+            compress_threshold=options.compress_threshold,
+            max_value_size=options.max_value_size,
             context=self.namespace,
         )
         #: the largest serialized value (before compression) this tier stores
-        self.max_value_size = max_value_size
+        self.max_value_size = options.max_value_size
         #: the largest envelope the store takes (None: no limit of its own)
         self.max_item_size = max_item_size
         self._wall_clock = wall_clock
+
+    def size_limit(self) -> int | None:
+        return self.max_value_size
 
     # -- reads
 

@@ -1,5 +1,6 @@
-"""What ``Cache`` and ``AsyncCache`` share: construction, argument checks, and the flow
-each public method runs. The two public classes only add how a flow is driven."""
+"""What ``Cache`` and ``AsyncCache`` share: construction, argument checks, the L1 fast
+paths they bind (:mod:`.front`), and the flow each public method runs. The two public
+classes only add how a flow is driven."""
 
 from __future__ import annotations
 
@@ -16,16 +17,18 @@ from ..origin import CallableOrigin, Origin
 from ..tiers.base import Tier
 from ..tiers.memory import MemoryTier
 from .flow import Flow, Hierarchy, Loader
+from .front import Front, Reader, Writer
+from .rules import check_ttl
 from .write import WritePolicy
 
-__all__ = ["CacheFacade"]
+__all__ = ["L1_MISS", "BaseCache", "key_builder"]
 
-_L1_MISS = object()  # private: "the fast path did not answer", never returned to callers
+L1_MISS = object()  # private: "the fast path did not answer", never returned to callers
 
 
-class CacheFacade:
-    """Shared state and flows. Not public: use :class:`~stratacache.Cache` or
-    :class:`~stratacache.AsyncCache`."""
+class BaseCache:
+    """The half that :class:`~stratacache.Cache` and :class:`~stratacache.AsyncCache`
+    share: state, fast paths and flows. Use one of those two."""
 
     def __init__(
         self,
@@ -69,20 +72,18 @@ class CacheFacade:
             rng=rng,
         )
         self._closed = False
-        self._measure_l1 = measure_l1_latency
         top = built[0]
-        # The L1 fast path: a closure bound once, answering hits without a method call,
-        # a lock or any allocation (see tiers/memory.py). It reports "not here" with a
-        # private sentinel; each public class decides what to do then.
-        self._l1_reader: Callable[..., Any] | None = (
-            top.make_reader(lambda key, default: _L1_MISS, timed=measure_l1_latency)
+        hierarchy = self._hierarchy
+        self._front: Front | None = (
+            Front(top, hierarchy.rules[0], hierarchy.rng, timed=measure_l1_latency)
             if isinstance(top, MemoryTier)
             else None
         )
-        # A cache that is nothing but one in-process level completes every operation
-        # without I/O; its sets and misses then skip the flow machinery and run closures
-        # bound here. Both follow the same rules as the flow (see tiers/memory.py).
-        self._ttl_jitter = ttl_jitter
+        # Answers L1 hits for the paths that decide themselves what a miss means (async
+        # get, get_or_load): made once, it reports a miss with a private sentinel.
+        self._probe: Reader | None = (
+            self._front.reader(lambda key, default: L1_MISS) if self._front else None
+        )
         self._bind_local_paths()
 
     def _bind_local_paths(self) -> None:
@@ -91,13 +92,13 @@ class CacheFacade:
         miss can load, every write must go through the fence that stops an in-flight
         load from filling over it (see hierarchy/fence.py)."""
         hierarchy = self._hierarchy
-        top = hierarchy.levels[0]
+        front = self._front
         self._local_miss: Callable[[str, Any], Any] | None = None
-        self._local_writer: Callable[[str, Any, float | None], None] | None = None
-        if isinstance(top, MemoryTier) and hierarchy.misses_stay_local():
-            self._local_miss = top.lookup_or_default
+        self._local_writer: Writer | None = None
+        if front is not None and hierarchy.misses_stay_local():
+            self._local_miss = front.local_miss
             if hierarchy.sets_stay_local():
-                self._local_writer = top.make_writer(jitter=self._ttl_jitter, rng=hierarchy.rng)
+                self._local_writer = front.writer()
         self._bind_get()
 
     def _bind_get(self) -> None:
@@ -159,9 +160,21 @@ class CacheFacade:
         if self._closed:
             raise CacheClosedError(f"{type(self).__name__} is closed; create a new one")
 
-    def _flow_get(self, key: str, loader: Loader | None = None, ttl: float | None = None) -> Flow:
+    def _flow_get(
+        self,
+        key: str,
+        loader: Loader | None = None,
+        ttl: float | None = None,
+        *,
+        l1_checked: bool = False,
+    ) -> Flow:
+        """The read of one key. ``l1_checked``: the caller's fast path just missed in L1,
+        so when L1 holds nothing at all for the key the read starts below it."""
         self._check_open()
-        return self._hierarchy.read([validate_key(key)], loader, ttl=ttl)
+        key = validate_key(key)
+        front = self._front
+        skip = l1_checked and front is not None and front.absent(key)
+        return self._hierarchy.read([key], loader, ttl=ttl, top_missed=skip)
 
     def _flow_get_many(self, keys: Iterable[str]) -> Flow:
         self._check_open()
@@ -171,7 +184,7 @@ class CacheFacade:
 
     def _flow_set_many(self, items: Mapping[str, Any], ttl: float | None) -> Flow:
         self._check_open()
-        _check_ttl(ttl)
+        check_ttl(ttl)
         return self._hierarchy.write({validate_key(k): v for k, v in items.items()}, ttl)
 
     def _flow_delete(self, keys: Iterable[str]) -> Flow:
@@ -192,11 +205,6 @@ class CacheFacade:
             return False
         self._closed = True
         return True
-
-
-def _check_ttl(ttl: float | None) -> None:
-    if ttl is not None and not (isinstance(ttl, int | float) and ttl > 0):
-        raise ConfigurationError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
 
 
 def key_builder(
@@ -235,6 +243,3 @@ def key_builder(
         return f"{base}:{text}"
 
     return build
-
-
-L1_MISS = _L1_MISS
