@@ -7,15 +7,13 @@ are awaited.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from ..entry import MISSING
-from ..errors import ConfigurationError, OriginError
+from ..errors import OriginError
 from ..steps import Run, aattempt
-from .base import L1_MISS, BaseCache, key_builder
+from .base import L1_MISS, BaseCache, KeyBuilder, own_error
 from .flow import Flow, Loader
 from .ops import Op
 
@@ -106,15 +104,7 @@ class AsyncCache(BaseCache):
         """Cache an async function's results: ``@cache.cached(ttl=60)``; see
         :meth:`Cache.cached` for the key rules."""
 
-        def decorate(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-            if not inspect.iscoroutinefunction(fn):
-                raise ConfigurationError(
-                    f"{getattr(fn, '__qualname__', fn)} is not async: decorate it with a "
-                    "sync Cache's cached()"
-                )
-            build = key_builder(fn, key, prefix)
-
-            @functools.wraps(fn)
+        def wrap(fn: Callable[..., Awaitable[T]], build: KeyBuilder) -> Callable[..., Awaitable[T]]:
             async def wrapper(*args: Any, **kwargs: Any) -> T:
                 cache_key = build(args, kwargs)
 
@@ -124,15 +114,11 @@ class AsyncCache(BaseCache):
                 try:
                     return await self.get_or_load(cache_key, load, ttl)  # type: ignore[no-any-return]
                 except OriginError as exc:
-                    if exc.__cause__ is not None:
-                        raise exc.__cause__ from None
-                    raise
+                    raise own_error(exc) from None
 
-            wrapper.cache_key = lambda *a, **kw: build(a, kw)  # type: ignore[attr-defined]
-            wrapper.invalidate = lambda *a, **kw: self.invalidate(build(a, kw))  # type: ignore[attr-defined]
             return wrapper
 
-        return decorate
+        return self._decorator(wrap, key, prefix, is_async=True)
 
     async def close(self) -> None:
         """Release every level and the origin. Idempotent."""

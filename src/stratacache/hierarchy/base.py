@@ -4,13 +4,15 @@ classes only add how a flow is driven."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..config import tier_from_url
-from ..errors import CacheClosedError, ConfigurationError
+from ..errors import CacheClosedError, ConfigurationError, OriginError
 from ..keys import stable_key_part, validate_key
 from ..metrics import CacheStats
 from ..origin import CallableOrigin, Origin
@@ -21,7 +23,7 @@ from .front import Front, Reader, Writer
 from .rules import check_ttl
 from .write import WritePolicy
 
-__all__ = ["L1_MISS", "BaseCache", "key_builder"]
+__all__ = ["L1_MISS", "BaseCache", "KeyBuilder", "key_builder", "own_error"]
 
 L1_MISS = object()  # private: "the fast path did not answer", never returned to callers
 
@@ -199,6 +201,34 @@ class BaseCache:
         self._check_open()
         return self._hierarchy.clear()
 
+    def _decorator(
+        self,
+        wrap: Callable[[Callable[..., Any], KeyBuilder], Callable[..., Any]],
+        key: Callable[..., Any] | None,
+        prefix: str | None,
+        *,
+        is_async: bool,
+    ) -> Callable[[Callable[..., Any]], Any]:
+        """What ``cached`` does for either class: refuse a function of the other kind,
+        name its calls (:func:`key_builder`), and give the wrapper ``wrap`` makes its
+        ``cache_key`` and ``invalidate`` helpers."""
+
+        def decorate(fn: Callable[..., Any]) -> Any:
+            if inspect.iscoroutinefunction(fn) != is_async:
+                name = getattr(fn, "__qualname__", fn)
+                raise ConfigurationError(
+                    f"{name} is async: decorate it with an AsyncCache's cached()"
+                    if not is_async
+                    else f"{name} is not async: decorate it with a sync Cache's cached()"
+                )
+            build = key_builder(fn, key, prefix)
+            wrapper: Any = functools.wraps(fn)(wrap(fn, build))
+            wrapper.cache_key = lambda *a, **kw: build(a, kw)
+            wrapper.invalidate = lambda *a, **kw: self.invalidate(build(a, kw))  # type: ignore[attr-defined]
+            return wrapper
+
+        return decorate
+
     def _mark_closed(self) -> bool:
         """True the first time: the caller then releases resources."""
         if self._closed:
@@ -207,11 +237,19 @@ class BaseCache:
         return True
 
 
+KeyBuilder = Callable[[tuple[Any, ...], dict[str, Any]], str]
+
+
+def own_error(exc: OriginError) -> BaseException:
+    """What a decorated function raised, out of the OriginError the load wrapped it in."""
+    return exc.__cause__ if exc.__cause__ is not None else exc
+
+
 def key_builder(
     fn: Callable[..., Any],
     key: Callable[..., Any] | None,
     prefix: str | None,
-) -> Callable[[tuple[Any, ...], dict[str, Any]], str]:
+) -> KeyBuilder:
     """How ``cached`` names a call: ``prefix`` (default ``module.qualname``) plus either
     the user's ``key(*args, **kwargs)`` or a stable text form of the arguments. Never
     ``hash()`` or a default repr, so every process computes the same key."""

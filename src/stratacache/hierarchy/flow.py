@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..entry import Entry
@@ -63,6 +64,16 @@ logger = logging.getLogger("stratacache")
 
 Loader = Callable[[list[str]], Any]
 Flow = Generator[Op, Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Load:
+    """How a read loads what no level has: from ``loader`` (None: the registered
+    loaders, else the origin), filling with ``ttl``, fenced from ``epoch``."""
+
+    loader: Loader | None
+    ttl: float | None
+    epoch: int
 
 
 class Hierarchy:
@@ -211,7 +222,7 @@ class Hierarchy:
             yield from self._promote(index, entries, epoch)
 
         if missing and load:
-            yield from self._load(missing, loader, ttl, values, epoch)
+            yield from self._load(missing, _Load(loader, ttl, epoch), values)
         return values
 
     def _promote(self, index: int, entries: dict[str, Entry], epoch: int) -> Flow:
@@ -233,20 +244,13 @@ class Hierarchy:
         )
         yield from self._unfill_raced(per_level[0] if per_level else {}, epoch)
 
-    def _load(
-        self,
-        missing: list[str],
-        loader: Loader | None,
-        ttl: float | None,
-        values: dict[str, Any],
-        epoch: int,
-    ) -> Flow:
+    def _load(self, missing: list[str], how: _Load, values: dict[str, Any]) -> Flow:
         """Load what every level lacks, once: keys another caller is already loading are
         awaited rather than loaded again (see :mod:`stratacache.stampede`)."""
         flights = self.single_flight
         lead, waits = flights.claim(missing)
         if lead:
-            yield from self._lead(lead, loader, ttl, values, epoch)
+            values.update((yield from self._lead(lead, how)))
         if not waits:
             return
         late = yield WaitFlights(flights, waits)
@@ -268,22 +272,14 @@ class Hierarchy:
                 values[flight.key] = flight.value
         flights.coalesced += len(waits) - len(retry)
         if retry:  # the leader is stuck or gone: load the keys ourselves
-            yield from self._lead(flights.take_over(retry), loader, ttl, values, epoch)
+            values.update((yield from self._lead(flights.take_over(retry), how)))
 
-    def _lead(
-        self,
-        led: list[Flight],
-        loader: Loader | None,
-        ttl: float | None,
-        values: dict[str, Any],
-        epoch: int,
-    ) -> Flow:
-        """Load the keys of flights this caller leads, and settle every one of them, even
-        when the caller is cancelled or interrupted mid-load."""
+    def _lead(self, led: list[Flight], how: _Load) -> Flow:
+        """Load the keys of flights this caller leads (returning what was found), and
+        settle every one of them, even when the caller is cancelled or interrupted."""
         flights = self.single_flight
-        loaded: dict[str, Any] = {}
         try:
-            yield from self._load_now([f.key for f in led], loader, ttl, loaded, epoch)
+            loaded = yield from self._load_now([f.key for f in led], how)
         except Exception as exc:
             flights.fail(led, exc)
             raise
@@ -293,20 +289,14 @@ class Hierarchy:
             flights.abandon(led)
             raise
         flights.complete(led, loaded)
-        values.update(loaded)
+        return loaded
 
-    def _load_now(
-        self,
-        missing: list[str],
-        loader: Loader | None,
-        ttl: float | None,
-        values: dict[str, Any],
-        epoch: int,
-    ) -> Flow:
+    def _load_now(self, missing: list[str], how: _Load) -> Flow:
+        """Ask the sources for ``missing`` and fill the levels; returns what they found."""
         stats = self.origin_stats
         loaded_entries: dict[str, Any] = {}
         not_found: list[str] = []
-        for call, group in self._sources(missing, loader):
+        for call, group in self._sources(missing, how.loader):
             call.histogram = stats.latency
             stats.calls += 1
             stats.loads += len(group)
@@ -341,8 +331,8 @@ class Hierarchy:
                 else:
                     not_found.append(key)
         stats.found += len(loaded_entries)
-        values.update(loaded_entries)
-        yield from self._fill(loaded_entries, not_found, ttl, epoch)
+        yield from self._fill(loaded_entries, not_found, how.ttl, how.epoch)
+        return loaded_entries
 
     def _fill(
         self, found: Mapping[str, Any], not_found: Sequence[str], ttl: float | None, epoch: int

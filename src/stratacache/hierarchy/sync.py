@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from ..entry import MISSING
-from ..errors import ConfigurationError, OriginError
+from ..errors import OriginError
 from ..steps import Run, attempt
-from .base import L1_MISS, BaseCache, key_builder
+from .base import L1_MISS, BaseCache, KeyBuilder, own_error
 from .flow import Flow, Loader
 from .ops import Op
 
@@ -138,14 +136,7 @@ class Cache(BaseCache):
         The wrapper has ``.cache_key(*args, **kwargs)`` and ``.invalidate(*args, **kwargs)``.
         """
 
-        def decorate(fn: Callable[..., T]) -> Callable[..., T]:
-            if inspect.iscoroutinefunction(fn):
-                raise ConfigurationError(
-                    f"{fn.__qualname__} is async: decorate it with an AsyncCache's cached()"
-                )
-            build = key_builder(fn, key, prefix)
-
-            @functools.wraps(fn)
+        def wrap(fn: Callable[..., T], build: KeyBuilder) -> Callable[..., T]:
             def wrapper(*args: Any, **kwargs: Any) -> T:
                 cache_key = build(args, kwargs)
                 try:
@@ -153,15 +144,11 @@ class Cache(BaseCache):
                         cache_key, lambda keys: {cache_key: fn(*args, **kwargs)}, ttl
                     )
                 except OriginError as exc:  # the function's own exception, unwrapped
-                    if exc.__cause__ is not None:
-                        raise exc.__cause__ from None
-                    raise
+                    raise own_error(exc) from None
 
-            wrapper.cache_key = lambda *a, **kw: build(a, kw)  # type: ignore[attr-defined]
-            wrapper.invalidate = lambda *a, **kw: self.invalidate(build(a, kw))  # type: ignore[attr-defined]
             return wrapper
 
-        return decorate
+        return self._decorator(wrap, key, prefix, is_async=False)
 
     def close(self) -> None:
         """Release every level and the origin. Idempotent; any other call afterwards

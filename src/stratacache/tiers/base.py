@@ -28,6 +28,7 @@ Sync and async, one way each:
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,27 @@ class Tier(ABC):
         self.ttl = ttl
         self.stats = LevelStats(self.name, self.kind)
         self.closed = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        options: dict[str, Any],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> Tier:
+        """The tier a URL names (options already parsed from its query, see
+        :func:`stratacache.config.tier_from_url`). Every tier takes the injected clocks:
+        ``clock`` (monotonic, for intervals) and ``wall_clock`` (for expiries)."""
+        arguments = cls.url_arguments(url)
+        return cls(*arguments, clock=clock, wall_clock=wall_clock, **options)  # type: ignore[call-arg]
+
+    @classmethod
+    def url_arguments(cls, url: str) -> tuple[Any, ...]:
+        """The positional arguments a URL (without its query) gives the constructor:
+        by default the URL itself."""
+        return (url,)
 
     def rename(self, name: str) -> None:
         """Set the display name (the hierarchy calls its levels L1, L2, ... by default)."""

@@ -259,17 +259,6 @@ class MemcachedTier(RemoteTier):
         self._generation_lock = threading.Lock()
         self._set_generation(None)
 
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        options: dict[str, Any],
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> MemcachedTier:
-        return cls(url, clock=clock, wall_clock=wall_clock, **options)
-
     # ------------------------------------------------------------------ the transport
 
     def perform(self, command: tuple[_Server, Action, Any]) -> Any:

@@ -133,17 +133,10 @@ class MemoryTier(LocalTier):
         self.buffer_limit = read_buffer_size
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        options: dict[str, Any],
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> MemoryTier:
+    def url_arguments(cls, url: str) -> tuple[Any, ...]:
         if url.split("://", 1)[1] not in ("", "/"):
             raise ConfigurationError(f"memory:// takes no host or path, got {url}")
-        return cls(clock=clock, wall_clock=wall_clock, **options)
+        return ()
 
     # ------------------------------------------------------------------ the read buffer
 

@@ -86,6 +86,7 @@ class RedisFamilyTier(RemoteTier):
         self,
         url: str = "redis://localhost:6379/0",
         *,
+        clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         **options: Any,
     ) -> None:
@@ -104,17 +105,6 @@ class RedisFamilyTier(RemoteTier):
         self._client: Any = None  # made on first use: a cache must start while Redis is down
         self._client_lock = threading.Lock()
         self._aclients = LoopClients(make_async_client)
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        options: dict[str, Any],
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> RedisFamilyTier:
-        return cls(url, wall_clock=wall_clock, **options)
 
     def _pool_size(self, options: Any) -> int:
         raise NotImplementedError

@@ -94,6 +94,7 @@ class SQLiteTier(SharedTier):
         self,
         path: str | os.PathLike[str],
         *,
+        clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         **options: Any,
     ) -> None:
@@ -114,14 +115,7 @@ class SQLiteTier(SharedTier):
         self._trim_every = max(100, opts.max_entries // 100)
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        options: dict[str, Any],
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> SQLiteTier:
+    def url_arguments(cls, url: str) -> tuple[Any, ...]:
         # sqlite:///relative.db -> "relative.db"; sqlite:////abs/path.db -> "/abs/path.db"
         location = url.split("://", 1)[1]
         if not location.startswith("/"):
@@ -131,7 +125,7 @@ class SQLiteTier(SharedTier):
             )
         if not location[1:]:
             raise ConfigurationError(f"{url} names no file")
-        return cls(location[1:], wall_clock=wall_clock, **options)
+        return (location[1:],)
 
     # ------------------------------------------------------------------ connection
 
