@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["CallableOrigin", "Origin", "SQLOrigin"]
+__all__ = ["CallableOrigin", "Origin", "SQLOrigin", "call_async", "call_sync"]
 
 
 class Origin:
@@ -78,49 +78,54 @@ class CallableOrigin(Origin):
         self.writable = store is not None
 
     def load_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
-        return _sync_result(self._load(list(keys)), self._load)  # type: ignore[no-any-return]
+        return call_sync(self._load, list(keys))  # type: ignore[no-any-return]
 
     def store_many(self, items: Mapping[str, Any]) -> None:
         if self._store is None:
-            super().store_many(items)
-        else:
-            _sync_result(self._store(dict(items)), self._store)
+            return super().store_many(items)  # refuses: this origin cannot do it
+        call_sync(self._store, dict(items))
 
     def delete_many(self, keys: Sequence[str]) -> None:
         if self._delete is None:
-            super().delete_many(keys)
-        else:
-            _sync_result(self._delete(list(keys)), self._delete)
+            return super().delete_many(keys)  # refuses: this origin cannot do it
+        call_sync(self._delete, list(keys))
 
-    # Async: call the function; await it only if it is a coroutine. A plain function runs
-    # inline, as the user wrote it (it may rely on thread-local state).
     async def aload_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
-        return await _async_result(self._load(list(keys)))  # type: ignore[no-any-return]
+        return await call_async(self._load, list(keys))  # type: ignore[no-any-return]
 
     async def astore_many(self, items: Mapping[str, Any]) -> None:
         if self._store is None:
-            super().store_many(items)
-        await _async_result(self._store(dict(items)))  # type: ignore[misc]
+            return super().store_many(items)  # refuses: this origin cannot do it
+        await call_async(self._store, dict(items))
 
     async def adelete_many(self, keys: Sequence[str]) -> None:
         if self._delete is None:
-            super().delete_many(keys)
-        await _async_result(self._delete(list(keys)))  # type: ignore[misc]
+            return super().delete_many(keys)  # refuses: this origin cannot do it
+        await call_async(self._delete, list(keys))
 
 
-def _sync_result(result: Any, fn: Callable[..., Any]) -> Any:
+# A user's function (a loader, an origin's load/store/delete) may be plain or async; these
+# two are the one place that tells them apart.
+
+
+def call_sync(fn: Callable[[Any], Any], argument: Any) -> Any:
+    """``fn(argument)`` for sync code: an async function is refused with a clear error."""
+    result = fn(argument)
     if inspect.isawaitable(result):
         close = getattr(result, "close", None)
         if close is not None:
-            close()
+            close()  # do not leave a never-awaited coroutine behind
         raise ConfigurationError(
-            f"{getattr(fn, '__qualname__', fn)!s} is a coroutine function; a sync Cache "
-            "cannot await it: use AsyncCache"
+            f"{getattr(fn, '__qualname__', None) or fn!r} is a coroutine function; a sync "
+            "Cache cannot await it: use AsyncCache, or pass a plain function"
         )
     return result
 
 
-async def _async_result(result: Any) -> Any:
+async def call_async(fn: Callable[[Any], Any], argument: Any) -> Any:
+    """``fn(argument)``, awaited only if it is a coroutine: a plain function runs inline,
+    as the user wrote it (it may rely on thread-local state)."""
+    result = fn(argument)
     if inspect.isawaitable(result):
         return await result
     return result

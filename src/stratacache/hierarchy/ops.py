@@ -8,15 +8,13 @@ place where sync and async differ.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigurationError
 from ..metrics import LatencyHistogram
-from ..origin import Origin
+from ..origin import Origin, call_async, call_sync
 from ..stampede import Flight, SingleFlight
 from ..tiers.base import Prepared, Tier
 
@@ -127,22 +125,10 @@ class LoadCall(Op):
     aloader: Callable[[list[str]], Any] | None = None
 
     def run(self) -> Any:
-        result = self.loader(self.keys)
-        if inspect.isawaitable(result):
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()  # do not leave a never-awaited coroutine behind
-            raise ConfigurationError(
-                f"loader {_name(self.loader)} is a coroutine function; a sync Cache cannot "
-                "await it: use AsyncCache, or pass a plain function"
-            )
-        return result
+        return call_sync(self.loader, self.keys)
 
     async def arun(self) -> Any:
-        result = (self.aloader or self.loader)(self.keys)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        return await call_async(self.aloader or self.loader, self.keys)
 
 
 @dataclass
@@ -167,10 +153,6 @@ class OriginDelete(Op):
 
     async def arun(self) -> Any:
         return await self.origin.adelete_many(self.keys)
-
-
-def _name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 @dataclass
