@@ -12,13 +12,15 @@
  *     too_large, unencodable) as plain C fields. metrics.LevelStats subclasses it, so the
  *     C paths below and the Python code count into the very same object.
  *
- * Reader(data, clock, buffer, limit, drain, slow, missing, counters, negative=None)
+ * Reader(data, clock, buffer, limit, drain, slow, missing, counters, negative=None,
+ *        lock=None, on_hits=None)
  *     reader(key, default=missing): an entry (value, expires_at) found in `data` whose
  *     expiry is later than clock() is a hit, counted in `counters`: the key is appended to
  *     `buffer` (drain() is called when it reaches `limit`) and the value returned.
  *     Anything else (absent, expired, unhashable key) is slow(key, default). Given the
  *     tier's `negative` dict (a cache whose only source is L1), a non-empty str key found
- *     in neither dict is answered here too: a miss, counted, returning default.
+ *     in neither dict is answered here too: a miss, counted, returning default. Given
+ *     the tier's Lock and the policy's on_hits, a full buffer is drained here in C.
  *
  * Lock()
  *     A mutex with threading.Lock's acquire/release/context-manager interface, which the
@@ -33,7 +35,8 @@
  *     Writes and evictions are counted in `counters`.
  *
  * Clock: when the injected clock is time.monotonic itself, both read CLOCK_MONOTONIC
- * directly and convert it exactly as CPython does, instead of calling the function.
+ * directly and convert it exactly as CPython does, instead of calling the function; the
+ * reader first tries the cheaper CLOCK_MONOTONIC_COARSE (see reader_vectorcall).
  *
  * Thread safety: the reader takes no lock (one dict lookup and one list append are atomic
  * under the GIL; the entry is held by a new reference while the clock is read). The writer
@@ -318,8 +321,52 @@ typedef struct {
     PyObject *missing;
     PyObject *negative; /* NULL unless plain misses are answered here */
     Counters *counters;
+    Lock *c_lock;      /* the tier's lock when it is ours, NULL otherwise */
+    PyObject *on_hits; /* the policy's on_hits, called directly with c_lock */
     int fast_clock;
 } Reader;
+
+/* The read buffer is full: replay it to the policy. The same as the tier's
+ * drain_from_reader (see tiers/memory.py), without a Python call when the lock is ours:
+ * drain if the lock is free, else leave it to the writer holding it, unless the buffer
+ * has grown far past its size. */
+static int
+reader_drain(Reader *self)
+{
+    Lock *lock = self->c_lock;
+    if (lock == NULL) {
+        PyObject *r = PyObject_CallNoArgs(self->drain);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    if (PyThread_acquire_lock(lock->lock, NOWAIT_LOCK))
+        lock->held = 1;
+    else if (PyList_GET_SIZE(self->buffer) < 16 * self->limit)
+        return 0;
+    else
+        lock_take(lock);
+    int rc = 0;
+    Py_ssize_t n = PyList_GET_SIZE(self->buffer);
+    if (n > 0) {
+        /* Only the keys copied are cut: other threads may append meanwhile. */
+        PyObject *batch = PyList_GetSlice(self->buffer, 0, n);
+        if (batch == NULL || PyList_SetSlice(self->buffer, 0, n, NULL) < 0)
+            rc = -1;
+        else {
+            PyObject *r = PyObject_CallOneArg(self->on_hits, batch);
+            if (r == NULL)
+                rc = -1;
+            else
+                Py_DECREF(r);
+        }
+        Py_XDECREF(batch);
+    }
+    lock->held = 0;
+    PyThread_release_lock(lock->lock);
+    return rc;
+}
 
 static PyObject *
 reader_slow(Reader *self, PyObject *key, PyObject *dflt)
@@ -391,12 +438,31 @@ reader_vectorcall(Reader *self, PyObject *const *args, size_t nargsf, PyObject *
         return reader_slow(self, key, dflt);
     Py_INCREF(entry); /* the clock may run Python code that changes the dict */
     double now, expires;
-    if (read_clock(self->clock, self->fast_clock, &now) < 0 ||
-        as_double(PyTuple_GET_ITEM(entry, 1), &expires) < 0) {
+    if (as_double(PyTuple_GET_ITEM(entry, 1), &expires) < 0) {
         Py_DECREF(entry);
         return NULL;
     }
-    if (expires > now) {
+    int alive = 0;
+#if HAVE_FAST_MONOTONIC
+    /* CLOCK_MONOTONIC_COARSE costs a few ns where CLOCK_MONOTONIC costs ~20, is never
+     * ahead of it and lags it by at most one tick (a few ms): an expiry more than a second
+     * past the coarse time is certainly later than the precise time. Only an entry that
+     * close to its expiry pays for the precise read, so every answer is the same. */
+    if (self->fast_clock) {
+        struct timespec ts;
+        if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0 &&
+            expires > (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec + 1.0)
+            alive = 1;
+    }
+#endif
+    if (!alive) {
+        if (read_clock(self->clock, self->fast_clock, &now) < 0) {
+            Py_DECREF(entry);
+            return NULL;
+        }
+        alive = expires > now;
+    }
+    if (alive) {
         PyObject *value = PyTuple_GET_ITEM(entry, 0);
         Py_INCREF(value);
         Py_DECREF(entry);
@@ -405,13 +471,9 @@ reader_vectorcall(Reader *self, PyObject *const *args, size_t nargsf, PyObject *
             Py_DECREF(value);
             return NULL;
         }
-        if (PyList_GET_SIZE(self->buffer) >= self->limit) {
-            PyObject *r = PyObject_CallNoArgs(self->drain);
-            if (r == NULL) {
-                Py_DECREF(value);
-                return NULL;
-            }
-            Py_DECREF(r);
+        if (PyList_GET_SIZE(self->buffer) >= self->limit && reader_drain(self) < 0) {
+            Py_DECREF(value);
+            return NULL;
         }
         return value;
     }
@@ -422,13 +484,15 @@ reader_vectorcall(Reader *self, PyObject *const *args, size_t nargsf, PyObject *
 static int
 reader_init(Reader *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"data",    "clock",    "buffer",   "limit", "drain", "slow",
-                             "missing", "counters", "negative", NULL};
-    PyObject *data, *clock, *buffer, *drain, *slow, *missing, *counters, *negative = Py_None;
+    static char *kwlist[] = {"data",     "clock",    "buffer", "limit",   "drain",
+                             "slow",     "missing",  "counters", "negative", "lock",
+                             "on_hits",  NULL};
+    PyObject *data, *clock, *buffer, *drain, *slow, *missing, *counters, *negative = Py_None,
+        *lock = Py_None, *on_hits = Py_None;
     Py_ssize_t limit;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO!nOOOO|O", kwlist, &PyDict_Type, &data,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO!nOOOO|OOO", kwlist, &PyDict_Type, &data,
                                      &clock, &PyList_Type, &buffer, &limit, &drain, &slow,
-                                     &missing, &counters, &negative))
+                                     &missing, &counters, &negative, &lock, &on_hits))
         return -1;
     if (as_counters(counters) == NULL)
         return -1;
@@ -448,6 +512,9 @@ reader_init(Reader *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->missing, Py_NewRef(missing));
     Py_XSETREF(self->negative, negative == Py_None ? NULL : Py_NewRef(negative));
     Py_XSETREF(self->counters, (Counters *)Py_NewRef(counters));
+    int ours = PyObject_TypeCheck(lock, &LockType) && on_hits != Py_None;
+    Py_XSETREF(self->c_lock, ours ? (Lock *)Py_NewRef(lock) : NULL);
+    Py_XSETREF(self->on_hits, ours ? Py_NewRef(on_hits) : NULL);
     self->limit = limit;
     self->fast_clock = is_time_monotonic(clock);
     self->vectorcall = (vectorcallfunc)reader_vectorcall;
@@ -465,6 +532,8 @@ reader_traverse(Reader *self, visitproc visit, void *arg)
     Py_VISIT(self->missing);
     Py_VISIT(self->negative);
     Py_VISIT(self->counters);
+    Py_VISIT(self->c_lock);
+    Py_VISIT(self->on_hits);
     return 0;
 }
 
@@ -479,6 +548,8 @@ reader_clear(Reader *self)
     Py_CLEAR(self->missing);
     Py_CLEAR(self->negative);
     Py_CLEAR(self->counters);
+    Py_CLEAR(self->c_lock);
+    Py_CLEAR(self->on_hits);
     return 0;
 }
 

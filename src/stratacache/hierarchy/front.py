@@ -82,6 +82,8 @@ class Front:
                 missing=MISSING,
                 counters=stats,
                 negative=store.negative if local_misses else None,
+                lock=store.lock,
+                on_hits=store.policy.on_hits,
             )
         data_get = store.data.get
         now = store.clock
