@@ -88,6 +88,7 @@
 #define STRATACACHE_SOURCE_SHA "unknown"
 #endif
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -203,6 +204,24 @@ short_type_name(PyTypeObject *type)
 {
     const char *dot = strrchr(type->tp_name, '.');
     return dot ? dot + 1 : type->tp_name;
+}
+
+/* A getset's closure naming the field its getter reads: one getter then serves every
+ * attribute of that kind, in every type here. */
+#define FIELD(type, field) ((void *)offsetof(type, field))
+
+static PyObject *
+get_long_long(PyObject *self, void *field)
+{
+    return PyLong_FromLongLong(*(long long *)((char *)self + (size_t)field));
+}
+
+/* A reference field that may be NULL, read as None. */
+static PyObject *
+get_object_or_none(PyObject *self, void *field)
+{
+    PyObject *value = *(PyObject **)((char *)self + (size_t)field);
+    return Py_NewRef(value != NULL ? value : Py_None);
 }
 
 /* The capacity check of PolicyBase.__init__, then our own upper bound. */
@@ -632,18 +651,6 @@ Sketch_clear(Sketch *s, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-Sketch_get_capacity(Sketch *s, void *Py_UNUSED(closure))
-{
-    return PyLong_FromLongLong(s->capacity);
-}
-
-static PyObject *
-Sketch_get_sample_size(Sketch *s, void *Py_UNUSED(closure))
-{
-    return PyLong_FromLongLong(s->sample_size);
-}
-
-static PyObject *
 Sketch_get_table(Sketch *s, void *Py_UNUSED(closure))
 {
     return PyBytes_FromStringAndSize((const char *)s->table,
@@ -661,9 +668,10 @@ static PyMethodDef Sketch_methods[] = {
 };
 
 static PyGetSetDef Sketch_getset[] = {
-    {"capacity", (getter)Sketch_get_capacity, NULL, "Entries the table is sized for.", NULL},
-    {"sample_size", (getter)Sketch_get_sample_size, NULL, "Increments between halvings.",
-     NULL},
+    {"capacity", get_long_long, NULL, "Entries the table is sized for.",
+     FIELD(Sketch, capacity)},
+    {"sample_size", get_long_long, NULL, "Increments between halvings.",
+     FIELD(Sketch, sample_size)},
     {"_table", (getter)Sketch_get_table, NULL, "A copy of the counters (for tests).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -1093,6 +1101,405 @@ victims_finish(Victims *v)
     return v->list;
 }
 
+/* ============================================================ the binding layer */
+
+/* Both policy objects begin with this head, so that the binding layer below reads the
+ * table and the totals of either through a Policy pointer. */
+#define POLICY_HEAD                                                                               \
+    PyObject_HEAD                                                                                 \
+    Core core;                                                                                    \
+    long long capacity;                                                                           \
+    long long weight; /* of the resident keys */
+
+typedef struct {
+    POLICY_HEAD
+} Policy;
+
+/* What a policy type plugs into the shared methods. A node the hooks receive is resident
+ * (seg < SEG_WSHADOW) unless said otherwise. */
+typedef struct {
+    /* A hit on a resident node; `key` and `hash` are the requested key's. */
+    void (*hit)(Policy *self, Node *n, PyObject *key, Py_hash_t hash);
+    /* A key that is not resident arrives; `shadow` is its non-resident node or NULL.
+     * Returns the victims. */
+    PyObject *(*insert)(Policy *self, PyObject *key, Py_hash_t hash, Node *shadow,
+                        long long weight);
+    /* A resident node's weight is set (on_update, or on_insert of a resident key).
+     * Returns the victims. */
+    PyObject *(*update)(Policy *self, Node *n, PyObject *key, long long weight);
+    /* The store removed a resident node: its weight leaves the type's totals (the head's
+     * weight included) before the node is freed. */
+    void (*drop)(Policy *self, Node *n);
+    /* The type's own state, handled before the core's (NULL: none). The state a clear()
+     * resets; the references a traverse visits (stop on nonzero), a tp_clear drops and a
+     * dealloc frees. */
+    void (*reset)(Policy *self);
+    int (*traverse)(Policy *self, visitproc visit, void *arg);
+    void (*gc_clear)(Policy *self);
+    void (*release)(Policy *self);
+    /* LRU has always converted on_update's weight before the lookup, so a bad weight
+     * raises even for a key not resident; W-TinyLFU converts an exact int only for a
+     * resident key (Python ignores the weight of a key not resident). Kept per type so
+     * that neither type's errors change. */
+    int update_converts_weight_first;
+} PolicyOps;
+
+/* The shared methods below are written once and take the type's PolicyOps; each type
+ * stamps out its entry points with POLICY_ENTRY_POINTS, which fixes its ops as a constant.
+ * Forced inlining is what makes the constant reach the hooks: the compiler then calls
+ * them directly (and may inline them), with no indirect call per key or per call. */
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+static const char *const insert_names[] = {"key", "weight", "cost"};
+static const char *const update_names[] = {"key", "weight"};
+
+enum { KEY_ABSENT = 0, KEY_SHADOWED = 1, KEY_RESIDENT = 2 };
+
+/* What the policy knows of `key`: KEY_RESIDENT or KEY_SHADOWED (a W-TinyLFU key that
+ * recently left) with *node set, KEY_ABSENT, or -1 on error. *hash is set unless hashing
+ * failed. */
+static ALWAYS_INLINE int
+policy_lookup(Policy *self, PyObject *key, Py_hash_t *hash, Node **node)
+{
+    *hash = key_hash(key);
+    if (*hash == -1)
+        return -1;
+    int found = table_find(&self->core.table, key, *hash, node);
+    if (found <= 0)
+        return found;
+    return (*node)->seg < SEG_WSHADOW ? KEY_RESIDENT : KEY_SHADOWED;
+}
+
+/* 0 if handled (hit or ignored), -1 on error. */
+static ALWAYS_INLINE int
+policy_hit(Policy *self, PyObject *key, const PolicyOps *ops)
+{
+    Py_hash_t hash;
+    Node *n;
+    int where = policy_lookup(self, key, &hash, &n);
+    if (where < 0)
+        return -1;
+    if (where == KEY_RESIDENT)
+        ops->hit(self, n, key, hash);
+    return 0;
+}
+
+static ALWAYS_INLINE PyObject *
+policy_on_hit(Policy *self, PyObject *key, const PolicyOps *ops)
+{
+    if (policy_hit(self, key, ops) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* policy_hit, for a key reference the caller hands over. */
+static ALWAYS_INLINE int
+policy_hit_owned(Policy *self, PyObject *key, const PolicyOps *ops)
+{
+    int rc = policy_hit(self, key, ops);
+    Py_DECREF(key);
+    return rc;
+}
+
+static ALWAYS_INLINE PyObject *
+policy_on_hits(Policy *self, PyObject *keys, const PolicyOps *ops)
+{
+    if (PyList_CheckExact(keys) || PyTuple_CheckExact(keys)) {
+        /* Indexed, which is faster than iterating; the size is read again each time: a
+         * key's __eq__ could change the list. */
+        Py_INCREF(keys);
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(keys); i++) {
+            PyObject *key = Py_NewRef(PySequence_Fast_GET_ITEM(keys, i));
+            if (policy_hit_owned(self, key, ops) < 0) {
+                Py_DECREF(keys);
+                return NULL;
+            }
+        }
+        Py_DECREF(keys);
+        Py_RETURN_NONE;
+    }
+    PyObject *iterator = PyObject_GetIter(keys);
+    if (iterator == NULL)
+        return NULL;
+    PyObject *key;
+    while ((key = PyIter_Next(iterator)) != NULL) {
+        if (policy_hit_owned(self, key, ops) < 0) {
+            Py_DECREF(iterator);
+            return NULL;
+        }
+    }
+    Py_DECREF(iterator);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* on_insert, and access: on_insert turned into a hit when the key is resident. A hit
+ * ignores the weight, so access converts an exact int only for a key it inserts. Any other
+ * weight is converted before the lookup, since __index__ may run Python code. */
+static ALWAYS_INLINE PyObject *
+policy_insert(Policy *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+              const PolicyOps *ops, int access)
+{
+    PyObject *argv[3];
+    long long weight = 1;
+    if (kwnames == NULL && nargs >= 1 && nargs <= 3) {
+        argv[0] = args[0];
+        argv[1] = nargs > 1 ? args[1] : NULL;
+    }
+    else if (parse_args(access ? "access" : "on_insert", args, nargs, kwnames, insert_names,
+                        3, 1, argv) < 0)
+        return NULL;
+    PyObject *key = argv[0], *weight_obj = argv[1];
+    if (weight_obj != NULL && (!access || !PyLong_CheckExact(weight_obj))) {
+        if (as_weight(weight_obj, &weight) < 0)
+            return NULL;
+        weight_obj = NULL;
+    }
+    Py_hash_t hash;
+    Node *n;
+    int where = policy_lookup(self, key, &hash, &n);
+    if (where < 0)
+        return NULL;
+    if (where == KEY_RESIDENT) {
+        if (!access)
+            return ops->update(self, n, key, weight); /* not new: a weight change */
+        ops->hit(self, n, key, hash);
+        Py_RETURN_TRUE;
+    }
+    if (weight_obj != NULL && as_weight(weight_obj, &weight) < 0)
+        return NULL;
+    PyObject *victims = ops->insert(self, key, hash, where == KEY_SHADOWED ? n : NULL, weight);
+    if (!access || victims == NULL)
+        return victims;
+    Py_DECREF(victims);
+    Py_RETURN_FALSE;
+}
+
+static ALWAYS_INLINE PyObject *
+policy_on_update(Policy *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                 const PolicyOps *ops)
+{
+    PyObject *argv[2];
+    long long weight;
+    if (kwnames == NULL && nargs == 2) {
+        argv[0] = args[0];
+        argv[1] = args[1];
+    }
+    else if (parse_args("on_update", args, nargs, kwnames, update_names, 2, 2, argv) < 0)
+        return NULL;
+    PyObject *key = argv[0];
+    int converted = 0;
+    if (ops->update_converts_weight_first || !PyLong_CheckExact(argv[1])) {
+        /* __index__ may run Python code: convert before the lookup, not after. */
+        if (as_weight(argv[1], &weight) < 0)
+            return NULL;
+        converted = 1;
+    }
+    Py_hash_t hash;
+    Node *n;
+    int where = policy_lookup(self, key, &hash, &n);
+    if (where < 0)
+        return NULL;
+    if (where != KEY_RESIDENT)
+        return PyList_New(0);
+    if (!converted && as_weight(argv[1], &weight) < 0)
+        return NULL;
+    return ops->update(self, n, key, weight);
+}
+
+static ALWAYS_INLINE PyObject *
+policy_on_remove(Policy *self, PyObject *key, const PolicyOps *ops)
+{
+    Py_hash_t hash;
+    Node *n;
+    int where = policy_lookup(self, key, &hash, &n);
+    if (where < 0)
+        return NULL;
+    if (where == KEY_RESIDENT) {
+        self->core.resident--;
+        ops->drop(self, n);
+        core_free_node(&self->core, n);
+        core_release(&self->core);
+    }
+    Py_RETURN_NONE;
+}
+
+static ALWAYS_INLINE PyObject *
+policy_clear(Policy *self, const PolicyOps *ops)
+{
+    if (ops->reset != NULL)
+        ops->reset(self);
+    self->weight = 0;
+    core_empty(&self->core);
+    Py_RETURN_NONE;
+}
+
+static ALWAYS_INLINE int
+policy_traverse(Policy *self, visitproc visit, void *arg, const PolicyOps *ops)
+{
+    if (ops->traverse != NULL) {
+        int rc = ops->traverse(self, visit, arg);
+        if (rc != 0)
+            return rc;
+    }
+    return core_traverse(&self->core, visit, arg);
+}
+
+static ALWAYS_INLINE int
+policy_tp_clear(Policy *self, const PolicyOps *ops)
+{
+    if (ops->gc_clear != NULL)
+        ops->gc_clear(self);
+    if (self->core.table.slots != NULL) {
+        self->weight = 0;
+        core_empty(&self->core);
+        core_release(&self->core); /* keys parked while the type's part was released */
+    }
+    return 0;
+}
+
+static ALWAYS_INLINE void
+policy_dealloc(Policy *self, const PolicyOps *ops)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (ops->release != NULL)
+        ops->release(self);
+    core_dealloc(&self->core);
+    type->tp_free((PyObject *)self);
+}
+
+/* A type's PolicyOps (the designated initializers that follow T) and its entry points:
+ * the methods above with those ops fixed. */
+#define POLICY_ENTRY_POINTS(T, ...)                                                               \
+    static const PolicyOps T##_ops = {__VA_ARGS__};                                               \
+    static PyObject *T##_on_hit(PyObject *self, PyObject *key)                                    \
+    {                                                                                             \
+        return policy_on_hit((Policy *)self, key, &T##_ops);                                      \
+    }                                                                                             \
+    static PyObject *T##_on_hits(PyObject *self, PyObject *keys)                                  \
+    {                                                                                             \
+        return policy_on_hits((Policy *)self, keys, &T##_ops);                                    \
+    }                                                                                             \
+    static PyObject *T##_on_insert(PyObject *self, PyObject *const *args, Py_ssize_t nargs,       \
+                                   PyObject *kwnames)                                             \
+    {                                                                                             \
+        return policy_insert((Policy *)self, args, nargs, kwnames, &T##_ops, 0);                  \
+    }                                                                                             \
+    static PyObject *T##_access(PyObject *self, PyObject *const *args, Py_ssize_t nargs,          \
+                                PyObject *kwnames)                                                \
+    {                                                                                             \
+        return policy_insert((Policy *)self, args, nargs, kwnames, &T##_ops, 1);                  \
+    }                                                                                             \
+    static PyObject *T##_on_update(PyObject *self, PyObject *const *args, Py_ssize_t nargs,       \
+                                   PyObject *kwnames)                                             \
+    {                                                                                             \
+        return policy_on_update((Policy *)self, args, nargs, kwnames, &T##_ops);                  \
+    }                                                                                             \
+    static PyObject *T##_on_remove(PyObject *self, PyObject *key)                                 \
+    {                                                                                             \
+        return policy_on_remove((Policy *)self, key, &T##_ops);                                   \
+    }                                                                                             \
+    static PyObject *T##_clear(PyObject *self, PyObject *Py_UNUSED(ignored))                      \
+    {                                                                                             \
+        return policy_clear((Policy *)self, &T##_ops);                                            \
+    }                                                                                             \
+    static int T##_traverse(PyObject *self, visitproc visit, void *arg)                           \
+    {                                                                                             \
+        return policy_traverse((Policy *)self, visit, arg, &T##_ops);                             \
+    }                                                                                             \
+    static int T##_tp_clear(PyObject *self)                                                       \
+    {                                                                                             \
+        return policy_tp_clear((Policy *)self, &T##_ops);                                         \
+    }                                                                                             \
+    static void T##_dealloc(PyObject *self)                                                       \
+    {                                                                                             \
+        policy_dealloc((Policy *)self, &T##_ops);                                                 \
+    }
+
+/* The entries of a type's method table that POLICY_ENTRY_POINTS(T, ...) provides. */
+#define POLICY_METHODS(T)                                                                         \
+    {"on_hit", T##_on_hit, METH_O, "One hit; a key not resident is ignored."},                    \
+    {"on_hits", T##_on_hits, METH_O, "A batch of hits, oldest first."},                           \
+    {"on_insert", (PyCFunction)(void (*)(void))T##_on_insert, METH_FASTCALL | METH_KEYWORDS,      \
+     "on_insert(key, weight=1, cost=1.0): a new key; returns the keys to evict."},                \
+    {"on_update", (PyCFunction)(void (*)(void))T##_on_update, METH_FASTCALL | METH_KEYWORDS,      \
+     "on_update(key, weight): a resident key's weight changed; returns victims."},                \
+    {"on_remove", T##_on_remove, METH_O, "The store dropped a key."},                             \
+    {"access", (PyCFunction)(void (*)(void))T##_access, METH_FASTCALL | METH_KEYWORDS,            \
+     "access(key, weight=1, cost=1.0): on_hit if resident (True), else on_insert (False)."},      \
+    {"clear", T##_clear, METH_NOARGS, "Forget every key."}
+
+/* What needs no hooks: the same function serves both types. */
+
+static Py_ssize_t
+policy_len(PyObject *self)
+{
+    return ((Policy *)self)->core.resident;
+}
+
+static int
+policy_contains(PyObject *self, PyObject *key)
+{
+    Py_hash_t hash;
+    Node *n;
+    int where = policy_lookup((Policy *)self, key, &hash, &n);
+    return where < 0 ? -1 : where == KEY_RESIDENT;
+}
+
+static PyObject *
+policy_repr(PyObject *self)
+{
+    Policy *p = (Policy *)self;
+    return PyUnicode_FromFormat("%s(capacity=%lld, weight=%lld, entries=%zd)",
+                                short_type_name(Py_TYPE(self)), p->capacity, p->weight,
+                                p->core.resident);
+}
+
+#define POLICY_GETSET                                                                             \
+    {"capacity", get_long_long, NULL, "The bound, in weight units.", FIELD(Policy, capacity)},    \
+    {"weight", get_long_long, NULL, "Total weight of the resident keys.", FIELD(Policy, weight)}
+
+static PySequenceMethods policy_as_sequence = {
+    .sq_length = policy_len,
+    .sq_contains = policy_contains,
+};
+
+/* The type object T##Type, from POLICY_ENTRY_POINTS(T, ...) and the type's own T##_new,
+ * T##_methods and T##_getset. */
+#define POLICY_TYPE(T, name, doc)                                                                 \
+    static PyTypeObject T##Type = {                                                               \
+        PyVarObject_HEAD_INIT(NULL, 0).tp_name = "stratacache._cpolicies." name,                  \
+        .tp_doc = doc,                                                                            \
+        .tp_basicsize = sizeof(T),                                                                \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,                                      \
+        .tp_new = T##_new,                                                                        \
+        .tp_dealloc = T##_dealloc,                                                                \
+        .tp_traverse = T##_traverse,                                                              \
+        .tp_clear = T##_tp_clear,                                                                 \
+        .tp_repr = policy_repr,                                                                   \
+        .tp_methods = T##_methods,                                                                \
+        .tp_getset = T##_getset,                                                                  \
+        .tp_as_sequence = &policy_as_sequence,                                                    \
+    }
+
+/* A new object of `type`, its core ready; NULL on error. */
+static Policy *
+policy_alloc(PyTypeObject *type, long long capacity)
+{
+    Policy *self = (Policy *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    /* tp_alloc zeroes the object: after a failure dealloc finds nothing to free. */
+    if (core_init(&self->core) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->capacity = capacity;
+    return self;
+}
+
 /* ============================================================ W-TinyLFU */
 
 enum { ADAPT_SHADOW = 0, ADAPT_CLIMB = 1, ADAPT_FIXED = 2 };
@@ -1116,9 +1523,7 @@ typedef struct {
 #define MT_M 397
 
 typedef struct {
-    PyObject_HEAD
-    Core core;
-    long long capacity;
+    POLICY_HEAD
     int adaptation;
     double window_percent;
     Sketch *sketch;
@@ -1129,7 +1534,6 @@ typedef struct {
     Disagreement *noted; /* during one eviction */
     Py_ssize_t nnoted;
     Py_ssize_t noted_capacity;
-    long long weight;
     long long window_weight;
     long long protected_weight;
     long long window_max;
@@ -1148,8 +1552,6 @@ typedef struct {
     uint32_t mt[MT_N];
     int mti;
 } WTinyLFU;
-
-static PyTypeObject WTinyLFUType;
 
 #define W_WINDOW(self) (&(self)->core.heads[SEG_WINDOW])
 #define W_PROBATION(self) (&(self)->core.heads[SEG_PROBATION])
@@ -1725,8 +2127,9 @@ w_promote(WTinyLFU *self, Node *n, PyObject *key)
 
 /* A hit on a resident node; `key` and `hash` are the requested key's. */
 static inline void
-w_hit_node(WTinyLFU *self, Node *n, PyObject *key, Py_hash_t hash)
+w_hit_node(Policy *policy, Node *n, PyObject *key, Py_hash_t hash)
 {
+    WTinyLFU *self = (WTinyLFU *)policy;
     w_count(self, hash);
     if (n->seg == SEG_PROTECTED || n->seg == SEG_WINDOW) {
         list_move_to_end(&self->core.heads[n->seg], n);
@@ -1743,28 +2146,11 @@ w_hit_node(WTinyLFU *self, Node *n, PyObject *key, Py_hash_t hash)
     core_release(&self->core);
 }
 
-/* 0 if handled (hit or ignored), -1 on error. */
-static int
-w_hit(WTinyLFU *self, PyObject *key)
-{
-    Py_hash_t hash = key_hash(key);
-    if (hash == -1)
-        return -1;
-    Node *n;
-    int found = table_find(&self->core.table, key, hash, &n);
-    if (found < 0)
-        return -1;
-    if (found && n->seg < SEG_WSHADOW)
-        w_hit_node(self, n, key, hash);
-    return 0;
-}
-
-static PyObject *w_update_node(WTinyLFU *self, Node *n, PyObject *key, long long weight);
-
 /* on_insert for a key that is not resident (`existing` is its shadow node or NULL). */
 static PyObject *
-w_insert(WTinyLFU *self, PyObject *key, Py_hash_t hash, Node *existing, long long weight)
+w_insert(Policy *policy, PyObject *key, Py_hash_t hash, Node *existing, long long weight)
 {
+    WTinyLFU *self = (WTinyLFU *)policy;
     Core *core = &self->core;
     Sketch *sketch = self->sketch;
     Node *n = NULL;
@@ -1815,8 +2201,9 @@ w_insert(WTinyLFU *self, PyObject *key, Py_hash_t hash, Node *existing, long lon
 
 /* on_update of a resident node. */
 static PyObject *
-w_update_node(WTinyLFU *self, Node *n, PyObject *key, long long weight)
+w_update_node(Policy *policy, Node *n, PyObject *key, long long weight)
 {
+    WTinyLFU *self = (WTinyLFU *)policy;
     if (weight > self->capacity) {
         node_unlink(n);
         self->core.resident--;
@@ -1846,205 +2233,58 @@ w_update_node(WTinyLFU *self, Node *n, PyObject *key, long long weight)
     return victims_finish(&victims);
 }
 
-static const char *const insert_names[] = {"key", "weight", "cost"};
-
-static PyObject *
-WTinyLFU_on_insert(WTinyLFU *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+static void
+w_drop_removed(Policy *policy, Node *n)
 {
-    PyObject *argv[3];
-    long long weight = 1;
-    if (kwnames == NULL && nargs >= 1 && nargs <= 3) {
-        argv[0] = args[0];
-        argv[1] = nargs > 1 ? args[1] : NULL;
-    }
-    else if (parse_args("on_insert", args, nargs, kwnames, insert_names, 3, 1, argv) < 0)
-        return NULL;
-    PyObject *key = argv[0];
-    if (argv[1] != NULL && as_weight(argv[1], &weight) < 0)
-        return NULL;
-    Py_hash_t hash = key_hash(key);
-    if (hash == -1)
-        return NULL;
-    Node *n;
-    int found = table_find(&self->core.table, key, hash, &n);
-    if (found < 0)
-        return NULL;
-    if (found && n->seg < SEG_WSHADOW)
-        return w_update_node(self, n, key, weight); /* not new: a weight change */
-    return w_insert(self, key, hash, found ? n : NULL, weight);
+    w_drop((WTinyLFU *)policy, n);
 }
 
-static PyObject *
-WTinyLFU_access(WTinyLFU *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+/* The disputes first: releasing their keys may run a __del__ that calls back into the
+ * policy, which must find a consistent state (the core is emptied after this). */
+static void
+w_reset(Policy *policy)
 {
-    PyObject *argv[3];
-    long long weight = 1;
-    if (kwnames == NULL && nargs >= 1 && nargs <= 3) {
-        argv[0] = args[0];
-        argv[1] = nargs > 1 ? args[1] : NULL;
-    }
-    else if (parse_args("access", args, nargs, kwnames, insert_names, 3, 1, argv) < 0)
-        return NULL;
-    PyObject *key = argv[0];
-    PyObject *weight_obj = argv[1];
-    if (weight_obj != NULL && !PyLong_CheckExact(weight_obj)) {
-        /* __index__ may run Python code: convert before the lookup, not after. */
-        if (as_weight(weight_obj, &weight) < 0)
-            return NULL;
-        weight_obj = NULL;
-    }
-    Py_hash_t hash = key_hash(key);
-    if (hash == -1)
-        return NULL;
-    Node *n;
-    int found = table_find(&self->core.table, key, hash, &n);
-    if (found < 0)
-        return NULL;
-    if (found && n->seg < SEG_WSHADOW) {
-        w_hit_node(self, n, key, hash);
-        Py_RETURN_TRUE;
-    }
-    if (weight_obj != NULL && as_weight(weight_obj, &weight) < 0)
-        return NULL;
-    PyObject *victims = w_insert(self, key, hash, found ? n : NULL, weight);
-    if (victims == NULL)
-        return NULL;
-    Py_DECREF(victims);
-    Py_RETURN_FALSE;
-}
-
-static const char *const update_names[] = {"key", "weight"};
-
-static PyObject *
-WTinyLFU_on_update(WTinyLFU *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
-{
-    PyObject *argv[2];
-    long long weight;
-    if (kwnames == NULL && nargs == 2) {
-        argv[0] = args[0];
-        argv[1] = args[1];
-    }
-    else if (parse_args("on_update", args, nargs, kwnames, update_names, 2, 2, argv) < 0)
-        return NULL;
-    PyObject *key = argv[0];
-    int converted = 0;
-    if (!PyLong_CheckExact(argv[1])) {
-        /* __index__ may run Python code: convert before the lookup, not after. */
-        if (as_weight(argv[1], &weight) < 0)
-            return NULL;
-        converted = 1;
-    }
-    Py_hash_t hash = key_hash(key);
-    if (hash == -1)
-        return NULL;
-    Node *n;
-    int found = table_find(&self->core.table, key, hash, &n);
-    if (found < 0)
-        return NULL;
-    if (!found || n->seg >= SEG_WSHADOW)
-        return PyList_New(0);
-    if (!converted && as_weight(argv[1], &weight) < 0)
-        return NULL;
-    return w_update_node(self, n, key, weight);
-}
-
-static PyObject *
-WTinyLFU_on_hit(WTinyLFU *self, PyObject *key)
-{
-    if (w_hit(self, key) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-WTinyLFU_on_hits(WTinyLFU *self, PyObject *keys)
-{
-    if (PyList_CheckExact(keys) || PyTuple_CheckExact(keys)) {
-        /* The size is read again each time: a key's __eq__ could change the list. */
-        Py_ssize_t i;
-        Py_INCREF(keys);
-        for (i = 0; i < PySequence_Fast_GET_SIZE(keys); i++) {
-            PyObject *key = PySequence_Fast_GET_ITEM(keys, i);
-            Py_INCREF(key);
-            int rc = w_hit(self, key);
-            Py_DECREF(key);
-            if (rc < 0) {
-                Py_DECREF(keys);
-                return NULL;
-            }
-        }
-        Py_DECREF(keys);
-        Py_RETURN_NONE;
-    }
-    PyObject *iterator = PyObject_GetIter(keys);
-    if (iterator == NULL)
-        return NULL;
-    PyObject *key;
-    while ((key = PyIter_Next(iterator)) != NULL) {
-        int rc = w_hit(self, key);
-        Py_DECREF(key);
-        if (rc < 0) {
-            Py_DECREF(iterator);
-            return NULL;
-        }
-    }
-    Py_DECREF(iterator);
-    if (PyErr_Occurred())
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-WTinyLFU_on_remove(WTinyLFU *self, PyObject *key)
-{
-    Py_hash_t hash = key_hash(key);
-    if (hash == -1)
-        return NULL;
-    Node *n;
-    int found = table_find(&self->core.table, key, hash, &n);
-    if (found < 0)
-        return NULL;
-    if (found && n->seg < SEG_WSHADOW) {
-        self->core.resident--;
-        w_drop(self, n);
-        core_free_node(&self->core, n);
-        core_release(&self->core);
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-WTinyLFU_clear(WTinyLFU *self, PyObject *Py_UNUSED(ignored))
-{
-    /* The disputes first: releasing their keys may run a __del__ that calls back into the
-     * policy, which must find a consistent state (the rest is emptied as before). */
+    WTinyLFU *self = (WTinyLFU *)policy;
     core_empty(&self->disputes);
     sketch_clear(self->sketch);
     if (self->short_sketch != NULL)
         sketch_clear(self->short_sketch);
     w_reset_state(self);
-    core_empty(&self->core);
-    Py_RETURN_NONE;
-}
-
-static Py_ssize_t
-WTinyLFU_len(WTinyLFU *self)
-{
-    return self->core.resident;
 }
 
 static int
-WTinyLFU_contains(WTinyLFU *self, PyObject *key)
+w_traverse(Policy *policy, visitproc visit, void *arg)
 {
-    Py_hash_t hash = key_hash(key);
-    if (hash == -1)
-        return -1;
-    Node *n;
-    int found = table_find(&self->core.table, key, hash, &n);
-    if (found <= 0)
-        return found;
-    return n->seg < SEG_WSHADOW;
+    WTinyLFU *self = (WTinyLFU *)policy;
+    Py_ssize_t i;
+    for (i = 0; i < self->nnoted; i++) {
+        Py_VISIT(self->noted[i].candidate);
+        Py_VISIT(self->noted[i].victim);
+    }
+    return core_traverse(&self->disputes, visit, arg);
 }
+
+static void
+w_gc_clear(Policy *policy)
+{
+    WTinyLFU *self = (WTinyLFU *)policy;
+    if (self->disputes.table.slots != NULL)
+        core_empty(&self->disputes);
+}
+
+static void
+w_release(Policy *policy)
+{
+    WTinyLFU *self = (WTinyLFU *)policy;
+    core_dealloc(&self->disputes);
+    Py_CLEAR(self->sketch);
+    Py_CLEAR(self->short_sketch);
+    PyMem_Free(self->noted); /* empty outside an eviction */
+}
+
+POLICY_ENTRY_POINTS(WTinyLFU, .hit = w_hit_node, .insert = w_insert, .update = w_update_node,
+                    .drop = w_drop_removed, .reset = w_reset, .traverse = w_traverse,
+                    .gc_clear = w_gc_clear, .release = w_release)
 
 static PyObject *
 WTinyLFU_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -2177,22 +2417,15 @@ WTinyLFU_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             return NULL;
         }
     }
-    WTinyLFU *self = (WTinyLFU *)type->tp_alloc(type, 0);
-    if (self == NULL) {
+    WTinyLFU *self = (WTinyLFU *)policy_alloc(type, capacity);
+    if (self == NULL || core_init(&self->disputes) < 0) {
         Py_DECREF(sketch);
         Py_XDECREF(short_sketch);
-        return NULL;
-    }
-    /* tp_alloc zeroes the object: a failure below leaves nothing for dealloc to free. */
-    if (core_init(&self->core) < 0 || core_init(&self->disputes) < 0) {
-        Py_DECREF(sketch);
-        Py_XDECREF(short_sketch);
-        Py_DECREF(self);
+        Py_XDECREF(self);
         return NULL;
     }
     self->sketch = sketch;
     self->short_sketch = short_sketch;
-    self->capacity = capacity;
     self->adaptation = adaptation;
     self->window_percent = window_percent;
     self->shadow_floor = (long long)(SHADOW_PERCENT * (double)capacity);
@@ -2200,89 +2433,6 @@ WTinyLFU_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->mti = mti;
     w_reset_state(self);
     return (PyObject *)self;
-}
-
-static int
-WTinyLFU_traverse(WTinyLFU *self, visitproc visit, void *arg)
-{
-    Py_ssize_t i;
-    for (i = 0; i < self->nnoted; i++) {
-        Py_VISIT(self->noted[i].candidate);
-        Py_VISIT(self->noted[i].victim);
-    }
-    int rc = core_traverse(&self->disputes, visit, arg);
-    return rc != 0 ? rc : core_traverse(&self->core, visit, arg);
-}
-
-static int
-WTinyLFU_tp_clear(WTinyLFU *self)
-{
-    if (self->disputes.table.slots != NULL)
-        core_empty(&self->disputes);
-    if (self->core.table.slots != NULL) {
-        core_empty(&self->core);
-        core_release(&self->core); /* dispute keys parked by the lines above */
-    }
-    return 0;
-}
-
-static void
-WTinyLFU_dealloc(WTinyLFU *self)
-{
-    PyTypeObject *type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    core_dealloc(&self->disputes);
-    core_dealloc(&self->core);
-    Py_CLEAR(self->sketch);
-    Py_CLEAR(self->short_sketch);
-    PyMem_Free(self->noted); /* empty outside an eviction */
-    type->tp_free((PyObject *)self);
-}
-
-static PyObject *
-WTinyLFU_repr(WTinyLFU *self)
-{
-    return PyUnicode_FromFormat("%s(capacity=%lld, weight=%lld, entries=%zd)",
-                                short_type_name(Py_TYPE(self)), self->capacity, self->weight,
-                                self->core.resident);
-}
-
-static PyObject *
-WTinyLFU_get_capacity(WTinyLFU *self, void *Py_UNUSED(c))
-{
-    return PyLong_FromLongLong(self->capacity);
-}
-
-static PyObject *
-WTinyLFU_get_weight(WTinyLFU *self, void *Py_UNUSED(c))
-{
-    return PyLong_FromLongLong(self->weight);
-}
-
-static PyObject *
-WTinyLFU_get_window_maximum(WTinyLFU *self, void *Py_UNUSED(c))
-{
-    return PyLong_FromLongLong(self->window_max);
-}
-
-static PyObject *
-WTinyLFU_get_protected_maximum(WTinyLFU *self, void *Py_UNUSED(c))
-{
-    return PyLong_FromLongLong(self->protected_max);
-}
-
-static PyObject *
-WTinyLFU_get_sketch(WTinyLFU *self, void *Py_UNUSED(c))
-{
-    return Py_NewRef((PyObject *)self->sketch);
-}
-
-static PyObject *
-WTinyLFU_get_short_sketch(WTinyLFU *self, void *Py_UNUSED(c))
-{
-    if (self->short_sketch == NULL)
-        Py_RETURN_NONE;
-    return Py_NewRef((PyObject *)self->short_sketch);
 }
 
 static PyObject *
@@ -2335,33 +2485,23 @@ WTinyLFU_segments(WTinyLFU *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyMethodDef WTinyLFU_methods[] = {
-    {"on_hit", (PyCFunction)WTinyLFU_on_hit, METH_O, "One hit; a key not resident is ignored."},
-    {"on_hits", (PyCFunction)WTinyLFU_on_hits, METH_O, "A batch of hits, oldest first."},
-    {"on_insert", (PyCFunction)(void (*)(void))WTinyLFU_on_insert,
-     METH_FASTCALL | METH_KEYWORDS,
-     "on_insert(key, weight=1, cost=1.0): a new key; returns the keys to evict."},
-    {"on_update", (PyCFunction)(void (*)(void))WTinyLFU_on_update,
-     METH_FASTCALL | METH_KEYWORDS,
-     "on_update(key, weight): a resident key's weight changed; returns victims."},
-    {"on_remove", (PyCFunction)WTinyLFU_on_remove, METH_O, "The store dropped a key."},
-    {"access", (PyCFunction)(void (*)(void))WTinyLFU_access, METH_FASTCALL | METH_KEYWORDS,
-     "access(key, weight=1, cost=1.0): on_hit if resident (True), else on_insert (False)."},
-    {"clear", (PyCFunction)WTinyLFU_clear, METH_NOARGS, "Forget every key."},
+    POLICY_METHODS(WTinyLFU),
     {"_segments", (PyCFunction)WTinyLFU_segments, METH_NOARGS,
      "Each list's keys, oldest first (tests)."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef WTinyLFU_getset[] = {
-    {"capacity", (getter)WTinyLFU_get_capacity, NULL, "The bound, in weight units.", NULL},
-    {"weight", (getter)WTinyLFU_get_weight, NULL, "Total weight of the resident keys.", NULL},
-    {"window_maximum", (getter)WTinyLFU_get_window_maximum, NULL,
-     "The current bound of the LRU window.", NULL},
-    {"protected_maximum", (getter)WTinyLFU_get_protected_maximum, NULL,
-     "The current bound of the protected segment.", NULL},
-    {"sketch", (getter)WTinyLFU_get_sketch, NULL, "The sketch with the long memory.", NULL},
-    {"short_sketch", (getter)WTinyLFU_get_short_sketch, NULL,
-     "The sketch that ages twice as fast, or None when aging is fixed.", NULL},
+    POLICY_GETSET,
+    {"window_maximum", get_long_long, NULL, "The current bound of the LRU window.",
+     FIELD(WTinyLFU, window_max)},
+    {"protected_maximum", get_long_long, NULL, "The current bound of the protected segment.",
+     FIELD(WTinyLFU, protected_max)},
+    {"sketch", get_object_or_none, NULL, "The sketch with the long memory.",
+     FIELD(WTinyLFU, sketch)},
+    {"short_sketch", get_object_or_none, NULL,
+     "The sketch that ages twice as fast, or None when aging is fixed.",
+     FIELD(WTinyLFU, short_sketch)},
     {"uses_short_memory", (getter)WTinyLFU_get_uses_short_memory, NULL,
      "Whether the duels currently trust the short memory.", NULL},
     {"pending_disputes", (getter)WTinyLFU_get_pending_disputes, NULL,
@@ -2369,36 +2509,12 @@ static PyGetSetDef WTinyLFU_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PySequenceMethods WTinyLFU_as_sequence = {
-    .sq_length = (lenfunc)WTinyLFU_len,
-    .sq_contains = (objobjproc)WTinyLFU_contains,
-};
-
-static PyTypeObject WTinyLFUType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "stratacache._cpolicies.WTinyLFUPolicy",
-    .tp_doc = "policies.wtinylfu.WTinyLFUPolicy, compiled: the same decisions, faster.",
-    .tp_basicsize = sizeof(WTinyLFU),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = WTinyLFU_new,
-    .tp_dealloc = (destructor)WTinyLFU_dealloc,
-    .tp_traverse = (traverseproc)WTinyLFU_traverse,
-    .tp_clear = (inquiry)WTinyLFU_tp_clear,
-    .tp_repr = (reprfunc)WTinyLFU_repr,
-    .tp_methods = WTinyLFU_methods,
-    .tp_getset = WTinyLFU_getset,
-    .tp_as_sequence = &WTinyLFU_as_sequence,
-};
+POLICY_TYPE(WTinyLFU, "WTinyLFUPolicy",
+            "policies.wtinylfu.WTinyLFUPolicy, compiled: the same decisions, faster.");
 
 /* ============================================================ LRU */
-
-typedef struct {
-    PyObject_HEAD
-    Core core;
-    long long capacity;
-    long long weight;
-} LRU;
-
-static PyTypeObject LRUType;
+/* LRU keeps nothing beyond the shared head: its one list is core.heads[SEG_WINDOW]. */
+typedef Policy LRU;
 
 #define L_ORDER(self) (&(self)->core.heads[SEG_WINDOW])
 
@@ -2435,8 +2551,9 @@ l_update_node(LRU *self, Node *n, PyObject *key, long long weight)
     return victims_finish(&victims);
 }
 
+/* LRU remembers no key that left, so there is never a shadow node. */
 static PyObject *
-l_insert(LRU *self, PyObject *key, Py_hash_t hash, long long weight)
+l_insert(LRU *self, PyObject *key, Py_hash_t hash, Node *Py_UNUSED(shadow), long long weight)
 {
     if (weight > self->capacity)
         return Py_BuildValue("[O]", key);
@@ -2455,199 +2572,20 @@ l_insert(LRU *self, PyObject *key, Py_hash_t hash, long long weight)
     return victims_finish(&victims);
 }
 
-static PyObject *
-LRU_on_insert(LRU *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+static inline void
+l_hit_node(LRU *self, Node *n, PyObject *Py_UNUSED(key), Py_hash_t Py_UNUSED(hash))
 {
-    PyObject *argv[3];
-    long long weight = 1;
-    if (kwnames == NULL && nargs >= 1 && nargs <= 3) {
-        argv[0] = args[0];
-        argv[1] = nargs > 1 ? args[1] : NULL;
-    }
-    else if (parse_args("on_insert", args, nargs, kwnames, insert_names, 3, 1, argv) < 0)
-        return NULL;
-    PyObject *key = argv[0];
-    if (argv[1] != NULL && as_weight(argv[1], &weight) < 0)
-        return NULL;
-    Py_hash_t hash = key_hash(key);
-    if (hash == -1)
-        return NULL;
-    Node *n;
-    int found = table_find(&self->core.table, key, hash, &n);
-    if (found < 0)
-        return NULL;
-    if (found)
-        return l_update_node(self, n, key, weight);
-    return l_insert(self, key, hash, weight);
+    list_move_to_end(L_ORDER(self), n);
 }
 
-static PyObject *
-LRU_access(LRU *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+static void
+l_drop(LRU *self, Node *n)
 {
-    PyObject *argv[3];
-    long long weight = 1;
-    if (kwnames == NULL && nargs >= 1 && nargs <= 3) {
-        argv[0] = args[0];
-        argv[1] = nargs > 1 ? args[1] : NULL;
-    }
-    else if (parse_args("access", args, nargs, kwnames, insert_names, 3, 1, argv) < 0)
-        return NULL;
-    PyObject *key = argv[0];
-    PyObject *weight_obj = argv[1];
-    if (weight_obj != NULL && !PyLong_CheckExact(weight_obj)) {
-        /* __index__ may run Python code: convert before the lookup, not after. */
-        if (as_weight(weight_obj, &weight) < 0)
-            return NULL;
-        weight_obj = NULL;
-    }
-    Py_hash_t hash = key_hash(key);
-    if (hash == -1)
-        return NULL;
-    Node *n;
-    int found = table_find(&self->core.table, key, hash, &n);
-    if (found < 0)
-        return NULL;
-    if (found) {
-        list_move_to_end(L_ORDER(self), n);
-        Py_RETURN_TRUE;
-    }
-    if (weight_obj != NULL && as_weight(weight_obj, &weight) < 0)
-        return NULL;
-    PyObject *victims = l_insert(self, key, hash, weight);
-    if (victims == NULL)
-        return NULL;
-    Py_DECREF(victims);
-    Py_RETURN_FALSE;
+    self->weight -= n->weight;
 }
 
-static PyObject *
-LRU_on_update(LRU *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
-{
-    PyObject *argv[2];
-    long long weight;
-    if (kwnames == NULL && nargs == 2) {
-        argv[0] = args[0];
-        argv[1] = args[1];
-    }
-    else if (parse_args("on_update", args, nargs, kwnames, update_names, 2, 2, argv) < 0)
-        return NULL;
-    PyObject *key = argv[0];
-    if (as_weight(argv[1], &weight) < 0)
-        return NULL;
-    Py_hash_t hash = key_hash(key);
-    if (hash == -1)
-        return NULL;
-    Node *n;
-    int found = table_find(&self->core.table, key, hash, &n);
-    if (found < 0)
-        return NULL;
-    if (!found)
-        return PyList_New(0);
-    return l_update_node(self, n, key, weight);
-}
-
-static int
-l_hit(LRU *self, PyObject *key)
-{
-    Py_hash_t hash = key_hash(key);
-    if (hash == -1)
-        return -1;
-    Node *n;
-    int found = table_find(&self->core.table, key, hash, &n);
-    if (found < 0)
-        return -1;
-    if (found)
-        list_move_to_end(L_ORDER(self), n);
-    return 0;
-}
-
-static PyObject *
-LRU_on_hit(LRU *self, PyObject *key)
-{
-    if (l_hit(self, key) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-LRU_on_hits(LRU *self, PyObject *keys)
-{
-    if (PyList_CheckExact(keys) || PyTuple_CheckExact(keys)) {
-        Py_ssize_t i;
-        Py_INCREF(keys);
-        for (i = 0; i < PySequence_Fast_GET_SIZE(keys); i++) {
-            PyObject *key = PySequence_Fast_GET_ITEM(keys, i);
-            Py_INCREF(key);
-            int rc = l_hit(self, key);
-            Py_DECREF(key);
-            if (rc < 0) {
-                Py_DECREF(keys);
-                return NULL;
-            }
-        }
-        Py_DECREF(keys);
-        Py_RETURN_NONE;
-    }
-    PyObject *iterator = PyObject_GetIter(keys);
-    if (iterator == NULL)
-        return NULL;
-    PyObject *key;
-    while ((key = PyIter_Next(iterator)) != NULL) {
-        int rc = l_hit(self, key);
-        Py_DECREF(key);
-        if (rc < 0) {
-            Py_DECREF(iterator);
-            return NULL;
-        }
-    }
-    Py_DECREF(iterator);
-    if (PyErr_Occurred())
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-LRU_on_remove(LRU *self, PyObject *key)
-{
-    Py_hash_t hash = key_hash(key);
-    if (hash == -1)
-        return NULL;
-    Node *n;
-    int found = table_find(&self->core.table, key, hash, &n);
-    if (found < 0)
-        return NULL;
-    if (found) {
-        self->weight -= n->weight;
-        self->core.resident--;
-        core_free_node(&self->core, n);
-        core_release(&self->core);
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-LRU_clear(LRU *self, PyObject *Py_UNUSED(ignored))
-{
-    self->weight = 0;
-    core_empty(&self->core);
-    Py_RETURN_NONE;
-}
-
-static Py_ssize_t
-LRU_len(LRU *self)
-{
-    return self->core.resident;
-}
-
-static int
-LRU_contains(LRU *self, PyObject *key)
-{
-    Py_hash_t hash = key_hash(key);
-    if (hash == -1)
-        return -1;
-    Node *n;
-    return table_find(&self->core.table, key, hash, &n);
-}
+POLICY_ENTRY_POINTS(LRU, .hit = l_hit_node, .insert = l_insert, .update = l_update_node,
+                    .drop = l_drop, .update_converts_weight_first = 1)
 
 static PyObject *
 LRU_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -2659,109 +2597,27 @@ LRU_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     long long capacity;
     if (as_capacity(type, capacity_obj, &capacity) < 0)
         return NULL;
-    LRU *self = (LRU *)type->tp_alloc(type, 0);
-    if (self == NULL)
-        return NULL;
-    if (core_init(&self->core) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    self->capacity = capacity;
-    self->weight = 0;
-    return (PyObject *)self;
-}
-
-static int
-LRU_traverse(LRU *self, visitproc visit, void *arg)
-{
-    return core_traverse(&self->core, visit, arg);
-}
-
-static int
-LRU_tp_clear(LRU *self)
-{
-    if (self->core.table.slots != NULL) {
-        self->weight = 0;
-        core_empty(&self->core);
-    }
-    return 0;
-}
-
-static void
-LRU_dealloc(LRU *self)
-{
-    PyTypeObject *type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    core_dealloc(&self->core);
-    type->tp_free((PyObject *)self);
+    return (PyObject *)policy_alloc(type, capacity);
 }
 
 static PyObject *
-LRU_repr(LRU *self)
+LRU_order(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyUnicode_FromFormat("%s(capacity=%lld, weight=%lld, entries=%zd)",
-                                short_type_name(Py_TYPE(self)), self->capacity, self->weight,
-                                self->core.resident);
-}
-
-static PyObject *
-LRU_get_capacity(LRU *self, void *Py_UNUSED(c))
-{
-    return PyLong_FromLongLong(self->capacity);
-}
-
-static PyObject *
-LRU_get_weight(LRU *self, void *Py_UNUSED(c))
-{
-    return PyLong_FromLongLong(self->weight);
-}
-
-static PyObject *
-LRU_order(LRU *self, PyObject *Py_UNUSED(ignored))
-{
-    return segment_keys(L_ORDER(self));
+    return segment_keys(L_ORDER((LRU *)self));
 }
 
 static PyMethodDef LRU_methods[] = {
-    {"on_hit", (PyCFunction)LRU_on_hit, METH_O, "One hit; a key not resident is ignored."},
-    {"on_hits", (PyCFunction)LRU_on_hits, METH_O, "A batch of hits, oldest first."},
-    {"on_insert", (PyCFunction)(void (*)(void))LRU_on_insert, METH_FASTCALL | METH_KEYWORDS,
-     "on_insert(key, weight=1, cost=1.0): a new key; returns the keys to evict."},
-    {"on_update", (PyCFunction)(void (*)(void))LRU_on_update, METH_FASTCALL | METH_KEYWORDS,
-     "on_update(key, weight): a resident key's weight changed; returns victims."},
-    {"on_remove", (PyCFunction)LRU_on_remove, METH_O, "The store dropped a key."},
-    {"access", (PyCFunction)(void (*)(void))LRU_access, METH_FASTCALL | METH_KEYWORDS,
-     "access(key, weight=1, cost=1.0): on_hit if resident (True), else on_insert (False)."},
-    {"clear", (PyCFunction)LRU_clear, METH_NOARGS, "Forget every key."},
-    {"_order", (PyCFunction)LRU_order, METH_NOARGS, "The keys, oldest first (tests)."},
+    POLICY_METHODS(LRU),
+    {"_order", LRU_order, METH_NOARGS, "The keys, oldest first (tests)."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef LRU_getset[] = {
-    {"capacity", (getter)LRU_get_capacity, NULL, "The bound, in weight units.", NULL},
-    {"weight", (getter)LRU_get_weight, NULL, "Total weight of the resident keys.", NULL},
+    POLICY_GETSET,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PySequenceMethods LRU_as_sequence = {
-    .sq_length = (lenfunc)LRU_len,
-    .sq_contains = (objobjproc)LRU_contains,
-};
-
-static PyTypeObject LRUType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "stratacache._cpolicies.LRUPolicy",
-    .tp_doc = "policies.lru.LRUPolicy, compiled: the same decisions, faster.",
-    .tp_basicsize = sizeof(LRU),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = LRU_new,
-    .tp_dealloc = (destructor)LRU_dealloc,
-    .tp_traverse = (traverseproc)LRU_traverse,
-    .tp_clear = (inquiry)LRU_tp_clear,
-    .tp_repr = (reprfunc)LRU_repr,
-    .tp_methods = LRU_methods,
-    .tp_getset = LRU_getset,
-    .tp_as_sequence = &LRU_as_sequence,
-};
+POLICY_TYPE(LRU, "LRUPolicy", "policies.lru.LRUPolicy, compiled: the same decisions, faster.");
 
 /* ============================================================ the module */
 

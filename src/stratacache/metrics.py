@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _accel
 
@@ -38,6 +38,8 @@ def amat(latencies: Sequence[float], miss_ratios: Sequence[float], origin_latenc
         time = latency + miss_ratio * time
     return time
 
+
+T = TypeVar("T")
 
 _SUB_BITS = 4  # 16 sub-buckets per power of two: quantiles within ~6%
 _SUB = 1 << _SUB_BITS
@@ -75,9 +77,21 @@ class LatencyHistogram:
         self.count += 1
         self.total_ns += ns
 
-    def timer(self) -> Stopwatch:
-        """A context manager recording how long its block took."""
-        return Stopwatch(self)
+    def timed(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, its duration recorded (also when it raises)."""
+        start = time.perf_counter_ns()
+        try:
+            return fn(*args)
+        finally:
+            self.record(time.perf_counter_ns() - start)
+
+    async def atimed(self, awaitable: Awaitable[T]) -> T:
+        """``await awaitable``, its duration recorded (also when it raises)."""
+        start = time.perf_counter_ns()
+        try:
+            return await awaitable
+        finally:
+            self.record(time.perf_counter_ns() - start)
 
     def mean_us(self) -> float | None:
         return self.total_ns / self.count / 1000 if self.count else None
@@ -118,21 +132,6 @@ class _PyCounters:
 # that the L1 Reader and Writer bump directly, so no path keeps counts of its own that
 # would have to be summed up later.
 _Counters: type = _accel.speedups.Counters if _accel.speedups is not None else _PyCounters
-
-
-class Stopwatch:
-    __slots__ = ("_histogram", "_start")
-
-    def __init__(self, histogram: LatencyHistogram) -> None:
-        self._histogram = histogram
-        self._start = 0
-
-    def __enter__(self) -> Stopwatch:
-        self._start = time.perf_counter_ns()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._histogram.record(time.perf_counter_ns() - self._start)
 
 
 class LevelStats(_Counters):  # type: ignore[misc]

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stratacache import MISSING, Cache, MemoryTier, SQLiteTier
-from stratacache import _accel
+from stratacache import MISSING, Cache, MemoryTier, SQLiteTier, _accel
 from stratacache.entry import Entry
 
 from ..conftest import FakeClock

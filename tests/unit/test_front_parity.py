@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from stratacache import MISSING, MemoryTier
-from stratacache import _accel
+from stratacache import MISSING, MemoryTier, _accel
 from stratacache.entry import Entry
 from stratacache.errors import ConfigurationError, InvalidKeyError
 from stratacache.hierarchy.front import Front
@@ -34,9 +33,7 @@ class Side:
         self.store = MemoryTier(
             8, ttl=ttl, policy="lru", clock=clock.monotonic, wall_clock=clock.time
         )
-        self.front = Front(
-            self.store, LevelRule("L1", ttl), random.Random(0), compiled=compiled
-        )
+        self.front = Front(self.store, LevelRule("L1", ttl), random.Random(0), compiled=compiled)
         self.slow_calls: list[tuple[Any, Any]] = []
         slow: Callable[[Any, Any], Any] = self.front.local_miss if local else self._slow
         self.get = self.front.reader(slow, local_misses=local)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from ..entry import MISSING
 from ..errors import OriginError
-from ..steps import Run, aattempt
+from ..steps import adrive
 from .base import L1_MISS, BaseCache, KeyBuilder, own_error
 from .flow import Flow, Loader
 from .ops import Op
@@ -23,20 +23,12 @@ T = TypeVar("T")
 
 
 async def arun(flow: Flow) -> Any:
-    """Perform every operation a flow yields, awaiting the non-local ones.
-
-    A cancelled task closes the flow, so it can release what it holds (single-flight
-    claims) instead of leaving other callers waiting for an answer that never comes.
-    """
-    with Run(flow) as running:
-        while running.waiting:
-            running.settle(*await aattempt(_aperform(running.command), (Exception,)))
-    return running.value
+    """Perform every operation a flow yields, awaiting the non-local ones."""
+    return await adrive(flow, _aperform)
 
 
 async def _aperform(op: Op) -> Any:
-    with op.timer():
-        return op.run() if op.local else await op.arun()
+    return op.run() if op.local else await op.arun()
 
 
 class AsyncCache(BaseCache):

@@ -9,8 +9,7 @@ place where sync and async differ.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..metrics import LatencyHistogram
@@ -33,19 +32,11 @@ __all__ = [
 ]
 
 
-_UNTIMED = nullcontext()
-
-
 class Op:
     #: run inline even in async code (in-process tiers are never awaited)
     local: bool = False
-    #: where the driver records this operation's duration (None: not timed)
+    #: where the operation records its duration (None: not timed)
     histogram: LatencyHistogram | None = None
-
-    def timer(self) -> AbstractContextManager[object]:
-        """What the driver wraps the operation in to time it."""
-        histogram = self.histogram
-        return _UNTIMED if histogram is None else histogram.timer()
 
     def run(self) -> Any:
         raise NotImplementedError
@@ -64,10 +55,13 @@ class LevelGet(Op):
         self.histogram = None if self.local else self.tier.stats.latency
 
     def run(self) -> Any:
-        return self.tier.get_many(self.keys)
+        if self.histogram is None:
+            return self.tier.get_many(self.keys)
+        return self.histogram.timed(self.tier.get_many, self.keys)
 
     async def arun(self) -> Any:
-        return await self.tier.aget_many(self.keys)
+        assert self.histogram is not None  # awaited only for a remote level, always timed
+        return await self.histogram.atimed(self.tier.aget_many(self.keys))
 
 
 @dataclass
@@ -120,15 +114,15 @@ class LoadCall(Op):
 
     loader: Callable[[list[str]], Any]
     keys: list[str]
-    histogram: LatencyHistogram | None = None
+    histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: a native coroutine version (an origin's aload_many); None: await what loader returns
     aloader: Callable[[list[str]], Any] | None = None
 
     def run(self) -> Any:
-        return call_sync(self.loader, self.keys)
+        return self.histogram.timed(call_sync, self.loader, self.keys)
 
     async def arun(self) -> Any:
-        return await call_async(self.aloader or self.loader, self.keys)
+        return await self.histogram.atimed(call_async(self.aloader or self.loader, self.keys))
 
 
 @dataclass

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from operator import methodcaller
 from typing import Any, TypeVar
 
 from ..entry import MISSING
 from ..errors import OriginError
-from ..steps import Run, attempt
+from ..steps import drive
 from .base import L1_MISS, BaseCache, KeyBuilder, own_error
 from .flow import Flow, Loader
-from .ops import Op
 
 __all__ = ["Cache", "run"]
 
@@ -18,20 +18,11 @@ T = TypeVar("T")
 
 
 def run(flow: Flow) -> Any:
-    """Perform every operation a flow yields, in this thread, and return its result.
-
-    Whatever ends the run early (KeyboardInterrupt, a timeout exception from a library such
-    as gevent) closes the flow, so it can release what it holds (single-flight claims).
-    """
-    with Run(flow) as running:
-        while running.waiting:
-            running.settle(*attempt(_perform, running.command, (Exception,)))
-    return running.value
+    """Perform every operation a flow yields, in this thread, and return its result."""
+    return drive(flow, _perform)
 
 
-def _perform(op: Op) -> Any:
-    with op.timer():
-        return op.run()
+_perform = methodcaller("run")
 
 
 class Cache(BaseCache):

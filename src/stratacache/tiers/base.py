@@ -20,9 +20,9 @@ Sync and async, one way each:
   generator that yields *commands* (what to send to the store) and receives their
   results, free of I/O, the way the hierarchy's flows are. The tier's transport runs a
   command synchronously (:meth:`CommandTier.perform`) or natively async
-  (:meth:`CommandTier.aperform`); the two small drivers here turn every operation into
-  both faces. A failure of the transport is thrown into the generator, so an operation
-  that spans several servers can carry on without the one that failed.
+  (:meth:`CommandTier.aperform`); the two drivers of :mod:`stratacache.steps` turn every
+  operation into both faces. A failure of the transport is thrown into the generator, so
+  an operation that spans several servers can carry on without the one that failed.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ..config import TierOptions
 from ..entry import Entry
 from ..errors import ConfigurationError, TierUnavailableError
 from ..metrics import LevelStats
-from ..steps import Run, aattempt, attempt
+from ..steps import adrive, drive
 
 __all__ = ["CommandTier", "LocalTier", "Prepared", "Sizing", "Steps", "Tier", "Weigher", "logger"]
 
@@ -238,21 +238,19 @@ class CommandTier(Tier):
     def unavailable(self, exc: BaseException) -> TierUnavailableError:
         return TierUnavailableError(self.name, f"{type(exc).__name__}: {exc}")
 
-    # -- the two drivers (see stratacache.steps)
+    # -- both faces, from one operation (see stratacache.steps)
 
     def drive(self, steps: Steps[T]) -> T:
-        errors = self.transport_errors
-        with Run(steps, errors, self.unavailable) as run:
-            while run.waiting:
-                run.settle(*attempt(self.perform, run.command, errors))
-        return run.value  # type: ignore[no-any-return]
+        try:
+            return drive(steps, self.perform)
+        except self.transport_errors as exc:
+            raise self.unavailable(exc) from exc
 
     async def adrive(self, steps: Steps[T]) -> T:
-        errors = self.transport_errors
-        with Run(steps, errors, self.unavailable) as run:
-            while run.waiting:
-                run.settle(*await aattempt(self.aperform(run.command), errors))
-        return run.value  # type: ignore[no-any-return]
+        try:
+            return await adrive(steps, self.aperform)
+        except self.transport_errors as exc:
+            raise self.unavailable(exc) from exc
 
     def run_one(self, command: Any) -> Any:
         """One command, synchronously, with the transport's failures mapped."""

@@ -92,6 +92,10 @@ UNREACHABLE: tuple[type[BaseException], ...] = (OSError, MemcacheUnexpectedClose
 MEMCACHED_ERRORS: tuple[type[BaseException], ...] = (OSError, MemcacheError)
 #: A call on a client, sync or async: ``action(client, argument)``.
 Action = Callable[[Any, Any], Any]
+#: A command: the action to run on a server's client, with its argument.
+Command = tuple["_Server", Action, Any]
+#: What one server is asked: one command, or a generator of them.
+Work = Command | Steps[Any]
 
 
 class _RawBytes:
@@ -261,11 +265,11 @@ class MemcachedTier(RemoteTier):
 
     # ------------------------------------------------------------------ the transport
 
-    def perform(self, command: tuple[_Server, Action, Any]) -> Any:
+    def perform(self, command: Command) -> Any:
         server, action, argument = command
         return action(server.client, argument)
 
-    async def aperform(self, command: tuple[_Server, Action, Any]) -> Any:
+    async def aperform(self, command: Command) -> Any:
         server, action, argument = command
         loop = asyncio.get_running_loop()
         last = server.aclients.last
@@ -351,14 +355,16 @@ class MemcachedTier(RemoteTier):
             server.down_until = _UP
             logger.warning("tier %s (memcached): server %s answers again", self.name, server.label)
 
-    def _on(self, server: _Server, now: float, work: Steps[Any], what: str) -> Steps[Any]:
-        """``work`` (commands for ``server``); raises :class:`_Failed` when the server is
-        down or fails (a server that cannot be reached is skipped for ``retry_interval``)."""
+    def _on(self, server: _Server, now: float, work: Work, what: str) -> Steps[Any]:
+        """``work`` (one command, or commands, for ``server``); raises :class:`_Failed`
+        when the server is down or fails (a server that cannot be reached is skipped for
+        ``retry_interval``)."""
         if server.down_until > now:
-            work.close()
+            if not isinstance(work, tuple):
+                work.close()
             raise _Failed(server.label, None)
         try:
-            result = yield from work
+            result = (yield work) if isinstance(work, tuple) else (yield from work)
         except UNREACHABLE as exc:
             self._server_failed(server, exc)
             raise _Failed(server.label, exc) from exc
@@ -379,7 +385,7 @@ class MemcachedTier(RemoteTier):
     def _per_server(
         self,
         groups: dict[_Server, Any],
-        work: Callable[[_Server, Any], Steps[Any]],
+        work: Callable[[_Server, Any], Work],
         what: str,
     ) -> Steps[list[Any]]:
         """``work(server, part)`` for each server's part; skip (and remember) the servers
@@ -415,9 +421,14 @@ class MemcachedTier(RemoteTier):
     def read_steps(self, keys: Sequence[str]) -> Steps[dict[str, Entry]]:
         names = yield from self._current_names()
         if len(keys) == 1:  # the commonest read: one name, one server, one plain get
+            self._check_open()
             name = names.name(keys[0])
-            found = yield from self._per_server({self._ring.server(name): name}, _one_get, "read")
-            return self._found(keys, found)
+            server = self._ring.server(name)
+            try:
+                blob = yield from self._on(server, self._clock(), (server, _get, name), "read")
+            except _Failed as failed:
+                raise self._no_answer("read", [failed]) from None
+            return self._found(keys, (blob,))
         all_names = names.names(keys)
         merged: dict[str, bytes] = {}
         for part in (yield from self._per_server(self._ring.group(all_names), _gets, "read")):
@@ -516,12 +527,8 @@ def _delete_many(client: Any, names: list[str]) -> Any:
 # One server's part of an operation, as commands.
 
 
-def _one_get(server: _Server, name: str) -> Steps[Any]:
-    return (yield (server, _get, name))
-
-
-def _gets(server: _Server, names: list[str]) -> Steps[Any]:
-    return (yield (server, _get_many, names))
+def _gets(server: _Server, names: list[str]) -> Command:
+    return (server, _get_many, names)
 
 
 def _stores(server: _Server, work: tuple[dict[int, dict[str, bytes]], list[str]]) -> Steps[None]:
@@ -534,5 +541,5 @@ def _stores(server: _Server, work: tuple[dict[int, dict[str, bytes]], list[str]]
         yield (server, _delete_many, deletes)
 
 
-def _deletes(server: _Server, names: list[str]) -> Steps[None]:
-    yield (server, _delete_many, names)
+def _deletes(server: _Server, names: list[str]) -> Command:
+    return (server, _delete_many, names)
