@@ -11,9 +11,9 @@ separate clients, made here, not the tier's):
   client's ``GET``, pymemcache ``HashClient.get``) plus ``Codec.decode`` of what it read;
 * a batch of 100 hits: ``Cache.get_many(keys)`` against one raw ``MGET`` (the cluster
   client's ``mget_nonatomic``, ``HashClient.get_many``) plus decoding every value;
-* both again with ``AsyncCache`` against redis-py's asyncio clients; memcached has no
-  asyncio client, so its raw async figure is ``HashClient`` run in a thread pool, the way
-  the tier runs;
+* both again with ``AsyncCache`` against redis-py's asyncio clients; pymemcache has no
+  asyncio client, so memcached's raw async figure is ``HashClient`` run in a thread pool
+  (the way the tier ran before it had its own asyncio client);
 * for memcached, sync and async, also against a *floor*: a plain pymemcache ``Client`` per
   server asked for exactly the names the tier routes to it (no hashing on the raw side),
   in the same kind of thread pool for the async face.
@@ -23,8 +23,17 @@ adds time, so the best round is the steadiest estimate of what the code costs) a
 ratio cache / raw, with the bar the issue sets (1.3x for a hit, 1.5x for a batch).
 Nothing here asserts: benchmarks report.
 
+With ``--before [REV]`` (default c1bdaeb, the commit before the redesign) the same run also
+times that revision's Cache and AsyncCache (``stratacache_before``, built by before.py) over
+the same servers, in the same rounds: each round times raw, then the two caches, which swap
+places every round. Its tiers are built with the keywords that revision accepts, store
+their own envelopes (that revision's format) under their own namespace, and the table gains
+"before µs" and "before/after" (above 1: the current tree is faster).
+
     python benchmarks/remote_overhead.py              # everything (about a minute)
     python benchmarks/remote_overhead.py --only redis --rounds 5
+    python benchmarks/remote_overhead.py --before     # and c1bdaeb's caches, side by side
+    python benchmarks/remote_overhead.py --before HEAD~2 --only memcached
     python benchmarks/remote_overhead.py --profile redis   # where a Cache hit's time goes
 """
 
@@ -37,11 +46,12 @@ import gc
 import pstats
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.servers
@@ -54,12 +64,15 @@ from pymemcache.client.base import Client as MemcacheClient  # noqa: E402
 from pymemcache.client.hash import HashClient  # noqa: E402
 from tests.servers import MemcachedServer, RedisCluster, RedisServer  # noqa: E402
 
+from before import DEFAULT_REV, load_before, verify  # noqa: E402
 from stratacache import AsyncCache, Cache  # noqa: E402
 from stratacache.config import tier_from_url  # noqa: E402
 from stratacache.entry import Entry  # noqa: E402
 from stratacache.tiers.remote import RemoteTier  # noqa: E402
 
 BATCH = 100
+#: threads of the raw async memcached side, and of the old memcached tier's async face
+POOL = 8
 BARS = {"hit": 1.3, "get_many(100)": 1.5, "hit vs floor": 1.3, "get_many(100) vs floor": 1.5}
 VALUE = {"id": 12345, "name": "Ada Lovelace", "tags": ["math", "engines"], "score": 99.5}
 
@@ -71,10 +84,16 @@ class Row:
     case: str
     raw_us: float
     cache_us: float
+    before_us: float | None = None
 
     @property
     def ratio(self) -> float:
         return self.cache_us / self.raw_us
+
+    @property
+    def speedup(self) -> float | None:
+        """before / after: above 1, the current tree is faster."""
+        return None if self.before_us is None else self.before_us / self.cache_us
 
     @property
     def bar(self) -> float:
@@ -103,6 +122,25 @@ def calls_for(fn: Callable[[], Any], budget: float) -> int:
     return max(20, int(budget / max(once, 1e-7)))
 
 
+def in_turn(contenders: dict[str, Any], round_: int) -> list[str]:
+    """The order of one round: raw first, then the caches, which swap places every round
+    so that neither always runs right after raw (with no before-cache: raw, cache)."""
+    raw, *caches = contenders
+    return [raw, *(caches if round_ % 2 == 0 else caches[::-1])]
+
+
+def best_row(level: str, face: str, case: str, times: dict[str, list[float]]) -> Row:
+    before = times.get("before")
+    return Row(
+        level,
+        face,
+        case,
+        min(times["raw"]) * 1e6,
+        min(times["cache"]) * 1e6,
+        None if before is None else min(before) * 1e6,
+    )
+
+
 def compare(
     level: str,
     case: str,
@@ -110,23 +148,22 @@ def compare(
     cache: Callable[[], Any],
     rounds: int,
     budget: float,
+    before: Callable[[], Any] | None = None,
 ) -> Row:
-    """Alternate raw and cache loops so that drift and neighbours hit both alike."""
+    """Alternate raw and cache loops (and the before-cache's) so that drift and neighbours
+    hit all alike."""
+    contenders = {"raw": raw, "cache": cache}
+    if before is not None:
+        contenders["before"] = before
     calls = calls_for(raw, budget)
-    per_call(raw, calls // 10)
-    per_call(cache, calls // 10)  # warm both
-    raw_times, cache_times = [], []
+    for fn in contenders.values():  # warm all
+        per_call(fn, calls // 10)
+    times: dict[str, list[float]] = {name: [] for name in contenders}
     gc.collect()
-    for _ in range(rounds):
-        raw_times.append(per_call(raw, calls))
-        cache_times.append(per_call(cache, calls))
-    return Row(
-        level,
-        "sync",
-        case,
-        min(raw_times) * 1e6,
-        min(cache_times) * 1e6,
-    )
+    for round_ in range(rounds):
+        for name in in_turn(contenders, round_):
+            times[name].append(per_call(contenders[name], calls))
+    return best_row(level, "sync", case, times)
 
 
 async def acompare(
@@ -136,40 +173,52 @@ async def acompare(
     cache: Callable[[], Awaitable[Any]],
     rounds: int,
     budget: float,
+    before: Callable[[], Awaitable[Any]] | None = None,
 ) -> Row:
+    contenders = {"raw": raw, "cache": cache}
+    if before is not None:
+        contenders["before"] = before
     once = await aper_call(raw, 20)
     calls = max(20, int(budget / max(once, 1e-7)))
-    await aper_call(raw, calls // 10)
-    await aper_call(cache, calls // 10)
-    raw_times, cache_times = [], []
+    for fn in contenders.values():
+        await aper_call(fn, calls // 10)
+    times: dict[str, list[float]] = {name: [] for name in contenders}
     gc.collect()
-    for _ in range(rounds):
-        raw_times.append(await aper_call(raw, calls))
-        cache_times.append(await aper_call(cache, calls))
-    return Row(
-        level,
-        "async",
-        case,
-        min(raw_times) * 1e6,
-        min(cache_times) * 1e6,
-    )
+    for round_ in range(rounds):
+        for name in in_turn(contenders, round_):
+            times[name].append(await aper_call(contenders[name], calls))
+    return best_row(level, "async", case, times)
 
 
 # ---------------------------------------------------------------------------- levels
 
 
 class Level:
-    """One remote level: its tier URL, the raw clients, and the data both read."""
+    """One remote level: its tier URL, the raw clients, and the data both read; with a
+    before-package, also that revision's tier over the same servers."""
 
     name: str
     url: str
+    #: keywords of the tier beyond the URL, for the current package and the before one
+    #: (the tiers' keywords changed with the redesign: each gets those it accepts)
+    options: ClassVar[Mapping[str, Any]] = {}
+    before_options: ClassVar[Mapping[str, Any]] = {}
 
-    def __init__(self) -> None:
-        self.tier: RemoteTier = tier_from_url(self.url, namespace="bench")
+    def __init__(self, before: ModuleType | None = None) -> None:
+        self.tier: RemoteTier = tier_from_url(self.url, namespace="bench", **self.options)
         self.keys = [f"user:{i}" for i in range(BATCH)]
         self.tier.set_many({key: Entry(VALUE) for key in self.keys})
         self.names = [self.tier.storage_name(key) for key in self.keys]
         self.codec = self.tier.codec
+        self.before = before
+        self.before_tier: Any = None
+        if before is not None:
+            # Its own namespace: the envelope format changed, each tier reads what it wrote.
+            self.before_tier = before.config.tier_from_url(
+                self.url, namespace="bench-before", **self.before_options
+            )
+            self.before_tier.set_many({key: before.Entry(VALUE) for key in self.keys})
+            verify(before)  # again: building the tier imported its module just now
 
     # raw clients, sync and async
     def raw_get(self, name: str) -> Any:
@@ -189,14 +238,16 @@ class Level:
 
     def close(self) -> None:
         self.tier.close()
+        if self.before_tier is not None:
+            self.before_tier.close()
 
 
 class RedisLevel(Level):
     name = "redis"
 
-    def __init__(self, server: RedisServer) -> None:
+    def __init__(self, server: RedisServer, before: ModuleType | None = None) -> None:
         self.url = server.url
-        super().__init__()
+        super().__init__(before)
         self.client = redis.Redis.from_url(server.url)
         self.aclient: Any = None
 
@@ -228,9 +279,9 @@ class RedisLevel(Level):
 class ClusterLevel(Level):
     name = "redis-cluster"
 
-    def __init__(self, cluster: RedisCluster) -> None:
+    def __init__(self, cluster: RedisCluster, before: ModuleType | None = None) -> None:
         self.url = cluster.cluster_url
-        super().__init__()
+        super().__init__(before)
         host, port = cluster.addresses[0]
         self.client = redis.cluster.RedisCluster(host=host, port=port)
         self.address = (host, port)
@@ -266,12 +317,15 @@ class ClusterLevel(Level):
 
 class MemcachedLevel(Level):
     name = "memcached"
+    # The current tier's async face is its own asyncio client (max_connections, default);
+    # the old one ran pymemcache in a thread pool, here as wide as the raw side's.
+    before_options: ClassVar[Mapping[str, Any]] = {"async_workers": POOL}
 
-    def __init__(self, servers: list[MemcachedServer]) -> None:
+    def __init__(self, servers: list[MemcachedServer], before: ModuleType | None = None) -> None:
         self.url = "memcached://" + ",".join(f"{s.host}:{s.port}" for s in servers)
-        super().__init__()
+        super().__init__(before)
         self.client = HashClient([(s.host, s.port) for s in servers], allow_unicode_keys=True)
-        self.pool = ThreadPoolExecutor(8)
+        self.pool = ThreadPoolExecutor(POOL)
         # HashClient routes with its own hash, so it gets its own copy of the same bytes.
         blobs = {
             n: self.codec.encode(k, Entry(VALUE))
@@ -331,11 +385,30 @@ class MemcachedLevel(Level):
 # ---------------------------------------------------------------------------- cases
 
 
+def cache_calls(cache: Any, key: str, keys: list[str]) -> tuple[Callable[[], Any], ...]:
+    """A hit and a batch on ``cache`` (sync or async): the same closures for the current
+    cache and the before one, so that neither pays for a different wrapper."""
+
+    def hit() -> Any:
+        return cache.get(key)
+
+    def batch() -> Any:
+        return cache.get_many(keys)
+
+    return hit, batch
+
+
 def sync_rows(level: Level, rounds: int, budget: float) -> list[Row]:
     cache = Cache([level.tier])
     key, name, decode = level.keys[0], level.names[0], level.codec.decode
     keys, names = level.keys, level.names
     assert cache.get(key) == VALUE and len(cache.get_many(keys)) == BATCH
+    hit, batch = cache_calls(cache, key, keys)
+    old_hit = old_batch = None
+    if level.before is not None:
+        old = level.before.Cache([level.before_tier])
+        assert old.get(key) == VALUE and len(old.get_many(keys)) == BATCH
+        old_hit, old_batch = cache_calls(old, key, keys)
 
     def raw_hit() -> Any:
         return decode(key, level.raw_get(name)).value
@@ -345,10 +418,8 @@ def sync_rows(level: Level, rounds: int, budget: float) -> list[Row]:
         return {k: decode(k, b).value for k, b in zip(keys, blobs, strict=True)}
 
     rows = [
-        compare(level.name, "hit", raw_hit, lambda: cache.get(key), rounds, budget),
-        compare(
-            level.name, "get_many(100)", raw_batch, lambda: cache.get_many(keys), rounds, budget
-        ),
+        compare(level.name, "hit", raw_hit, hit, rounds, budget, old_hit),
+        compare(level.name, "get_many(100)", raw_batch, batch, rounds, budget, old_batch),
     ]
     if isinstance(level, MemcachedLevel):
         floor = level
@@ -360,10 +431,11 @@ def sync_rows(level: Level, rounds: int, budget: float) -> list[Row]:
             blobs = floor.floor_get_many(names)
             return {k: decode(k, b).value for k, b in zip(keys, blobs, strict=True)}
 
-        hit, batch = "hit vs floor", "get_many(100) vs floor"
-        rows.append(compare(level.name, hit, floor_hit, lambda: cache.get(key), rounds, budget))
+        rows.append(compare(level.name, "hit vs floor", floor_hit, hit, rounds, budget, old_hit))
         rows.append(
-            compare(level.name, batch, floor_batch, lambda: cache.get_many(keys), rounds, budget)
+            compare(
+                level.name, "get_many(100) vs floor", floor_batch, batch, rounds, budget, old_batch
+            )
         )
     return rows
 
@@ -371,17 +443,27 @@ def sync_rows(level: Level, rounds: int, budget: float) -> list[Row]:
 async def async_rows(level: Level, rounds: int, budget: float) -> list[Row]:
     """The async rows; runs last for its level: closing the AsyncCache closes the tier."""
     cache = AsyncCache([level.tier])
+    old = None if level.before is None else level.before.AsyncCache([level.before_tier])
     try:
-        return await _async_rows(level, cache, rounds, budget)
+        return await _async_rows(level, cache, old, rounds, budget)
     finally:
         await cache.close()
+        if old is not None:
+            await old.close()
         await level.aclose()
 
 
-async def _async_rows(level: Level, cache: AsyncCache, rounds: int, budget: float) -> list[Row]:
+async def _async_rows(
+    level: Level, cache: AsyncCache, old: Any, rounds: int, budget: float
+) -> list[Row]:
     key, name, decode = level.keys[0], level.names[0], level.codec.decode
     keys, names = level.keys, level.names
     assert await cache.get(key) == VALUE and len(await cache.get_many(keys)) == BATCH
+    hit, batch = cache_calls(cache, key, keys)
+    old_hit = old_batch = None
+    if old is not None:
+        assert await old.get(key) == VALUE and len(await old.get_many(keys)) == BATCH
+        old_hit, old_batch = cache_calls(old, key, keys)
 
     async def raw_hit() -> Any:
         return decode(key, await level.araw_get(name)).value
@@ -391,10 +473,8 @@ async def _async_rows(level: Level, cache: AsyncCache, rounds: int, budget: floa
         return {k: decode(k, b).value for k, b in zip(keys, blobs, strict=True)}
 
     rows = [
-        await acompare(level.name, "hit", raw_hit, lambda: cache.get(key), rounds, budget),
-        await acompare(
-            level.name, "get_many(100)", raw_batch, lambda: cache.get_many(keys), rounds, budget
-        ),
+        await acompare(level.name, "hit", raw_hit, hit, rounds, budget, old_hit),
+        await acompare(level.name, "get_many(100)", raw_batch, batch, rounds, budget, old_batch),
     ]
     if isinstance(level, MemcachedLevel):
         floor = level
@@ -406,13 +486,12 @@ async def _async_rows(level: Level, cache: AsyncCache, rounds: int, budget: floa
             blobs = await floor.afloor_get_many(names)
             return {k: decode(k, b).value for k, b in zip(keys, blobs, strict=True)}
 
-        hit, batch = "hit vs floor", "get_many(100) vs floor"
         rows.append(
-            await acompare(level.name, hit, floor_hit, lambda: cache.get(key), rounds, budget)
+            await acompare(level.name, "hit vs floor", floor_hit, hit, rounds, budget, old_hit)
         )
         rows.append(
             await acompare(
-                level.name, batch, floor_batch, lambda: cache.get_many(keys), rounds, budget
+                level.name, "get_many(100) vs floor", floor_batch, batch, rounds, budget, old_batch
             )
         )
     return rows
@@ -430,17 +509,29 @@ def profile_hit(level: Level, calls: int = 20000) -> None:
     stats.sort_stats("tottime").print_stats(25)
 
 
-def table(rows: list[Row]) -> str:
-    lines = [
-        "| level | face | case | raw µs | cache µs | ratio | bar |",
-        "|---|---|---|---:|---:|---:|---|",
-    ]
+def table(rows: list[Row], before: str | None = None) -> str:
+    """The rows as markdown; with ``before`` (its revision), its two columns too."""
+    if before is None:
+        lines = [
+            "| level | face | case | raw µs | cache µs | ratio | bar |",
+            "|---|---|---|---:|---:|---:|---|",
+        ]
+    else:
+        lines = [
+            f"| level | face | case | raw µs | cache µs | before µs ({before}) | ratio "
+            "| before/after | bar |",
+            "|---|---|---|---:|---:|---:|---:|---:|---|",
+        ]
     for row in rows:
         verdict = "ok" if row.ratio <= row.bar else "over"
-        lines.append(
-            f"| {row.level} | {row.face} | {row.case} | {row.raw_us:.1f} | {row.cache_us:.1f} "
-            f"| {row.ratio:.2f}x | {row.bar}x {verdict} |"
-        )
+        cells = [row.level, row.face, row.case, f"{row.raw_us:.1f}", f"{row.cache_us:.1f}"]
+        if before is not None:
+            cells.append(f"{row.before_us:.1f}")
+        cells.append(f"{row.ratio:.2f}x")
+        if before is not None:
+            cells.append(f"{row.speedup:.2f}")
+        cells.append(f"{row.bar}x {verdict}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -452,10 +543,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=40, help="alternating rounds per case")
     parser.add_argument("--budget", type=float, default=0.02, help="seconds per timed loop")
     parser.add_argument("--profile", choices=["redis", "redis-cluster", "memcached"])
+    parser.add_argument(
+        "--before",
+        nargs="?",
+        const=DEFAULT_REV,
+        metavar="REV",
+        help=f"also time this revision's caches, side by side (default {DEFAULT_REV}; "
+        "not with --profile)",
+    )
     args = parser.parse_args()
     wanted = set(args.only or ["redis", "redis-cluster", "memcached"])
     if args.profile:
         wanted = {args.profile}
+    # Built (or reused) before any server starts: a failed build costs no server start-up.
+    before = None if args.before is None or args.profile else load_before(args.before)
 
     servers: list[Any] = []
     levels: list[Level] = []
@@ -463,15 +564,15 @@ def main() -> None:
         if "redis" in wanted:
             server = RedisServer().start()
             servers.append(server)
-            levels.append(RedisLevel(server))
+            levels.append(RedisLevel(server, before))
         if "redis-cluster" in wanted:
             cluster = RedisCluster(replicas_per_master=0).start()  # no replicas: less CPU
             servers.append(cluster)
-            levels.append(ClusterLevel(cluster))
+            levels.append(ClusterLevel(cluster, before))
         if "memcached" in wanted:
             pair = [MemcachedServer().start(), MemcachedServer().start()]
             servers.extend(pair)
-            levels.append(MemcachedLevel(pair))
+            levels.append(MemcachedLevel(pair, before))
 
         if args.profile:
             profile_hit(levels[0])
@@ -480,9 +581,9 @@ def main() -> None:
         for level in levels:
             rows.extend(sync_rows(level, args.rounds, args.budget))
             rows.extend(asyncio.run(async_rows(level, args.rounds, args.budget)))
-            print(table([row for row in rows if row.level == level.name]), flush=True)
+            print(table([row for row in rows if row.level == level.name], args.before), flush=True)
         print()
-        print(table(rows))
+        print(table(rows, args.before))
     finally:
         for level in levels:
             level.close()
