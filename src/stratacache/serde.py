@@ -96,7 +96,7 @@ class Serializer(Protocol):
 
     def dumps(self, value: Any) -> bytes: ...
 
-    def loads(self, data: bytes) -> Any: ...
+    def loads(self, data: bytes | memoryview) -> Any: ...
 
 
 class MsgpackSerializer:
@@ -122,7 +122,7 @@ class MsgpackSerializer:
                 "get it back typed), or choose serializer='pickle' with a signing key"
             ) from exc
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes | memoryview) -> Any:
         return self._decode(data)
 
 
@@ -166,7 +166,7 @@ class PickleSerializer:
                 f"pickle cannot encode a value of type {type(value).__qualname__}: {exc}"
             ) from exc
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes | memoryview) -> Any:
         return pickle.loads(data)
 
 
@@ -463,8 +463,7 @@ class Codec:
             # We cannot check the signature: never let such bytes reach pickle.
             raise PayloadError("signed envelope but no signing key configured")
         key_end = HEADER_SIZE + key_len
-        stored_key = bytes(view[HEADER_SIZE:key_end])
-        if stored_key != key.encode("utf-8", "surrogatepass"):
+        if view[HEADER_SIZE:key_end] != key.encode("utf-8", "surrogatepass"):
             raise PayloadError("stored under another key")
         if serializer_id != self.serializer.id:
             raise PayloadError(
@@ -477,14 +476,15 @@ class Codec:
             if payload_len:
                 raise PayloadError("negative entry with a payload")
             return Entry(None, expires_at, True)
-        payload = bytes(view[key_end : key_end + payload_len])
+        # A view, not a copy: the serializers read any buffer.
+        payload: bytes | memoryview = view[key_end : key_end + payload_len]
         if flags & FLAG_COMPRESSED:
             if self._zstd is None:
                 try:
                     self._zstd = _Zstd(3)
                 except ConfigurationError as exc:
                     raise PayloadError(f"compressed payload, but {exc}") from exc
-            payload = self._zstd.decompress(payload, self.max_value_size)
+            payload = self._zstd.decompress(bytes(payload), self.max_value_size)
         try:
             value = self.serializer.loads(payload)
         except Exception as exc:

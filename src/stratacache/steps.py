@@ -21,10 +21,18 @@ from typing import Any, TypeVar
 __all__ = ["adrive", "drive"]
 
 T = TypeVar("T")
+Errors = tuple[type[BaseException], ...]
 
 
-def drive(steps: Generator[Any, Any, T], perform: Callable[[Any], Any]) -> T:
-    """Run ``steps`` to its end, carrying out each command with ``perform``."""
+def drive(
+    steps: Generator[Any, Any, T],
+    perform: Callable[[Any], Any],
+    errors: Errors = (),
+    escape: Callable[[BaseException], BaseException] | None = None,
+) -> T:
+    """Run ``steps`` to its end, carrying out each command with ``perform``. One of
+    ``errors`` escaping ``steps`` is raised as ``escape(exc)`` (a tier's transport
+    failure becomes "level unavailable")."""
     try:
         command = steps.send(None)
         while True:
@@ -36,12 +44,22 @@ def drive(steps: Generator[Any, Any, T], perform: Callable[[Any], Any]) -> T:
                 command = steps.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
+    except errors as exc:
+        if escape is None:
+            raise
+        raise escape(exc) from exc
     finally:
         steps.close()
 
 
-async def adrive(steps: Generator[Any, Any, T], perform: Callable[[Any], Awaitable[Any]]) -> T:
-    """Run ``steps`` to its end, awaiting ``perform`` for each command."""
+async def adrive(
+    steps: Generator[Any, Any, T],
+    perform: Callable[[Any], Awaitable[Any]],
+    errors: Errors = (),
+    escape: Callable[[BaseException], BaseException] | None = None,
+) -> T:
+    """Run ``steps`` to its end, awaiting ``perform`` for each command; ``errors`` and
+    ``escape`` as for :func:`drive`."""
     try:
         command = steps.send(None)
         while True:
@@ -53,5 +71,9 @@ async def adrive(steps: Generator[Any, Any, T], perform: Callable[[Any], Awaitab
                 command = steps.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
+    except errors as exc:
+        if escape is None:
+            raise
+        raise escape(exc) from exc
     finally:
         steps.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from time import perf_counter_ns
 from typing import Any
 
 from ..metrics import LatencyHistogram
@@ -55,9 +56,14 @@ class LevelGet(Op):
         self.histogram = None if self.local else self.tier.stats.latency
 
     def run(self) -> Any:
-        if self.histogram is None:
+        histogram = self.histogram
+        if histogram is None:
             return self.tier.get_many(self.keys)
-        return self.histogram.timed(self.tier.get_many, self.keys)
+        start = perf_counter_ns()  # timed here, not through histogram.timed: a hot path
+        try:
+            return self.tier.get_many(self.keys)
+        finally:
+            histogram.record(perf_counter_ns() - start)
 
     async def arun(self) -> Any:
         assert self.histogram is not None  # awaited only for a remote level, always timed

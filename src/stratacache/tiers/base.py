@@ -241,16 +241,10 @@ class CommandTier(Tier):
     # -- both faces, from one operation (see stratacache.steps)
 
     def drive(self, steps: Steps[T]) -> T:
-        try:
-            return drive(steps, self.perform)
-        except self.transport_errors as exc:
-            raise self.unavailable(exc) from exc
+        return drive(steps, self.perform, self.transport_errors, self.unavailable)
 
     async def adrive(self, steps: Steps[T]) -> T:
-        try:
-            return await adrive(steps, self.aperform)
-        except self.transport_errors as exc:
-            raise self.unavailable(exc) from exc
+        return await adrive(steps, self.aperform, self.transport_errors, self.unavailable)
 
     def run_one(self, command: Any) -> Any:
         """One command, synchronously, with the transport's failures mapped."""
@@ -259,7 +253,10 @@ class CommandTier(Tier):
     # -- both faces of every operation
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
-        return self.drive(self.read_steps(keys)) if keys else {}
+        if not keys:
+            return {}
+        # The drivers called directly: the read is the hot path.
+        return drive(self.read_steps(keys), self.perform, self.transport_errors, self.unavailable)
 
     async def aget_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         return await self.adrive(self.read_steps(keys)) if keys else {}

@@ -365,10 +365,18 @@ class MemcachedTier(RemoteTier):
             raise _Failed(server.label, None)
         try:
             result = (yield work) if isinstance(work, tuple) else (yield from work)
-        except UNREACHABLE as exc:
+        except MEMCACHED_ERRORS as exc:
+            raise self._failed(server, exc, what) from exc
+        if server.down_until != _UP:
+            self._server_ok(server)
+        return result
+
+    def _failed(self, server: _Server, exc: BaseException, what: str) -> _Failed:
+        """Remember a server's failure: one that cannot be reached is skipped for
+        ``retry_interval``; an error reply fails only this call's part."""
+        if isinstance(exc, UNREACHABLE):
             self._server_failed(server, exc)
-            raise _Failed(server.label, exc) from exc
-        except MemcacheError as exc:
+        else:
             logger.warning(
                 "tier %s (memcached): %s on %s failed: %s: %s",
                 self.name,
@@ -377,10 +385,7 @@ class MemcachedTier(RemoteTier):
                 type(exc).__name__,
                 exc,
             )
-            raise _Failed(server.label, exc) from exc
-        if server.down_until != _UP:
-            self._server_ok(server)
-        return result
+        return _Failed(server.label, exc)
 
     def _per_server(
         self,
@@ -419,15 +424,25 @@ class MemcachedTier(RemoteTier):
     # ------------------------------------------------------------------ operations
 
     def read_steps(self, keys: Sequence[str]) -> Steps[dict[str, Entry]]:
-        names = yield from self._current_names()
-        if len(keys) == 1:  # the commonest read: one name, one server, one plain get
-            self._check_open()
+        now = self._clock()
+        if now >= self._generation_due:
+            yield from self._refresh_generation()
+        names = self._names
+        if len(keys) == 1:
+            # The commonest read: one name, one server, one plain get; written out rather
+            # than through _on, which would cost two more generators on every hit.
+            if self.closed:
+                self._check_open()
             name = names.name(keys[0])
             server = self._ring.server(name)
+            if server.down_until > now:
+                raise self._no_answer("read", [_Failed(server.label, None)])
             try:
-                blob = yield from self._on(server, self._clock(), (server, _get, name), "read")
-            except _Failed as failed:
-                raise self._no_answer("read", [failed]) from None
+                blob = yield (server, _get, name)
+            except MEMCACHED_ERRORS as exc:
+                raise self._no_answer("read", [self._failed(server, exc, "read")]) from None
+            if server.down_until != _UP:
+                self._server_ok(server)
             return self._found(keys, (blob,))
         all_names = names.names(keys)
         merged: dict[str, bytes] = {}
