@@ -28,19 +28,19 @@ class WriteFence:
     def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
         self._lock = threading.Lock()
-        self._epoch = 0
+        self.epoch = 0
         self._written: OrderedDict[str, int] = OrderedDict()  # key -> epoch of its last write
         self._forgotten = 0  # every write at or before this epoch is no longer recorded
 
     def now(self) -> int:
         """The epoch a read starts at (pass it to ``changed_since`` before filling)."""
-        return self._epoch
+        return self.epoch
 
     def mark(self, keys: Iterable[str]) -> int:
         """Record a write of ``keys`` (call before the write touches anything)."""
         with self._lock:
-            self._epoch += 1
-            epoch = self._epoch
+            self.epoch += 1
+            epoch = self.epoch
             written = self._written
             for key in keys:
                 written[key] = epoch
@@ -53,9 +53,9 @@ class WriteFence:
     def mark_all(self) -> None:
         """A write of every key (``clear``): every read in flight is stale."""
         with self._lock:
-            self._epoch += 1
+            self.epoch += 1
             self._written.clear()
-            self._forgotten = self._epoch
+            self._forgotten = self.epoch
 
     def changed_since(self, keys: Iterable[str], epoch: int) -> set[str]:
         """The keys among ``keys`` that may have been written after ``epoch``."""

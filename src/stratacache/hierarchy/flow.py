@@ -191,7 +191,7 @@ class Hierarchy:
         missing = list(dict.fromkeys(keys))
         values: dict[str, Any] = {}
         promote: list[tuple[int, dict[str, Entry]]] = []
-        epoch = self.fence.now()
+        epoch = self.fence.epoch
         first = 0
         if top_missed:
             self.levels[0].stats.misses += len(missing)
@@ -200,15 +200,16 @@ class Hierarchy:
             if not missing:
                 break
             level = self.levels[index]
-            if self.repairs[index] and not (yield from self._repair(index)):
+            if self.repairs[index].owed and not (yield from self._repair(index)):
                 continue
             try:
                 entries: dict[str, Entry] = yield LevelGet(level, missing)
             except TransientError as exc:
                 self._level_failed(level, "read", exc)
                 continue
-            level.stats.hits += len(entries)
-            level.stats.misses += len(missing) - len(entries)
+            stats = level.stats
+            stats.hits += len(entries)
+            stats.misses += len(missing) - len(entries)
             if not entries:
                 continue
             for key, entry in entries.items():
@@ -216,6 +217,9 @@ class Hierarchy:
                     values[key] = entry.value
             if index > 0:
                 promote.append((index, entries))
+            if len(entries) == len(missing):
+                missing = []
+                break
             missing = [key for key in missing if key not in entries]
 
         for index, entries in promote:

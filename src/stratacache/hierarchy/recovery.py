@@ -25,9 +25,11 @@ class PendingRepairs:
         self.limit = limit
         self.keys: dict[str, None] = {}  # insertion-ordered set
         self.clear_all = False
+        #: anything owed: a plain attribute, since every read of every level checks it
+        self.owed = False
 
     def __bool__(self) -> bool:
-        return self.clear_all or bool(self.keys)
+        return self.owed
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -36,12 +38,14 @@ class PendingRepairs:
         if self.clear_all:
             return
         self.keys.update(dict.fromkeys(keys))
+        self.owed = bool(self.keys)
         if len(self.keys) > self.limit:
             self.overflow()
 
     def overflow(self) -> None:
         """Too much to track (or a failed clear): empty the whole level before reuse."""
         self.clear_all = True
+        self.owed = True
         self.keys.clear()
 
     def done(self, keys: Iterable[str], cleared: bool) -> None:
@@ -50,3 +54,4 @@ class PendingRepairs:
             self.clear_all = False
         for key in keys:
             self.keys.pop(key, None)
+        self.owed = self.clear_all or bool(self.keys)
