@@ -188,7 +188,7 @@ class Hierarchy:
         ``top_missed``: the caller's L1 fast path already found nothing at all there for
         these keys (see :meth:`.front.Front.absent`), so the read starts one level down,
         counting the L1 miss."""
-        missing = list(dict.fromkeys(keys))
+        missing = list(keys) if len(keys) == 1 else list(dict.fromkeys(keys))
         values: dict[str, Any] = {}
         promote: list[tuple[int, dict[str, Entry]]] = []
         epoch = self.fence.epoch

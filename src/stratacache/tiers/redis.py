@@ -32,6 +32,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from operator import methodcaller
 from typing import Any, ClassVar
 
 import redis
@@ -158,7 +159,7 @@ class RedisFamilyTier(RemoteTier):
         try:
             if len(keys) == 1:  # GET: a little cheaper than an MGET of one, on both clients
                 name = self._names.name(keys[0])
-                blob = yield lambda client: client.get(name)
+                blob = yield methodcaller("get", name)
                 blobs = [blob]
             else:
                 names = self._names.names(keys)
