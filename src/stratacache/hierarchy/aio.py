@@ -8,6 +8,7 @@ are awaited.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from operator import methodcaller
 from typing import Any, TypeVar
 
 from ..entry import MISSING
@@ -15,7 +16,6 @@ from ..errors import OriginError
 from ..steps import adrive
 from .base import L1_MISS, BaseCache, KeyBuilder, own_error
 from .flow import Flow, Loader
-from .ops import Op
 
 __all__ = ["AsyncCache", "arun"]
 
@@ -27,8 +27,9 @@ async def arun(flow: Flow) -> Any:
     return await adrive(flow, _aperform)
 
 
-async def _aperform(op: Op) -> Any:
-    return op.run() if op.local else await op.arun()
+# Every operation's async face: an in-process level's answers at once, inline (its tier's
+# async methods are its sync ones), a remote one's is awaited.
+_aperform = methodcaller("arun")
 
 
 class AsyncCache(BaseCache):

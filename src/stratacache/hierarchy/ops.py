@@ -34,8 +34,6 @@ __all__ = [
 
 
 class Op:
-    #: run inline even in async code (in-process tiers are never awaited)
-    local: bool = False
     #: where the operation records its duration (None: not timed)
     histogram: LatencyHistogram | None = None
 
@@ -53,8 +51,7 @@ class LevelGet(Op):
     def __init__(self, tier: Tier, keys: Sequence[str]) -> None:
         self.tier = tier
         self.keys = keys
-        self.local = local = tier.local
-        self.histogram = None if local else tier.stats.latency
+        self.histogram = None if tier.local else tier.stats.latency
 
     def __repr__(self) -> str:
         return f"LevelGet(tier={self.tier!r}, keys={self.keys!r})"
@@ -70,17 +67,20 @@ class LevelGet(Op):
             histogram.record(perf_counter_ns() - start)
 
     async def arun(self) -> Any:
-        assert self.histogram is not None  # awaited only for a remote level, always timed
-        return await self.histogram.atimed(self.tier.aget_many(self.keys))
+        histogram = self.histogram
+        if histogram is None:  # in-process: answered inline, nothing awaited
+            return self.tier.get_many(self.keys)
+        start = perf_counter_ns()
+        try:
+            return await self.tier.aget_many(self.keys)
+        finally:
+            histogram.record(perf_counter_ns() - start)
 
 
 @dataclass
 class LevelWrite(Op):
     tier: Tier
     prepared: Prepared
-
-    def __post_init__(self) -> None:
-        self.local = self.tier.local
 
     def run(self) -> Any:
         return self.tier.write(self.prepared)
@@ -94,9 +94,6 @@ class LevelDelete(Op):
     tier: Tier
     keys: Sequence[str]
 
-    def __post_init__(self) -> None:
-        self.local = self.tier.local
-
     def run(self) -> Any:
         return self.tier.delete_many(self.keys)
 
@@ -107,9 +104,6 @@ class LevelDelete(Op):
 @dataclass
 class LevelClear(Op):
     tier: Tier
-
-    def __post_init__(self) -> None:
-        self.local = self.tier.local
 
     def run(self) -> Any:
         return self.tier.clear()
@@ -177,9 +171,6 @@ class WaitFlights(Op):
 @dataclass
 class LevelClose(Op):
     tier: Tier
-
-    def __post_init__(self) -> None:
-        self.local = self.tier.local
 
     def run(self) -> Any:
         return self.tier.close()

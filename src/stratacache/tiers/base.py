@@ -259,7 +259,10 @@ class CommandTier(Tier):
         return drive(self.read_steps(keys), self.perform, self.transport_errors, self.unavailable)
 
     async def aget_many(self, keys: Sequence[str]) -> dict[str, Entry]:
-        return await self.adrive(self.read_steps(keys)) if keys else {}
+        if not keys:
+            return {}
+        steps = self.read_steps(keys)
+        return await adrive(steps, self.aperform, self.transport_errors, self.unavailable)
 
     def write(self, prepared: Prepared) -> None:
         self.drive(self.write_steps(prepared))
