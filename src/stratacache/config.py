@@ -326,10 +326,6 @@ def load_tier_class(name: str) -> Any:
     return getattr(module, name)
 
 
-def tier_names() -> set[str]:
-    return {scheme.tier for scheme in SCHEMES.values()}
-
-
 _SECRET_OPTION = re.compile(
     r"(?P<name>(?:^|[?&;])(?:password|passwd|pass|pwd|secret|token|signing_key)=)[^&;#]*",
     re.IGNORECASE,

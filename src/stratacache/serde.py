@@ -492,13 +492,3 @@ class Codec:
                 f"{self.serializer.name} could not decode the payload: {exc}"
             ) from exc
         return Entry(value, expires_at)
-
-    @staticmethod
-    def peek_expiry(data: bytes | memoryview) -> float | None:
-        """The expiry in an envelope's header without decoding it (None if malformed)."""
-        if len(data) < HEADER_SIZE:
-            return None
-        fields = _HEADER.unpack_from(data)
-        if fields[0] != MAGIC:
-            return None
-        return NEVER if fields[5] == 0.0 else float(fields[5])
