@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from stratacache import MISSING, Cache, MemoryTier
+from stratacache.cli.simulate import simulate_command
 from stratacache.policies import POLICIES, make_policy
-from stratacache.sim.cli import simulate_command
 from stratacache.sim.engine import replay
 from stratacache.sim.traces import Trace
 

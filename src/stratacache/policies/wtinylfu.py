@@ -302,44 +302,21 @@ class WTinyLFUPolicy(PolicyBase):
     def on_hit(self, key: Key) -> None:
         segment = self._where.get(key)
         if segment is not None:
-            self._increment(key)
-            if segment is self._protected or segment is self._window:
-                segment.move_to_end(key)
-                if self._climbing:
-                    self._sample(hit=True)
-            else:
-                self._promote(key, segment)
+            self._hit(key, segment)
 
     def on_hits(self, keys: Iterable[Key]) -> None:
-        where = self._where
-        increment = self._increment
-        protected, window = self._protected, self._window
-        promote = self._promote
-        climbing = self._climbing
+        where, hit = self._where, self._hit
         for key in keys:
             segment = where.get(key)
-            if segment is None:
-                continue  # evicted since it was buffered
-            increment(key)
-            if segment is protected or segment is window:
-                segment.move_to_end(key)
-                if climbing:
-                    self._sample(hit=True)
-            else:
-                promote(key, segment)
+            if segment is not None:  # else evicted since it was buffered
+                hit(key, segment)
 
     def access(self, key: Key, weight: int = 1, cost: float = 1.0) -> bool:
         segment = self._where.get(key)
         if segment is None:
             self.on_insert(key, weight, cost)
             return False
-        self._increment(key)
-        if segment is self._protected or segment is self._window:
-            segment.move_to_end(key)
-            if self._climbing:
-                self._sample(hit=True)
-        else:
-            self._promote(key, segment)
+        self._hit(key, segment)
         return True
 
     def on_insert(self, key: Key, weight: int = 1, cost: float = 1.0) -> list[Key]:
@@ -415,6 +392,16 @@ class WTinyLFUPolicy(PolicyBase):
 
     # -- segments --------------------------------------------------------------------
 
+    def _hit(self, key: Key, segment: _Segment) -> None:
+        """A request for a resident ``key``, which ``segment`` holds."""
+        self._increment(key)
+        if segment is self._protected or segment is self._window:
+            segment.move_to_end(key)
+            if self._climbing:
+                self._sample(hit=True)
+        else:
+            self._promote(key, segment)
+
     def _promote(self, key: Key, segment: _Segment) -> None:
         """A hit on probation: a second request earns a place in protected."""
         weight = segment.pop(key)
@@ -429,23 +416,23 @@ class WTinyLFUPolicy(PolicyBase):
         if self._climbing:
             self._sample(hit=True)
 
+    def _to_probation(self, segment: _Segment) -> int:
+        """Move ``segment``'s LRU key to probation's MRU end; its weight, for the caller's
+        accounting."""
+        key, weight = segment.popitem(last=False)
+        self._probation[key] = weight
+        self._where[key] = self._probation
+        return weight
+
     def _demote_protected(self) -> None:
-        protected, probation, where = self._protected, self._probation, self._where
-        while self._protected_weight > self._protected_max and protected:
-            key, weight = protected.popitem(last=False)
-            probation[key] = weight
-            where[key] = probation
-            self._protected_weight -= weight
+        while self._protected_weight > self._protected_max and self._protected:
+            self._protected_weight -= self._to_probation(self._protected)
 
     def _drain_window(self) -> None:
-        """Move the window's LRU keys to probation's MRU end until the window fits (used when
-        the cache as a whole has room, so no duel is needed)."""
-        window, probation, where = self._window, self._probation, self._where
-        while self._window_weight > self._window_max and window:
-            key, weight = window.popitem(last=False)
-            probation[key] = weight
-            where[key] = probation
-            self._window_weight -= weight
+        """Move the window's LRU keys to probation until the window fits (used when the cache
+        as a whole has room, so no duel is needed)."""
+        while self._window_weight > self._window_max and self._window:
+            self._window_weight -= self._to_probation(self._window)
 
     def _evict(self) -> list[Key]:
         """Bring the total weight back under the capacity. The window's overflow are the
@@ -681,15 +668,9 @@ class WTinyLFUPolicy(PolicyBase):
         if quota <= 0:
             return
         self._set_window_maximum(self._window_max - quota)
-        window, probation, where = self._window, self._probation, self._where
-        while window:
-            key = next(iter(window))
-            weight = window[key]
-            if weight > quota:
-                break
-            del window[key]
+        window = self._window
+        while window and next(iter(window.values())) <= quota:
+            weight = self._to_probation(window)
             quota -= weight
-            probation[key] = weight
-            where[key] = probation
             self._window_weight -= weight
         self._set_window_maximum(self._window_max + quota)

@@ -38,7 +38,7 @@ import gzip
 import io
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal, cast, overload
@@ -196,59 +196,57 @@ def _open(path: Path) -> IO[bytes]:
     return raw
 
 
-def _line_blocks(stream: IO[bytes]) -> Iterator[bytes]:
-    """Large blocks of the stream, each ending on a line boundary."""
+def _blocks(stream: IO[bytes], size: int, end: Callable[[bytes], int]) -> Iterator[bytes]:
+    """Blocks of about ``size`` bytes, each cut where ``end(block)`` says the last whole
+    item ends; the part after it opens the next block, and what is left at the end of the
+    stream comes last."""
     rest = b""
-    while True:
-        block = stream.read(_BLOCK_BYTES)
-        if not block:
-            break
-        if rest:
-            block = rest + block
-        cut = block.rfind(b"\n") + 1
-        if cut == 0:
-            rest = block
-            continue
+    while block := stream.read(size):
+        block = rest + block
+        cut = end(block)
         rest = block[cut:]
-        yield block[:cut]
+        if cut:
+            yield block[:cut]
     if rest:
         yield rest
+
+
+def _line_blocks(stream: IO[bytes]) -> Iterator[bytes]:
+    """Large blocks of the stream, each ending on a line boundary."""
+    return _blocks(stream, _BLOCK_BYTES, lambda block: block.rfind(b"\n") + 1)
 
 
 # -- key conversion -------------------------------------------------------------------
 
 
-def _one_key(token: bytes) -> TraceKey:
+def _one_key(token: bytes | str) -> TraceKey:
     try:
         return int(token)
     except ValueError:
-        return token.decode("utf-8", "surrogateescape")
+        return token.decode("utf-8", "surrogateescape") if isinstance(token, bytes) else token
+
+
+def _all_ints(tokens: Sequence[bytes | str]) -> list[TraceKey] | None:
+    """Every token as an int, or None when one is not an integer."""
+    try:
+        # The common case (all integers) runs entirely in C.
+        keys: list[TraceKey] = list(map(int, tokens))
+    except ValueError:
+        return None
+    return keys
 
 
 def _tokens_to_keys(tokens: list[bytes]) -> list[TraceKey]:
     """Integer tokens become ints, others str; blank lines are skipped."""
-    try:
-        # The common case (all integers) runs entirely in C.
-        keys: list[TraceKey] = list(map(int, tokens))
-        return keys
-    except ValueError:
-        pass
-    return [_one_key(t) for t in (t.strip() for t in tokens) if t]
+    keys = _all_ints(tokens)
+    if keys is None:
+        keys = [_one_key(t) for t in (t.strip() for t in tokens) if t]
+    return keys
 
 
 def _str_to_keys(values: list[str]) -> list[TraceKey]:
-    try:
-        keys: list[TraceKey] = list(map(int, values))
-        return keys
-    except ValueError:
-        pass
-    out: list[TraceKey] = []
-    for value in values:
-        try:
-            out.append(int(value))
-        except ValueError:
-            out.append(value)
-    return out
+    keys = _all_ints(values)
+    return [_one_key(value) for value in values] if keys is None else keys
 
 
 # -- per-format block parsers ---------------------------------------------------------
@@ -307,25 +305,16 @@ def _arc_table_slow(lines: list[bytes], name: str) -> np.ndarray:
 def _chunks_oracle(stream: IO[bytes], name: str, by_bytes: bool) -> Iterator[_Chunk]:
     record = _ORACLE_RECORD.itemsize
     block_bytes = max(1, _BLOCK_BYTES // record) * record
-    rest = b""
-    while True:
-        block = stream.read(block_bytes)
-        if not block:
-            break
-        if rest:
-            block = rest + block
-        whole = len(block) - len(block) % record
-        rest = block[whole:]
-        if whole == 0:
-            continue
-        records = np.frombuffer(block, dtype=_ORACLE_RECORD, count=whole // record)
+    for block in _blocks(stream, block_bytes, lambda block: len(block) - len(block) % record):
+        # Only the stream's last block can hold part of a record.
+        if len(block) % record:
+            raise TraceError(
+                f"{name}: oracleGeneral trace ends in a partial record ({len(block)} of "
+                f"{record} bytes); the file is truncated or not in this format"
+            )
+        records = np.frombuffer(block, dtype=_ORACLE_RECORD)
         sizes = records["size"].tolist() if by_bytes else None
         yield records["key"].tolist(), sizes
-    if rest:
-        raise TraceError(
-            f"{name}: oracleGeneral trace ends in a partial record ({len(rest)} of "
-            f"{record} bytes); the file is truncated or not in this format"
-        )
 
 
 def _is_int(text: str) -> bool:

@@ -20,20 +20,21 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .config import redact, tier_from_url
-from .errors import CacheError, ConfigurationError
-from .hierarchy.sync import Cache
-from .metrics import CacheStats
-from .origin import Origin, SQLOrigin
-from .tiers.base import Tier
-from .tiers.memory import MemoryTier
-from .tiers.sqlite import SQLiteTier
+from ..config import redact, tier_from_url
+from ..errors import CacheError, ConfigurationError
+from ..hierarchy.sync import Cache
+from ..metrics import CacheStats
+from ..origin import Origin, SQLOrigin
+from ..tiers.base import Tier
+from ..tiers.memory import MemoryTier
+from ..tiers.sqlite import SQLiteTier
 
 __all__ = ["demo_command", "run_demo"]
 
@@ -49,14 +50,16 @@ class DelayedOrigin(Origin):
         self.latency = latency
         self.writable = inner.writable
 
-    def load_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
+    def _wait(self) -> None:
         if self.latency:
             time.sleep(self.latency)
+
+    def load_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
+        self._wait()
         return self.inner.load_many(keys)
 
     def store_many(self, items: Mapping[str, Any]) -> None:
-        if self.latency:
-            time.sleep(self.latency)
+        self._wait()
         self.inner.store_many(items)
 
     def delete_many(self, keys: Sequence[str]) -> None:
@@ -175,6 +178,10 @@ def run_demo(
         cache.close()
 
 
+def _rounded(us: float | None) -> float | None:
+    return None if us is None else round(us, 3)
+
+
 def _report(
     stats: CacheStats, reads: int, writes: int, errors: int, elapsed: float, latency: float
 ) -> dict[str, Any]:
@@ -186,9 +193,9 @@ def _report(
             "hits": s.hits,
             "misses": s.misses,
             "hit_rate": round(s.hit_rate, 6),
-            "mean_us": None if s.mean_us is None else round(s.mean_us, 3),
-            "p50_us": None if s.p50_us is None else round(s.p50_us, 3),
-            "p99_us": None if s.p99_us is None else round(s.p99_us, 3),
+            "mean_us": _rounded(s.mean_us),
+            "p50_us": _rounded(s.p50_us),
+            "p99_us": _rounded(s.p99_us),
             "errors": s.errors,
         }
         for s in stats.levels
@@ -202,7 +209,7 @@ def _report(
         "levels": levels,
         "origin": {
             "loads": stats.origin_loads,
-            "mean_us": None if stats.origin_mean_us is None else round(stats.origin_mean_us, 3),
+            "mean_us": _rounded(stats.origin_mean_us),
             "queries_avoided": max(0, lookups - stats.origin_loads),
         },
         "writes": writes,
@@ -301,107 +308,82 @@ def _print_table(report: dict[str, Any]) -> None:
     )
 
 
-@click.command("demo")
-@click.option("--requests", default=50_000, show_default=True, type=click.IntRange(min=1))
+@contextmanager
+def _directory(path: Path | None) -> Iterator[Path]:
+    """``path``, created if missing; without one, a temporary directory removed afterwards."""
+    if path is None:
+        with tempfile.TemporaryDirectory(prefix="stratacache-demo-") as tmp:
+            yield Path(tmp)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+
+
+_POSITIVE = click.IntRange(min=1)
+_NON_NEGATIVE = click.FloatRange(min=0.0)
+
+
+# Every option shows its default: --help is where a user learns what a bare run does.
+@click.command("demo", context_settings={"show_default": True})
+@click.option("--requests", default=50_000, type=_POSITIVE)
 @click.option(
-    "--keys",
-    default=100_000,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="user profiles in the origin database",
+    "--keys", default=100_000, type=_POSITIVE, help="user profiles in the origin database"
 )
 @click.option(
-    "--skew",
-    default=0.99,
-    show_default=True,
-    type=click.FloatRange(min=0.0),
-    help="Zipf exponent of the key popularity",
+    "--skew", default=0.99, type=_NON_NEGATIVE, help="Zipf exponent of the key popularity"
 )
 @click.option(
     "--write-ratio",
     default=0.05,
-    show_default=True,
     type=click.FloatRange(0.0, 1.0),
     help="share of requests that update a profile",
 )
+@click.option("--l1-size", default=5_000, type=_POSITIVE, help="L1 (in-process) entries")
 @click.option(
-    "--l1-size",
-    default=5_000,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="L1 (in-process) entries",
-)
-@click.option(
-    "--l2-size",
-    default=50_000,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="L2 (SQLite file) entries; ignored with --l2",
+    "--l2-size", default=50_000, type=_POSITIVE, help="L2 (SQLite file) entries; ignored with --l2"
 )
 @click.option(
     "--origin-latency",
     default=1.0,
-    show_default=True,
-    type=click.FloatRange(min=0.0),
+    type=_NON_NEGATIVE,
     help="milliseconds added to every origin query",
 )
-@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--seed", default=42, type=int)
 @click.option(
     "--l2",
     "l2_url",
-    default=None,
     metavar="URL",
     help="a remote L2 instead of the SQLite file: redis://, memcached://, ...",
 )
 @click.option(
-    "--l3",
-    "l3_url",
-    default=None,
-    metavar="URL",
-    help="an L3 below L2: redis+cluster://, memcached://, ...",
+    "--l3", "l3_url", metavar="URL", help="an L3 below L2: redis+cluster://, memcached://, ..."
 )
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=None,
     help="where the origin database and the L2 file live (default: a temp dir)",
 )
 @click.option("--json", "as_json", is_flag=True, help="print only one JSON object on stdout")
 def demo_command(
-    requests: int,
-    keys: int,
-    skew: float,
-    write_ratio: float,
-    l1_size: int,
-    l2_size: int,
     origin_latency: float,
-    seed: int,
     l2_url: str | None,
     l3_url: str | None,
     data_dir: Path | None,
     as_json: bool,
+    **workload: Any,
 ) -> None:
     """Run a Zipf workload through L1 -> L2 -> SQLite origin and report per level."""
-    options = dict(
-        requests=requests,
-        keys=keys,
-        skew=skew,
-        write_ratio=write_ratio,
-        l1_size=l1_size,
-        l2_size=l2_size,
-        origin_latency=origin_latency / 1000.0,
-        seed=seed,
-        l2_url=l2_url,
-        l3_url=l3_url,
-        progress=sys.stderr.isatty() or not as_json,
-    )
+    # The other options (sizes, skew, seed...) are run_demo's own arguments, passed as they are.
     try:
-        if data_dir is None:
-            with tempfile.TemporaryDirectory(prefix="stratacache-demo-") as tmp:
-                report = run_demo(data_dir=Path(tmp), **options)  # type: ignore[arg-type]
-        else:
-            data_dir.mkdir(parents=True, exist_ok=True)
-            report = run_demo(data_dir=data_dir, **options)  # type: ignore[arg-type]
+        with _directory(data_dir) as directory:
+            report = run_demo(
+                **workload,
+                origin_latency=origin_latency / 1000.0,
+                l2_url=l2_url,
+                l3_url=l3_url,
+                data_dir=directory,
+                progress=sys.stderr.isatty() or not as_json,
+            )
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
     except CacheError as exc:

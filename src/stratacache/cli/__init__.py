@@ -20,8 +20,8 @@ class _LazyGroup(click.Group):
     """A group whose subcommands live in their own modules, imported on first use."""
 
     _commands: ClassVar[dict[str, tuple[str, str]]] = {
-        "demo": ("stratacache.demo", "demo_command"),
-        "simulate": ("stratacache.sim.cli", "simulate_command"),
+        "demo": ("stratacache.cli.demo", "demo_command"),
+        "simulate": ("stratacache.cli.simulate", "simulate_command"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -30,10 +30,17 @@ from rich.progress import (
 
 from ..errors import ConfigurationError
 from ..policies import DEFAULT_POLICY
-from .engine import OPT, ReplayResult, SizeSpec, available_policies, check_policies, parse_sizes
-from .engine import Progress as ProgressHook
-from .multilevel import LevelSpec, parse_duration, parse_levels
-from .traces import FORMATS, Trace, TraceError, read_trace
+from ..sim.engine import (
+    OPT,
+    ReplayResult,
+    SizeSpec,
+    available_policies,
+    check_policies,
+    parse_sizes,
+)
+from ..sim.engine import Progress as ProgressHook
+from ..sim.multilevel import LevelSpec, parse_duration, parse_levels
+from ..sim.traces import FORMATS, Trace, TraceError, read_trace
 
 __all__ = ["simulate_command"]
 
@@ -266,8 +273,8 @@ def _run_matrix(
     csv_path: Path | None,
     plot_path: Path | None,
 ) -> None:
-    from . import report
-    from .engine import run_matrix
+    from ..sim import report
+    from ..sim.engine import run_matrix
 
     # The plot always shows OPT as the floor; run it for the plot only if not asked for.
     extra_opt = plot_path is not None and OPT not in policies and OPT in available_policies()
@@ -302,8 +309,8 @@ def _run_hierarchy(
     csv_path: Path | None,
     plot_path: Path | None,
 ) -> None:
-    from . import report
-    from .multilevel import simulate_hierarchy
+    from ..sim import report
+    from ..sim.multilevel import simulate_hierarchy
 
     total = sum(len(trace) for trace in traces)
     with _progress(total, err) as progress:
