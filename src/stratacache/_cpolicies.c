@@ -563,6 +563,18 @@ as_seed(PyObject *obj, uint64_t *out)
     return 0;
 }
 
+/* A sketch's two switches (doorkeeper, conservative update) as C ints: -1 with the error
+ * set when either object's truth cannot be told. */
+static int
+as_switches(PyObject *doorkeeper, PyObject *conservative, int *dk, int *cons)
+{
+    *dk = PyObject_IsTrue(doorkeeper);
+    if (*dk < 0)
+        return -1;
+    *cons = PyObject_IsTrue(conservative);
+    return *cons < 0 ? -1 : 0;
+}
+
 static PyObject *
 Sketch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -584,11 +596,8 @@ Sketch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     if (seed_obj != NULL && as_seed(seed_obj, &seed) < 0)
         return NULL;
-    int dk = PyObject_IsTrue(dk_obj);
-    if (dk < 0)
-        return NULL;
-    int cons = PyObject_IsTrue(cons_obj);
-    if (cons < 0)
+    int dk, cons;
+    if (as_switches(dk_obj, cons_obj, &dk, &cons) < 0)
         return NULL;
     (void)type;
     return (PyObject *)sketch_create(capacity, cpe, sf, dk, cons, seed);
@@ -792,14 +801,11 @@ table_resize(Table *t, uint64_t size)
 {
     Slot *old = t->slots;
     uint64_t old_size = t->mask + 1, i;
-    Slot *slots = PyMem_Calloc((size_t)size, sizeof(Slot));
-    if (slots == NULL) {
-        PyErr_NoMemory();
+    Py_ssize_t used = t->used;
+    if (table_init(t, size) < 0) /* leaves the table as it was */
         return -1;
-    }
-    t->slots = slots;
-    t->mask = size - 1;
-    t->shift = 64 - log2_exact(size);
+    t->used = used;
+    Slot *slots = t->slots;
     for (i = 0; i < old_size; i++) {
         if (old[i].node != NULL) {
             uint64_t j = table_home(t, old[i].hash);
@@ -1155,33 +1161,35 @@ static const char *const update_names[] = {"key", "weight"};
 
 enum { KEY_ABSENT = 0, KEY_SHADOWED = 1, KEY_RESIDENT = 2 };
 
-/* What the policy knows of `key`: KEY_RESIDENT or KEY_SHADOWED (a W-TinyLFU key that
- * recently left) with *node set, KEY_ABSENT, or -1 on error. *hash is set unless hashing
- * failed. */
-static ALWAYS_INLINE int
-policy_lookup(Policy *self, PyObject *key, Py_hash_t *hash, Node **node)
+/* What the policy knows of a key: `where` is KEY_RESIDENT or KEY_SHADOWED (a W-TinyLFU key
+ * that recently left) with `node` set, KEY_ABSENT, or -1 on error; `hash` is set unless
+ * hashing failed. */
+typedef struct {
+    int where;
+    Py_hash_t hash;
+    Node *node;
+} Found;
+
+static ALWAYS_INLINE Found
+policy_lookup(Policy *self, PyObject *key)
 {
-    *hash = key_hash(key);
-    if (*hash == -1)
-        return -1;
-    int found = table_find(&self->core.table, key, *hash, node);
-    if (found <= 0)
-        return found;
-    return (*node)->seg < SEG_WSHADOW ? KEY_RESIDENT : KEY_SHADOWED;
+    Found f = {-1, key_hash(key), NULL};
+    if (f.hash == -1)
+        return f;
+    f.where = table_find(&self->core.table, key, f.hash, &f.node);
+    if (f.where > 0)
+        f.where = f.node->seg < SEG_WSHADOW ? KEY_RESIDENT : KEY_SHADOWED;
+    return f;
 }
 
 /* 0 if handled (hit or ignored), -1 on error. */
 static ALWAYS_INLINE int
 policy_hit(Policy *self, PyObject *key, const PolicyOps *ops)
 {
-    Py_hash_t hash;
-    Node *n;
-    int where = policy_lookup(self, key, &hash, &n);
-    if (where < 0)
-        return -1;
-    if (where == KEY_RESIDENT)
-        ops->hit(self, n, key, hash);
-    return 0;
+    Found f = policy_lookup(self, key);
+    if (f.where == KEY_RESIDENT)
+        ops->hit(self, f.node, key, f.hash);
+    return f.where < 0 ? -1 : 0;
 }
 
 static ALWAYS_INLINE PyObject *
@@ -1256,20 +1264,19 @@ policy_insert(Policy *self, PyObject *const *args, Py_ssize_t nargs, PyObject *k
             return NULL;
         weight_obj = NULL;
     }
-    Py_hash_t hash;
-    Node *n;
-    int where = policy_lookup(self, key, &hash, &n);
-    if (where < 0)
+    Found f = policy_lookup(self, key);
+    if (f.where < 0)
         return NULL;
-    if (where == KEY_RESIDENT) {
+    if (f.where == KEY_RESIDENT) {
         if (!access)
-            return ops->update(self, n, key, weight); /* not new: a weight change */
-        ops->hit(self, n, key, hash);
+            return ops->update(self, f.node, key, weight); /* not new: a weight change */
+        ops->hit(self, f.node, key, f.hash);
         Py_RETURN_TRUE;
     }
     if (weight_obj != NULL && as_weight(weight_obj, &weight) < 0)
         return NULL;
-    PyObject *victims = ops->insert(self, key, hash, where == KEY_SHADOWED ? n : NULL, weight);
+    Node *shadow = f.where == KEY_SHADOWED ? f.node : NULL;
+    PyObject *victims = ops->insert(self, key, f.hash, shadow, weight);
     if (!access || victims == NULL)
         return victims;
     Py_DECREF(victims);
@@ -1296,30 +1303,26 @@ policy_on_update(Policy *self, PyObject *const *args, Py_ssize_t nargs, PyObject
             return NULL;
         converted = 1;
     }
-    Py_hash_t hash;
-    Node *n;
-    int where = policy_lookup(self, key, &hash, &n);
-    if (where < 0)
+    Found f = policy_lookup(self, key);
+    if (f.where < 0)
         return NULL;
-    if (where != KEY_RESIDENT)
+    if (f.where != KEY_RESIDENT)
         return PyList_New(0);
     if (!converted && as_weight(argv[1], &weight) < 0)
         return NULL;
-    return ops->update(self, n, key, weight);
+    return ops->update(self, f.node, key, weight);
 }
 
 static ALWAYS_INLINE PyObject *
 policy_on_remove(Policy *self, PyObject *key, const PolicyOps *ops)
 {
-    Py_hash_t hash;
-    Node *n;
-    int where = policy_lookup(self, key, &hash, &n);
-    if (where < 0)
+    Found f = policy_lookup(self, key);
+    if (f.where < 0)
         return NULL;
-    if (where == KEY_RESIDENT) {
+    if (f.where == KEY_RESIDENT) {
         self->core.resident--;
-        ops->drop(self, n);
-        core_free_node(&self->core, n);
+        ops->drop(self, f.node);
+        core_free_node(&self->core, f.node);
         core_release(&self->core);
     }
     Py_RETURN_NONE;
@@ -1442,9 +1445,7 @@ policy_len(PyObject *self)
 static int
 policy_contains(PyObject *self, PyObject *key)
 {
-    Py_hash_t hash;
-    Node *n;
-    int where = policy_lookup((Policy *)self, key, &hash, &n);
+    int where = policy_lookup((Policy *)self, key).where;
     return where < 0 ? -1 : where == KEY_RESIDENT;
 }
 
@@ -1611,30 +1612,31 @@ w_reset_state(WTinyLFU *self)
 
 /* -- segments ------------------------------------------------------------------- */
 
+/* Move the oldest nodes of segment `from` to probation until its weight is back within
+ * `max`: protected overflowing after a promotion, the window after an insert. */
 static void
-w_demote_protected(WTinyLFU *self)
+w_spill_to_probation(WTinyLFU *self, Node *from, long long *weight, long long max)
 {
-    Node *protected = W_PROTECTED(self), *probation = W_PROBATION(self);
-    while (self->protected_weight > self->protected_max && !list_empty(protected)) {
-        Node *n = protected->next;
+    Node *probation = W_PROBATION(self);
+    while (*weight > max && !list_empty(from)) {
+        Node *n = from->next;
         node_unlink(n);
         list_append(probation, n);
         n->seg = SEG_PROBATION;
-        self->protected_weight -= n->weight;
+        *weight -= n->weight;
     }
+}
+
+static void
+w_demote_protected(WTinyLFU *self)
+{
+    w_spill_to_probation(self, W_PROTECTED(self), &self->protected_weight, self->protected_max);
 }
 
 static void
 w_drain_window(WTinyLFU *self)
 {
-    Node *window = W_WINDOW(self), *probation = W_PROBATION(self);
-    while (self->window_weight > self->window_max && !list_empty(window)) {
-        Node *n = window->next;
-        node_unlink(n);
-        list_append(probation, n);
-        n->seg = SEG_PROBATION;
-        self->window_weight -= n->weight;
-    }
+    w_spill_to_probation(self, W_WINDOW(self), &self->window_weight, self->window_max);
 }
 
 /* -- adaptation: Caffeine's hill climber -------------------------------------------- */
@@ -2020,6 +2022,19 @@ w_enter_noted(WTinyLFU *self)
     PyMem_Free(noted);
 }
 
+/* Evict `victim`: out of its list and of the policy, its key handed to the store, and
+ * remembered as a shadow of the segment it left. */
+static void
+w_evict_node(WTinyLFU *self, Victims *victims, Node *victim)
+{
+    int from_window = victim->seg == SEG_WINDOW;
+    node_unlink(victim);
+    self->core.resident--;
+    w_drop(self, victim);
+    victims_add(victims, victim->key);
+    w_forget(self, victim, from_window);
+}
+
 static void
 w_evict(WTinyLFU *self, Victims *victims)
 {
@@ -2033,12 +2048,7 @@ w_evict(WTinyLFU *self, Victims *victims)
             if (pool == NULL)
                 break; /* cannot happen: the weight is the residents' sum */
             Node *victim = pool->next;
-            int from_window = victim->seg == SEG_WINDOW;
-            node_unlink(victim);
-            self->core.resident--;
-            w_drop(self, victim);
-            victims_add(victims, victim->key);
-            w_forget(self, victim, from_window);
+            w_evict_node(self, victims, victim);
             continue;
         }
         Node *candidate = window->next;
@@ -2077,12 +2087,7 @@ w_evict(WTinyLFU *self, Victims *victims)
                 admitted = 0;
                 break;
             }
-            int from_window = victim->seg == SEG_WINDOW;
-            node_unlink(victim);
-            self->core.resident--;
-            w_drop(self, victim);
-            victims_add(victims, victim->key);
-            w_forget(self, victim, from_window);
+            w_evict_node(self, victims, victim);
         }
         if (admitted) {
             list_append(probation, candidate);
@@ -2351,11 +2356,8 @@ WTinyLFU_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     long long sample_factor = SKETCH_SAMPLE_FACTOR;
     if (sf_obj != NULL && as_long_long_index(sf_obj, &sample_factor) < 0)
         return NULL;
-    int doorkeeper = PyObject_IsTrue(dk_obj);
-    if (doorkeeper < 0)
-        return NULL;
-    int conservative = PyObject_IsTrue(cons_obj);
-    if (conservative < 0)
+    int doorkeeper, conservative;
+    if (as_switches(dk_obj, cons_obj, &doorkeeper, &conservative) < 0)
         return NULL;
     uint64_t seed = 0;
     if (seed_obj != NULL && as_seed(seed_obj, &seed) < 0)
