@@ -28,7 +28,8 @@
  *
  * Writer(data, negative, lock, buffer, drain, on_insert, on_update, clock, level_ttl,
  *        fallback, counters)
- *     writer(key, value, ttl=None) stores (value, expiry) under the lock, replaying
+ *     writer(key, value, ttl=None) stores (value, expiry) under `lock` (a Lock of this
+ *     module, taken without Python calls), replaying
  *     buffered hits first and applying the policy's victims. Unusual calls (a key that is
  *     not a non-empty str, a ttl that is not a positive int or float, keywords) go to
  *     `fallback`, the Python closure, which raises the right error or handles them.
@@ -583,8 +584,6 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *data;
     PyObject *negative;
-    PyObject *acquire;
-    PyObject *release;
     PyObject *buffer;
     PyObject *drain;
     PyObject *on_insert;
@@ -593,7 +592,7 @@ typedef struct {
     PyObject *fallback;
     PyObject *one;
     Counters *counters;
-    Lock *c_lock;     /* the tier's lock when it is ours: taken without Python calls */
+    Lock *lock;       /* the tier's lock, taken without Python calls */
     int fast_clock;
     double level_ttl; /* < 0: the level has no ttl of its own */
 } Writer;
@@ -713,38 +712,12 @@ writer_vectorcall(Writer *self, PyObject *const *args, size_t nargsf, PyObject *
     if (entry == NULL)
         return NULL;
 
-    if (self->c_lock != NULL) {
-        lock_take(self->c_lock);
-        int stored = writer_store(self, key, entry);
-        Py_DECREF(entry);
-        self->c_lock->held = 0;
-        PyThread_release_lock(self->c_lock->lock);
-        if (stored < 0)
-            return NULL;
-        self->counters->writes++;
-        Py_RETURN_NONE;
-    }
-    PyObject *locked = PyObject_CallNoArgs(self->acquire);
-    if (locked == NULL) {
-        Py_DECREF(entry);
-        return NULL;
-    }
-    Py_DECREF(locked);
-    int rc = writer_store(self, key, entry);
+    lock_take(self->lock);
+    int stored = writer_store(self, key, entry);
     Py_DECREF(entry);
-    /* Release even when the store failed, keeping its exception. */
-    PyObject *exc_type, *exc_value, *exc_tb;
-    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    PyObject *released = PyObject_CallNoArgs(self->release);
-    if (released == NULL) {
-        Py_XDECREF(exc_type);
-        Py_XDECREF(exc_value);
-        Py_XDECREF(exc_tb);
-        return NULL;
-    }
-    Py_DECREF(released);
-    PyErr_Restore(exc_type, exc_value, exc_tb);
-    if (rc < 0)
+    self->lock->held = 0;
+    PyThread_release_lock(self->lock->lock);
+    if (stored < 0)
         return NULL;
     self->counters->writes++;
     Py_RETURN_NONE;
@@ -758,9 +731,10 @@ writer_init(Writer *self, PyObject *args, PyObject *kwds)
                              "level_ttl", "fallback", "counters",  NULL};
     PyObject *data, *negative, *lock, *buffer, *drain, *on_insert, *on_update, *clock, *ttl,
         *fallback, *counters;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OO!OOOOOOO", kwlist, &PyDict_Type, &data,
-                                     &PyDict_Type, &negative, &lock, &PyList_Type, &buffer, &drain,
-                                     &on_insert, &on_update, &clock, &ttl, &fallback, &counters))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!OOOOOOO", kwlist, &PyDict_Type, &data,
+                                     &PyDict_Type, &negative, &LockType, &lock, &PyList_Type,
+                                     &buffer, &drain, &on_insert, &on_update, &clock, &ttl,
+                                     &fallback, &counters))
         return -1;
     if (as_counters(counters) == NULL)
         return -1;
@@ -773,16 +747,6 @@ writer_init(Writer *self, PyObject *args, PyObject *kwds)
             return -1;
         }
     }
-    PyObject *acquire = PyObject_GetAttrString(lock, "acquire");
-    if (acquire == NULL)
-        return -1;
-    PyObject *release = PyObject_GetAttrString(lock, "release");
-    if (release == NULL) {
-        Py_DECREF(acquire);
-        return -1;
-    }
-    Py_XSETREF(self->acquire, acquire);
-    Py_XSETREF(self->release, release);
     Py_XSETREF(self->data, Py_NewRef(data));
     Py_XSETREF(self->negative, Py_NewRef(negative));
     Py_XSETREF(self->buffer, Py_NewRef(buffer));
@@ -792,7 +756,7 @@ writer_init(Writer *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->clock, Py_NewRef(clock));
     Py_XSETREF(self->fallback, Py_NewRef(fallback));
     Py_XSETREF(self->counters, (Counters *)Py_NewRef(counters));
-    Py_XSETREF(self->c_lock, PyObject_TypeCheck(lock, &LockType) ? (Lock *)Py_NewRef(lock) : NULL);
+    Py_XSETREF(self->lock, (Lock *)Py_NewRef(lock));
     self->fast_clock = is_time_monotonic(clock);
     Py_XSETREF(self->one, PyLong_FromLong(1));
     if (self->one == NULL)
@@ -807,8 +771,6 @@ writer_traverse(Writer *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->data);
     Py_VISIT(self->negative);
-    Py_VISIT(self->acquire);
-    Py_VISIT(self->release);
     Py_VISIT(self->buffer);
     Py_VISIT(self->drain);
     Py_VISIT(self->on_insert);
@@ -816,7 +778,7 @@ writer_traverse(Writer *self, visitproc visit, void *arg)
     Py_VISIT(self->clock);
     Py_VISIT(self->fallback);
     Py_VISIT(self->counters);
-    Py_VISIT(self->c_lock);
+    Py_VISIT(self->lock);
     return 0;
 }
 
@@ -825,8 +787,6 @@ writer_clear(Writer *self)
 {
     Py_CLEAR(self->data);
     Py_CLEAR(self->negative);
-    Py_CLEAR(self->acquire);
-    Py_CLEAR(self->release);
     Py_CLEAR(self->buffer);
     Py_CLEAR(self->drain);
     Py_CLEAR(self->on_insert);
@@ -835,7 +795,7 @@ writer_clear(Writer *self)
     Py_CLEAR(self->fallback);
     Py_CLEAR(self->one);
     Py_CLEAR(self->counters);
-    Py_CLEAR(self->c_lock);
+    Py_CLEAR(self->lock);
     return 0;
 }
 

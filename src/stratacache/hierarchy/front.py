@@ -185,12 +185,15 @@ class Front:
                 put_entry(key, value, expires, weight)
             stats.writes += 1
 
-        if self.speedups is None or sizing is not None or rule.jitter:
+        speedups = self.speedups
+        if speedups is None or sizing is not None or rule.jitter:
+            return put
+        if not isinstance(lock, speedups.Lock):  # a store made while the C module was off
             return put
         # The same closure in C; it hands unusual calls (bad key, odd ttl) back to
         # ``put``, which raises or handles them.
         policy = store.policy
-        return self.speedups.Writer(  # type: ignore[no-any-return]
+        return speedups.Writer(  # type: ignore[no-any-return]
             data=store.data,
             negative=store.negative,
             lock=lock,
