@@ -117,32 +117,17 @@ class Front:
     def local_miss(self, key: str, default: Any) -> Any:
         """The whole read, after the reader missed, for a cache whose only source is L1: a
         hit after all (a remembered "not found" answers ``default``) or a counted miss.
-        What the flow's read would do, without building a flow."""
+        What the flow's read would do, without building a flow: the store's own lookup,
+        which also drops an expired entry."""
         if type(key) is not str or not key:
             validate_key(key)
-        store = self.store
-        stats = store.stats
-        now = store.clock()
-        item = store.data.get(key)
-        if item is not None:
-            if item[1] > now:
-                stats.hits += 1
-                store.record(key)
-                return item[0]
-        else:
-            expires = store.negative.get(key)
-            if expires is None:
-                stats.misses += 1
-                return default
-            if expires > now:
-                stats.hits += 1
-                store.record(key)
-                return default
-        with store.lock:
-            store.drain()
-            store.remove_if_expired(key, now)
-        stats.misses += 1
-        return default
+        stats = self.store.stats
+        entry = self.store.get_many((key,)).get(key)
+        if entry is None:
+            stats.misses += 1
+            return default
+        stats.hits += 1
+        return default if entry.negative else entry.value
 
     # ------------------------------------------------------------------ writes
 
