@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .config import redact
 from .errors import ConfigurationError
 
 __all__ = ["CallableOrigin", "Origin", "SQLOrigin", "call_async", "call_sync"]
@@ -131,6 +133,34 @@ async def call_async(fn: Callable[[Any], Any], argument: Any) -> Any:
     return result
 
 
+def _engine(sa: Any, url: str, options: Mapping[str, Any] | None) -> Any:
+    """``sa.create_engine``, with the mistakes people make in a database URL explained."""
+    scheme = url.split("://", 1)[0] if isinstance(url, str) else ""
+    try:
+        return sa.create_engine(url, **dict(options or {}))
+    except sa.exc.NoSuchModuleError:
+        hint = (
+            "write postgresql+psycopg://user:password@host/db (and pip install "
+            "'stratacache[postgres]')"
+            if scheme.split("+")[0] in ("postgres", "postgresql", "pg")
+            else "e.g. sqlite:///app.db or postgresql+psycopg://user:password@host/db"
+        )
+        raise ConfigurationError(
+            f"SQLAlchemy has no database dialect or driver for {scheme}:// in {redact(url)}; "
+            f"{hint}"
+        ) from None
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the database driver for {scheme}:// is not installed ({exc}); for PostgreSQL: "
+            "pip install 'stratacache[postgres]'"
+        ) from None
+    except sa.exc.ArgumentError as exc:
+        raise ConfigurationError(
+            f"{redact(str(url))!r} is not a database URL: {exc}; e.g. sqlite:///app.db or "
+            "postgresql+psycopg://user:password@host/db"
+        ) from None
+
+
 class SQLOrigin(Origin):
     """A table in a SQL database, through SQLAlchemy.
 
@@ -160,13 +190,21 @@ class SQLOrigin(Origin):
                 "SQLOrigin needs SQLAlchemy: pip install 'stratacache[sql]'"
             ) from exc
         self._sa = sa
-        self.engine = sa.create_engine(url, **dict(engine_options or {}))
+        self.engine = _engine(sa, url, engine_options)
+        # A SQLite file that does not exist yet is created by the first connection; when
+        # the table turns out to be missing, that empty file must not stay behind.
+        path = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        new_file = bool(path) and path != ":memory:" and not os.path.exists(str(path))
         metadata = sa.MetaData()
         try:
             self.table = sa.Table(table, metadata, autoload_with=self.engine)
         except sa.exc.NoSuchTableError:
+            self.engine.dispose()
+            if new_file and os.path.exists(str(path)) and os.path.getsize(str(path)) == 0:
+                os.remove(str(path))
             raise ConfigurationError(
                 f"table {table!r} does not exist in {self.engine.url.render_as_string()}"
+                + (" (the file did not exist either)" if new_file else "")
             ) from None
         columns = self.table.c
         if key_column not in columns:

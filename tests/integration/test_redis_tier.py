@@ -305,21 +305,55 @@ def test_acl_user_and_password(
     wrong = server.url.replace("pa%3Ass", "nope")
     assert wrong != server.url
     bad = tier_from_url(wrong, wall_clock=clock.time)
-    with pytest.raises(TierUnavailableError) as caught:
+    # Wrong credentials are a configuration error, not an outage to skip forever.
+    with pytest.raises(ConfigurationError) as caught:
         bad.get_many(["k"])
     assert "AuthenticationError" in str(caught.value)
 
-    # Through the hierarchy: the level is skipped and logged, the password is nowhere.
+    # Through the hierarchy: raised to the caller at first use, the password nowhere.
     cache = Cache([MemoryTier(10), bad], lambda keys: {k: 1 for k in keys})
-    with caplog.at_level(logging.WARNING, logger="stratacache"):
-        assert cache.get("x") == 1
+    with (
+        caplog.at_level(logging.WARNING, logger="stratacache"),
+        pytest.raises(ConfigurationError) as through,
+    ):
+        cache.get("x")
     logged = "\n".join(record.getMessage() for record in caplog.records)
-    assert "skipped" in logged
     for secret in (password, "nope", "pa%3Ass"):
         assert secret not in logged
         assert secret not in str(caught.value)
+        assert secret not in str(through.value)
         assert secret not in repr(bad)
     cache.close()
+
+
+def test_an_acl_refusal_is_a_configuration_error(
+    make_redis_server: Callable[..., RedisServer], clock: FakeClock
+) -> None:
+    """A user the ACL does not allow to write: refused at first use, with the way out."""
+    server = make_redis_server(username="app", password="secret-pw")
+    admin = redis.Redis(
+        host=server.address[0], port=server.address[1], username="app", password="secret-pw"
+    )
+    admin.execute_command(
+        "ACL",
+        "SETUSER",
+        "reader",
+        "on",
+        ">reader-pw",
+        "~*",
+        "+get",
+        "+mget",
+        "+ping",
+        "+client|setname",
+        "+hello",
+    )
+    admin.close()
+    url = f"redis://reader:reader-pw@{server.address[0]}:{server.address[1]}/0"
+    tier = tier_from_url(url + "?namespace=acl", wall_clock=clock.time)
+    assert tier.get_many(["k"]) == {}
+    with pytest.raises(ConfigurationError, match=r"NoPermissionError|ACL"):
+        tier.set_many({"k": entry("v", clock)})
+    tier.close()
 
 
 def test_database_number_selects_the_database(redis_server: RedisServer, clock: FakeClock) -> None:

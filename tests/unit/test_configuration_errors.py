@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from stratacache import Cache, ConfigurationError, MemoryTier, SQLiteTier
+from stratacache import Cache, ConfigurationError, MemoryTier, SQLiteTier, SQLOrigin
 from stratacache.config import redact, tier_from_url
 from stratacache.serde import Codec
 
@@ -107,3 +108,36 @@ def test_set_with_bad_ttl() -> None:
     cache = Cache([MemoryTier(10)])
     with pytest.raises(ConfigurationError, match="ttl"):
         cache.set("k", 1, ttl=0)
+
+
+def test_a_private_level_below_a_shared_one_is_refused(tmp_path: Path) -> None:
+    shared = SQLiteTier(tmp_path / "l1.db")
+    with pytest.raises(ConfigurationError, match="private to this process but sits below"):
+        Cache([shared, MemoryTier(10)])
+    with pytest.raises(ConfigurationError, match="private_below_shared=True"):
+        Cache([f"sqlite:///{tmp_path / 'l2.db'}", "memory://?max_entries=10"])
+    allowed = Cache([shared, MemoryTier(10)], private_below_shared=True)
+    allowed.set("k", 1)
+    assert allowed.get("k") == 1
+    allowed.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("postgres://user:secret@db.example/app", "postgresql+psycopg://"),
+        ("mysql+nodriver://db.example/app", "no database dialect or driver"),
+        ("not a url", "is not a database URL"),
+    ],
+)
+def test_database_url_mistakes_get_a_hint(url: str, hint: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(hint)) as caught:
+        SQLOrigin(url, "users")
+    assert "secret" not in str(caught.value)
+
+
+def test_a_missing_table_leaves_no_file_behind(tmp_path: Path) -> None:
+    path = tmp_path / "never-made.db"
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        SQLOrigin(f"sqlite:///{path}", "users")
+    assert not path.exists()

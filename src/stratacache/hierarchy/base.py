@@ -41,6 +41,7 @@ class BaseCache:
         negative_ttl: float | None = None,
         ttl_jitter: float = 0.0,
         measure_l1_latency: bool = False,
+        private_below_shared: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -58,6 +59,8 @@ class BaseCache:
                     f"a level must be a Tier or a tier URL, got {type(level).__qualname__}"
                 )
             built.append(level)
+        if not private_below_shared:
+            _check_private_levels_on_top(built)
         if origin is not None and not isinstance(origin, Origin):
             if not callable(origin):
                 raise ConfigurationError(
@@ -235,6 +238,21 @@ class BaseCache:
             return False
         self._closed = True
         return True
+
+
+def _check_private_levels_on_top(levels: Sequence[Tier]) -> None:
+    """An in-process level below a shared one is almost always a mistake: every process
+    would fill its private copy from the shared level and serve it after another process
+    changed the shared one, and the shared level's copies would be read first anyway."""
+    for index, level in enumerate(levels):
+        if level.local and index > 0 and not levels[index - 1].local:
+            above = levels[index - 1]
+            raise ConfigurationError(
+                f"level {index + 1} ({level.kind}) is private to this process but sits below "
+                f"level {index} ({above.kind}), which processes share; put in-process levels "
+                "first (levels are listed top first), or pass private_below_shared=True if "
+                "this order is what you mean"
+            )
 
 
 KeyBuilder = Callable[[tuple[Any, ...], dict[str, Any]], str]

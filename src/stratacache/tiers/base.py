@@ -36,7 +36,7 @@ from typing import Any, ClassVar, TypeVar
 
 from ..config import TierOptions
 from ..entry import Entry
-from ..errors import ConfigurationError, TierUnavailableError
+from ..errors import CacheError, ConfigurationError, TierUnavailableError
 from ..metrics import LevelStats
 from ..steps import adrive, drive
 
@@ -235,7 +235,10 @@ class CommandTier(Tier):
     async def aperform(self, command: Any) -> Any:
         """Run one command on the event loop and return its result."""
 
-    def unavailable(self, exc: BaseException) -> TierUnavailableError:
+    def unavailable(self, exc: BaseException) -> CacheError:
+        """What a failure of the transport becomes: by default the transient error that
+        makes the hierarchy skip this level. A tier may answer a permanent error instead
+        for failures that no retry cures (wrong credentials)."""
         return TierUnavailableError(self.name, f"{type(exc).__name__}: {exc}")
 
     # -- both faces, from one operation (see stratacache.steps)

@@ -39,12 +39,20 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    AuthorizationError,
+    NoPermissionError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.retry import Retry
 
 from ..config import RedisFamilyOptions, RedisOptions
 from ..entry import Entry
-from ..errors import CacheClosedError, ConfigurationError
+from ..errors import CacheClosedError, CacheError, ConfigurationError
 from ..keys import KeyRules
 from .base import Prepared, Steps
 from .loops import LoopClients
@@ -58,6 +66,15 @@ __all__ = ["REDIS_ERRORS", "RedisFamilyTier", "RedisTier"]
 #: skipped (and logged) serves the caller better than an exception from outside the
 #: CacheError tree.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+
+#: Refusals that no retry cures: the credentials or the ACL rules are wrong. They are
+#: configuration errors, raised to the caller at first use, not an outage to skip.
+REFUSED: tuple[type[BaseException], ...] = (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    AuthorizationError,
+    NoPermissionError,
+)
 
 _BATCH = 1000  # keys per MGET / UNLINK / SCAN page
 #: A command maps a client (sync or async) to its result (sync) or an awaitable (async).
@@ -143,6 +160,15 @@ class RedisFamilyTier(RemoteTier):
                 raise CacheClosedError(f"tier {self.name!r} is closed")
             client = await self._aclients.get(loop)
         return await command(client)
+
+    def unavailable(self, exc: BaseException, doing: str = "") -> CacheError:
+        if isinstance(exc, REFUSED):
+            detail = self._scrub(f"{type(exc).__name__}: {exc}")
+            return ConfigurationError(
+                f"level {self.name} ({self._location_text}) refused this process: {detail}; "
+                "check the user name and password in the URL and the server's ACL rules"
+            )
+        return super().unavailable(exc, doing)
 
     # -- per-store commands
 

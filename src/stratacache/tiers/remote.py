@@ -39,7 +39,7 @@ from urllib.parse import unquote
 
 from ..config import NetworkOptions, redact
 from ..entry import NEVER
-from ..errors import ConfigurationError, TierUnavailableError
+from ..errors import CacheError, ConfigurationError, TierUnavailableError
 from ..keys import KeyRules, storage_key
 from .base import Prepared
 from .shared import SharedTier
@@ -238,7 +238,7 @@ class RemoteTier(SharedTier):
             text = text.replace(secret, "***")
         return text
 
-    def unavailable(self, exc: BaseException, doing: str = "") -> TierUnavailableError:
+    def unavailable(self, exc: BaseException, doing: str = "") -> CacheError:
         detail = str(exc) or type(exc).__name__
         reason = self._scrub(f"{doing}{type(exc).__name__}: {detail}")
         return TierUnavailableError(self.name, reason)

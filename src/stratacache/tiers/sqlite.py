@@ -26,7 +26,7 @@ from typing import Any
 
 from ..config import SQLiteOptions
 from ..entry import NEVER, Entry
-from ..errors import CacheClosedError, ConfigurationError, TierUnavailableError
+from ..errors import CacheClosedError, CacheError, ConfigurationError, TierUnavailableError
 from .base import Prepared, Steps
 from .shared import SharedTier
 
@@ -190,7 +190,7 @@ class SQLiteTier(SharedTier):
     async def aperform(self, command: Command) -> Any:
         return await asyncio.to_thread(self.perform, command)
 
-    def unavailable(self, exc: BaseException) -> TierUnavailableError:
+    def unavailable(self, exc: BaseException) -> CacheError:
         # "database is locked" past busy_timeout, disk I/O errors, a file that is corrupt
         # or not a database: this level is unusable right now, and none of it is the
         # caller's fault. (The statements are ours and fixed; a sqlite3.ProgrammingError
