@@ -32,7 +32,10 @@ class Origin:
     def load_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
         raise NotImplementedError
 
-    def store_many(self, items: Mapping[str, Any]) -> None:
+    def store_many(self, items: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """Store ``items``. May return the values as the origin now holds them (its
+        defaults, types and triggers applied), which the cache then keeps instead of the
+        caller's; None means the origin holds exactly what it was given."""
         raise ConfigurationError(
             f"{type(self).__name__} cannot store values; give it a store function, or use "
             "write='cache' (cache-aside: the application writes its database itself)"
@@ -47,8 +50,8 @@ class Origin:
     async def aload_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
         return await asyncio.to_thread(self.load_many, keys)
 
-    async def astore_many(self, items: Mapping[str, Any]) -> None:
-        await asyncio.to_thread(self.store_many, items)
+    async def astore_many(self, items: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        return await asyncio.to_thread(self.store_many, items)
 
     async def adelete_many(self, keys: Sequence[str]) -> None:
         await asyncio.to_thread(self.delete_many, keys)
@@ -82,10 +85,10 @@ class CallableOrigin(Origin):
     def load_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
         return call_sync(self._load, list(keys))  # type: ignore[no-any-return]
 
-    def store_many(self, items: Mapping[str, Any]) -> None:
+    def store_many(self, items: Mapping[str, Any]) -> Mapping[str, Any] | None:
         if self._store is None:
             return super().store_many(items)  # refuses: this origin cannot do it
-        call_sync(self._store, dict(items))
+        return _stored(call_sync(self._store, dict(items)))
 
     def delete_many(self, keys: Sequence[str]) -> None:
         if self._delete is None:
@@ -95,15 +98,21 @@ class CallableOrigin(Origin):
     async def aload_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
         return await call_async(self._load, list(keys))  # type: ignore[no-any-return]
 
-    async def astore_many(self, items: Mapping[str, Any]) -> None:
+    async def astore_many(self, items: Mapping[str, Any]) -> Mapping[str, Any] | None:
         if self._store is None:
             return super().store_many(items)  # refuses: this origin cannot do it
-        await call_async(self._store, dict(items))
+        return _stored(await call_async(self._store, dict(items)))
 
     async def adelete_many(self, keys: Sequence[str]) -> None:
         if self._delete is None:
             return super().delete_many(keys)  # refuses: this origin cannot do it
         await call_async(self._delete, list(keys))
+
+
+def _stored(result: Any) -> Mapping[str, Any] | None:
+    """A store function may return the stored values (a mapping); anything else means
+    "stored as given"."""
+    return result if isinstance(result, Mapping) else None
 
 
 # A user's function (a loader, an origin's load/store/delete) may be plain or async; these
@@ -146,8 +155,7 @@ def _engine(sa: Any, url: str, options: Mapping[str, Any] | None) -> Any:
             else "e.g. sqlite:///app.db or postgresql+psycopg://user:password@host/db"
         )
         raise ConfigurationError(
-            f"SQLAlchemy has no database dialect or driver for {scheme}:// in {redact(url)}; "
-            f"{hint}"
+            f"SQLAlchemy has no database dialect or driver for {scheme}:// in {redact(url)}; {hint}"
         ) from None
     except ImportError as exc:
         raise ConfigurationError(
@@ -249,10 +257,15 @@ class SQLOrigin(Origin):
     # -- operations
 
     def load_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
-        sa = self._sa
         ids = {db: key for key in keys if (db := self._to_db(key)) is not None}
         if not ids:
             return {}
+        with self.engine.connect() as conn:
+            return self._select(conn, ids)
+
+    def _select(self, conn: Any, ids: Mapping[Any, str]) -> dict[str, Any]:
+        """The cached form of the rows whose keys are ``ids`` (db key -> cache key)."""
+        sa = self._sa
         if self.value_column is not None:
             query = sa.select(self.key_column, self.value_column)
         else:
@@ -260,18 +273,18 @@ class SQLOrigin(Origin):
         query = query.where(self.key_column.in_(list(ids)))
         found: dict[str, Any] = {}
         key_name = self.key_column.name
-        with self.engine.connect() as conn:
-            for row in conn.execute(query):
-                mapping = row._mapping
-                db_key = mapping[key_name]
-                cache_key = ids.get(db_key, self._to_cache(db_key))
-                if self.value_column is not None:
-                    found[cache_key] = mapping[self.value_column.name]
-                else:
-                    found[cache_key] = dict(mapping)
+        for row in conn.execute(query):
+            mapping = row._mapping
+            db_key = mapping[key_name]
+            cache_key = ids.get(db_key, self._to_cache(db_key))
+            if self.value_column is not None:
+                found[cache_key] = mapping[self.value_column.name]
+            else:
+                found[cache_key] = dict(mapping)
         return found
 
-    def store_many(self, items: Mapping[str, Any]) -> None:
+    def store_many(self, items: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Upsert the rows; returns them as the table now holds them."""
         rows = []
         for key, value in items.items():
             db_key = self._to_db(key)
@@ -284,6 +297,14 @@ class SQLOrigin(Origin):
             if self.value_column is not None:
                 rows.append({self.key_column.name: db_key, self.value_column.name: value})
             elif isinstance(value, Mapping):
+                given = value.get(self.key_column.name, db_key)
+                if given != db_key:
+                    raise ConfigurationError(
+                        f"the row for key {key!r} says {self.key_column.name}={given!r}, but "
+                        f"the key names {self.key_column.name}={db_key!r}; store it under "
+                        f"{self._to_cache(given)!r}, or leave {self.key_column.name!r} out of "
+                        "the value"
+                    )
                 rows.append({**value, self.key_column.name: db_key})
             else:
                 raise ConfigurationError(
@@ -291,9 +312,14 @@ class SQLOrigin(Origin):
                     f"must be a mapping of column names, got {type(value).__qualname__}"
                 )
         if not rows:
-            return
+            return {}
         with self.engine.begin() as conn:
             self._upsert(conn, rows)
+            # What the table holds now (defaults, triggers and column types applied) is
+            # what the levels must hold: read it back in the same transaction.
+            return self._select(
+                conn, {row[self.key_column.name]: key for row, key in zip(rows, items, strict=True)}
+            )
 
     def _upsert(self, conn: Any, rows: list[dict[str, Any]]) -> None:
         sa = self._sa
