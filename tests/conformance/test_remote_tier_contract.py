@@ -196,7 +196,8 @@ def test_repr_and_errors_never_show_the_password(
         shown.append(repr(tier))
         tier.close()
         wrong = tier_from_url(_with_password(server.url, "wrong-" + SECRET))
-        with pytest.raises(TierUnavailableError, match="AuthenticationError") as refused:
+        # Wrong credentials are permanent: a configuration error, not an outage.
+        with pytest.raises(ConfigurationError, match="AuthenticationError") as refused:
             wrong.get_many(["k"])
         shown += [repr(wrong), str(refused.value)]
         wrong.close()
