@@ -1,11 +1,18 @@
 """Least frequently used, in O(1), with aging by periodic halving.
 
 Keys live in *frequency buckets*: a doubly linked list of buckets in increasing frequency
-order, each holding its keys oldest first (a dict keeps insertion order). This is the layout
-of Shah, Mitra and Matani, "An O(1) algorithm for implementing the LFU cache eviction scheme"
-(2010): a hit moves a key from bucket f to bucket f + 1, which is the next bucket or a new
-one linked right after the old; the victim is the oldest key of the first bucket. No step
-searches or sorts, whatever the spread of frequencies.
+order, each holding its keys oldest first. This is the layout of Shah, Mitra and Matani, "An
+O(1) algorithm for implementing the LFU cache eviction scheme" (2010): a hit moves a key from
+bucket f to bucket f + 1, which is the next bucket or a new one linked right after the old;
+the victim is the oldest key of the first bucket. No step searches or sorts, whatever the
+spread of frequencies.
+
+A bucket is an ``OrderedDict`` of its keys (mapping each to its weight). It must not be a
+plain dict: a dict deletes by leaving a hole in its entry array, and finding its first key
+walks over every hole left by earlier deletions, so taking the oldest key of a bucket that
+keeps losing its oldest keys (the count-1 bucket of a full cache, on every insert) costs time
+proportional to the evictions since the dict last resized. ``OrderedDict.popitem(last=False)``
+and ``next(iter(...))`` read the head of its own linked list: O(1) however many keys left.
 
 **Aging.** A pure LFU never forgets: a key that was hit a million times yesterday outranks
 today's working set until the end of time. Two classic remedies exist:
@@ -23,11 +30,13 @@ today's working set until the end of time. Two classic remedies exist:
 We use halving: it keeps every operation O(1) (amortized), and its half-life is easy to
 reason about. The period is ``aging_factor`` requests per resident key (10 by default, the
 figure TinyLFU uses for its sample). Counts never drop below 1, so a resident key always
-outranks nothing. Ties between equal counts go to the least recently promoted key.
+outranks nothing. Ties between equal counts go to the least recently promoted key (the one
+that reached its count first); halving keeps every key's rank relative to the others.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from .base import Key, PolicyBase
@@ -39,14 +48,15 @@ AGING_FACTOR = 10
 _MIN_PERIOD = 64
 
 
-class _Bucket:
-    """All resident keys with one frequency, oldest first, linked to its neighbours."""
+class _Bucket(OrderedDict[Key, int]):
+    """All resident keys with one frequency, oldest first, each mapped to its weight, and
+    linked to the neighbouring buckets."""
 
-    __slots__ = ("freq", "keys", "next", "prev")
+    __slots__ = ("freq", "next", "prev")
 
     def __init__(self, freq: int) -> None:
+        super().__init__()
         self.freq = freq
-        self.keys: dict[Key, None] = {}
         self.prev: _Bucket = self
         self.next: _Bucket = self
 
@@ -61,8 +71,8 @@ class LFUPolicy(PolicyBase):
         self._aging_factor = aging_factor
         # A sentinel with frequency 0 closes the circular bucket list.
         self._head = _Bucket(0)
+        # Each resident key's bucket; its weight is the value in that bucket.
         self._bucket: dict[Key, _Bucket] = {}
-        self._weights: dict[Key, int] = {}
         self._weight = 0
         self._events = 0
 
@@ -71,10 +81,10 @@ class LFUPolicy(PolicyBase):
         return self._weight
 
     def __len__(self) -> int:
-        return len(self._weights)
+        return len(self._bucket)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._weights
+        return key in self._bucket
 
     def frequency(self, key: Key) -> int:
         """The (aged) count of a resident key, 0 if it is not resident."""
@@ -107,31 +117,50 @@ class LFUPolicy(PolicyBase):
         return True
 
     def on_insert(self, key: Key, weight: int = 1, cost: float = 1.0) -> list[Key]:
-        if key in self._weights:
+        buckets = self._bucket
+        if key in buckets:
             return self.on_update(key, weight)
-        if weight > self._capacity:
+        capacity = self._capacity
+        if weight > capacity:
             return [key]
-        # Make room first, so that the newcomer (count 1, the lowest) is not its own victim.
-        victims = self._evict(self._capacity - weight)
         head = self._head
+        # Make room first, so that the newcomer (count 1, the lowest) is not its own victim.
+        # Inlined (see _evict): this is the hot path of a full cache.
+        victims: list[Key] = []
+        total = self._weight + weight
+        while total > capacity:
+            first = head.next
+            victim, victim_weight = first.popitem(last=False)
+            if not first:
+                first.prev.next = first.next
+                first.next.prev = first.prev
+            del buckets[victim]
+            total -= victim_weight
+            victims.append(victim)
         first = head.next
         if first.freq != 1:
             first = self._link_after(head, 1)
-        first.keys[key] = None
-        self._bucket[key] = first
-        self._weights[key] = weight
-        self._weight += weight
-        self._tick()
+        first[key] = weight
+        buckets[key] = first
+        self._weight = total
+        # _tick, inlined.
+        events = self._events + 1
+        factor = self._aging_factor
+        if events >= factor * len(buckets) and events >= factor * _MIN_PERIOD:
+            self._halve()
+        else:
+            self._events = events
         return victims
 
     def on_update(self, key: Key, weight: int) -> list[Key]:
-        old = self._weights.get(key)
-        if old is None:
+        bucket = self._bucket.get(key)
+        if bucket is None:
             return []
         if weight > self._capacity:
             self.on_remove(key)
             return [key]
-        self._weights[key] = weight
+        old = bucket[key]
+        bucket[key] = weight  # an existing key keeps its place
         self._weight += weight - old
         return self._evict(self._capacity)
 
@@ -139,21 +168,20 @@ class LFUPolicy(PolicyBase):
         bucket = self._bucket.pop(key, None)
         if bucket is None:
             return
-        del bucket.keys[key]
-        if not bucket.keys:
+        self._weight -= bucket.pop(key)
+        if not bucket:
             self._unlink(bucket)
-        self._weight -= self._weights.pop(key)
 
     def clear(self) -> None:
         self._head = _Bucket(0)
         self._bucket.clear()
-        self._weights.clear()
         self._weight = 0
         self._events = 0
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _link_after(self, bucket: _Bucket, freq: int) -> _Bucket:
+    @staticmethod
+    def _link_after(bucket: _Bucket, freq: int) -> _Bucket:
         new = _Bucket(freq)
         new.prev = bucket
         new.next = bucket.next
@@ -171,35 +199,35 @@ class LFUPolicy(PolicyBase):
         target = bucket.next
         if target.freq != freq:
             target = self._link_after(bucket, freq)
-        del bucket.keys[key]
-        target.keys[key] = None
+        target[key] = bucket.pop(key)
         self._bucket[key] = target
-        if not bucket.keys:
+        if not bucket:
             self._unlink(bucket)
 
     def _evict(self, limit: int) -> list[Key]:
         """Evict least frequent keys until the total weight is at most ``limit``."""
         victims: list[Key] = []
         head = self._head
+        buckets = self._bucket
         while self._weight > limit:
-            bucket = head.next
-            victim = next(iter(bucket.keys))
-            del bucket.keys[victim]
-            if not bucket.keys:
-                self._unlink(bucket)
-            del self._bucket[victim]
-            self._weight -= self._weights.pop(victim)
+            first = head.next
+            victim, victim_weight = first.popitem(last=False)
+            if not first:
+                self._unlink(first)
+            del buckets[victim]
+            self._weight -= victim_weight
             victims.append(victim)
         return victims
 
     def _tick(self) -> None:
         self._events += 1
-        if self._events >= self._aging_factor * max(len(self._weights), _MIN_PERIOD):
+        if self._events >= self._aging_factor * max(len(self._bucket), _MIN_PERIOD):
             self._halve()
 
     def _halve(self) -> None:
         """Halve every count (never below 1), merging buckets f and f + 1 when f is even."""
         self._events = 0
+        buckets = self._bucket
         head = self._head
         old = head.next
         head.next = head.prev = head
@@ -208,11 +236,11 @@ class LFUPolicy(PolicyBase):
             following = old.next
             freq = max(1, old.freq >> 1)
             if last.freq == freq:
-                # Bucket 2k + 1 merges into bucket 2k: its keys were promoted later, so they
-                # stay after (newer than) the keys already there.
-                last.keys.update(old.keys)
-                for key in old.keys:
-                    self._bucket[key] = last
+                # Bucket 2k + 1 merges into bucket 2k: its keys reached their count later
+                # than every key already there, so they go after (are newer than) them.
+                last.update(old)
+                for key in old:
+                    buckets[key] = last
             else:
                 old.freq = freq
                 old.prev = last
