@@ -23,9 +23,11 @@ expiries, converted on the way.
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -39,21 +41,195 @@ from .base import LocalTier, Prepared, Sizing
 __all__ = ["MemoryTier", "default_weigher"]
 
 
-def default_weigher(key: str, value: Any) -> int:
-    """A rough size in bytes: exact for str/bytes, msgpack length for plain data,
-    ``sys.getsizeof`` otherwise. Pass ``weigher=`` for anything better."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        size = len(value)
-    elif isinstance(value, str):
-        size = len(value.encode("utf-8", "surrogatepass"))
-    else:
-        try:
-            import msgspec
+# Per-entry overhead of the store, beyond the key and the value: the ``(value, expiry)``
+# tuple (56 bytes) and the entry's share of ``MemoryTier.data`` (a 16-byte slot of a
+# str-keyed dict plus its index and spare room, 22-44 bytes, ~33 on average) and of the
+# expiry float (24 bytes when the entry has a TTL; entries without one share ``NEVER``).
+ENTRY_OVERHEAD = 96
+#: the most objects one weigh sizes before it extrapolates the rest (see default_weigher)
+WEIGH_BUDGET = 4096
+#: the most children of one container sized one by one; past it, an even sample is
+#: sized and scaled up
+WEIGH_SAMPLE = 512
 
-            size = len(msgspec.msgpack.encode(value))
-        except Exception:
-            size = sys.getsizeof(value)
-    return len(key) + size + 64  # per-entry overhead of the dict slot and tuple
+NoneType = type(None)
+# Objects without references worth following: sys.getsizeof is all they hold.
+_LEAVES: frozenset[type] = frozenset(
+    {str, bytes, bytearray, int, float, bool, complex, NoneType, range, type(Ellipsis)}
+)
+# Program structure a value may point at but does not own: neither counted nor followed.
+_SHARED_TYPES: tuple[type, ...] = (
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    types.CodeType,
+    types.FrameType,
+    types.WrapperDescriptorType,
+    types.MethodDescriptorType,
+    types.GetSetDescriptorType,
+    types.MemberDescriptorType,
+)
+# Objects the interpreter keeps once for everyone (small ints, one-character strings
+# and bytes, None, True, False, the empty str/bytes/tuple): a value holding them holds
+# a pointer, not a copy.
+_SHARED_IDS: frozenset[int] = frozenset(
+    map(
+        id,
+        [
+            *(None, True, False, Ellipsis, NotImplemented, "", b"", ()),
+            *range(-5, 257),
+            *map(chr, range(256)),
+            *(bytes((i,)) for i in range(256)),
+        ],
+    )
+)
+
+
+def _children(obj: Any) -> tuple[Any, ...]:
+    """What ``obj`` refers to and might own, in batches of (mostly) one type: a plain
+    container's items (a dict's keys, then its values), else ``gc.get_referents`` with
+    classes, modules and functions left out."""
+    cls = type(obj)
+    if cls is list or cls is tuple:
+        return (obj,)
+    if cls is dict:
+        return (list(obj), list(obj.values()))
+    if cls is set or cls is frozenset:
+        return (list(obj),)
+    if cls is memoryview:
+        return ([obj.obj],)
+    return ([ref for ref in gc.get_referents(obj) if not isinstance(ref, _SHARED_TYPES)],)
+
+
+_GC_HEADER = sys.getsizeof([]) - [].__sizeof__()
+_HAVE_GC = 1 << 14  # Py_TPFLAGS_HAVE_GC
+# Batches up to this long are sized in a plain loop, longer ones with set operations.
+_SMALL = 16
+# Types whose instances may be interpreter-wide singletons (see _SHARED_IDS).
+_MAYBE_SHARED: frozenset[type] = frozenset({int, bool, str, bytes, tuple, NoneType})
+
+
+def _sizeof_all(objs: Sequence[Any]) -> int:
+    """``sum(map(sys.getsizeof, objs))``, 5x faster when the objects share one type."""
+    kinds = set(map(type, objs))
+    if len(kinds) == 1:
+        (cls,) = kinds
+        header = _GC_HEADER if cls.__flags__ & _HAVE_GC else 0
+        sizeof: Any = cls.__sizeof__  # unbound: takes the object
+        return int(sum(map(sizeof, objs))) + header * len(objs)
+    return sum(map(sys.getsizeof, objs))
+
+
+def deep_size(value: Any, budget: int = WEIGH_BUDGET, sample: int = WEIGH_SAMPLE) -> int:
+    """Bytes ``value`` holds: ``sys.getsizeof`` of it and of everything reachable from it
+    (container items, dict keys and values, instance attributes and slots), each object
+    once however often it is shared, cycles included. Interpreter-wide singletons and
+    program structure (classes, modules, functions) are not counted.
+
+    The walk is bounded: it sizes at most ``budget`` objects, and at most ``sample``
+    children of any one container (an even sample, scaled up to the container's length).
+    Containers still unopened when the budget runs out are estimated from the average
+    bytes per child of the containers of their type opened so far."""
+    getsizeof = sys.getsizeof
+    total: float = getsizeof(value)
+    if type(value) in _LEAVES or isinstance(value, _SHARED_TYPES):
+        return int(total)
+    seen = {id(value)}
+    stack: list[tuple[Any, float]] = [(value, 1.0)]
+    sized = 1
+    # container type -> [bytes of children sized, children sized]
+    per_type: dict[type, list[int]] = {}
+    leaves = _LEAVES
+    while stack:
+        room = budget - sized
+        if room <= 0:
+            break
+        obj, scale = stack.pop()
+        batches = _children(obj)
+        n = sum(map(len, batches))
+        if n > sample or n > room:
+            step = -(-n // min(sample, room))
+            batches = tuple(batch[::step] for batch in batches)
+            scale *= n / sum(map(len, batches))
+        got = 0
+        slots = 0
+        for kids in batches:
+            slots += len(kids)
+            if len(kids) <= _SMALL:  # a plain loop costs less than the set work below
+                for child in kids:
+                    i = id(child)
+                    if i in seen or i in _SHARED_IDS:
+                        continue
+                    seen.add(i)
+                    sized += 1
+                    if type(child) in leaves:
+                        got += getsizeof(child)
+                    elif not isinstance(child, _SHARED_TYPES):
+                        got += getsizeof(child)
+                        stack.append((child, scale))
+                continue
+            kinds = set(map(type, kids))
+            new = set(map(id, kids)).difference(seen)
+            if not kinds.isdisjoint(_MAYBE_SHARED):
+                new = new.difference(_SHARED_IDS)
+            if not new:
+                continue
+            seen |= new
+            if len(new) == len(kids):
+                objs = kids
+            else:  # repeats, or objects met before: size each new one once
+                fresh = dict(zip(map(id, kids), kids, strict=True))
+                objs = list(map(fresh.__getitem__, new))
+            sized += len(objs)
+            if kinds <= leaves:
+                got += _sizeof_all(objs)
+                continue
+            for child in objs:
+                if type(child) in leaves:
+                    got += getsizeof(child)
+                elif not isinstance(child, _SHARED_TYPES):
+                    got += getsizeof(child)
+                    stack.append((child, scale))
+        total += got * scale
+        stats = per_type.setdefault(type(obj), [0, 0])
+        stats[0] += got
+        stats[1] += slots
+    if stack:  # out of budget: estimate what the unopened containers hold
+        all_bytes = sum(s[0] for s in per_type.values())
+        all_kids = sum(s[1] for s in per_type.values())
+        for obj, scale in stack:
+            try:
+                n = len(obj)
+            except TypeError:
+                n = 1
+            got, count = per_type.get(type(obj), (all_bytes, all_kids))
+            total += n * scale * got / (count or 1)
+    return int(total)
+
+
+def default_weigher(key: str, value: Any) -> int:
+    """What an entry holds, in bytes: :func:`deep_size` of the value (``sys.getsizeof``
+    over everything it reaches, shared objects once) plus ``sys.getsizeof(key)`` plus
+    ``ENTRY_OVERHEAD`` for the store's tuple, dict slot and expiry.
+
+    It runs once per write (never on a hit). Cost per weigh, CPython 3.11, x86-64:
+    ~250 ns for a 100-char str or any bytes (one ``sys.getsizeof``), ~18 us for a list of
+    200 floats, ~90 us for a dict of 50 three-field dicts (about 0.1-0.2 us per object
+    reached; a plain container of one item type takes the fast path).
+
+    A value reaching more than ``WEIGH_BUDGET`` (4096) objects is not walked to the end:
+    a container longer than ``WEIGH_SAMPLE`` (512) is sized from an even sample, and
+    containers still unopened when the budget runs out are extrapolated from those
+    opened, so no value makes a weigh take more than about 1-2 ms (a list of a million
+    small dicts: ~1.3 ms, within 0.1% of the full walk, which takes ~5 s).
+
+    Not counted: the eviction policy's own bookkeeping per key, which depends on the policy
+    (LRU ~100 bytes, W-TinyLFU ~280, S3-FIFO more, as it remembers evicted keys); this
+    number is also what ``max_value_bytes`` compares. Pass ``weigher=`` for anything
+    better."""
+    return deep_size(value) + sys.getsizeof(key) + ENTRY_OVERHEAD
 
 
 class MemoryTier(LocalTier):
@@ -176,14 +352,19 @@ class MemoryTier(LocalTier):
 
     def put(self, key: str, value: Any, mono_expires: float, weight: int) -> None:
         """Store a live entry (weight already charged); call with the lock held."""
-        self._admit(key, weight)
-        self.negative.pop(key, None)
+        # Stored before the policy answers, so that a key the policy refuses (its own
+        # victim) is dropped again with the other victims, as the C writer does.
+        resident = key in self.data or self.negative.pop(key, None) is not None
         self.data[key] = (value, mono_expires)
+        self._admit(key, weight, resident)
 
-    def _admit(self, key: str, weight: int) -> None:
-        """Tell the policy about ``key`` and drop the victims it names."""
+    def _admit(self, key: str, weight: int, resident: bool | None = None) -> None:
+        """Tell the policy about ``key`` (``resident``: whether it was already there; by
+        default, whether the store holds it now) and drop the victims it names."""
         data, negative = self.data, self.negative
-        if key in data or key in negative:
+        if resident is None:
+            resident = key in data or key in negative
+        if resident:
             victims = self.policy.on_update(key, weight)
         else:
             victims = self.policy.on_insert(key, weight)
