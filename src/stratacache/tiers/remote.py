@@ -6,11 +6,12 @@ their faces (sync and async):
 
 * **Storage names.** A cache key becomes ``<namespace>:<key>`` when the store's
   :class:`~stratacache.keys.KeyRules` accept that name, else ``<namespace>:#<sha256>``
-  (see :func:`~stratacache.keys.storage_key`). The check runs on every read, so the common
-  case (a short printable ASCII key) is answered by two ``str`` methods implemented in C
-  before the general rules run. Hashing loses the key, so the envelope carries it and
-  :meth:`~stratacache.serde.Codec.decode` compares it: two keys that hash alike can never
-  return each other's value. Names are sent as length-prefixed arguments (RESP) or
+  (see :func:`~stratacache.keys.storage_key`); a key that starts with ``#`` is always
+  hashed, so no literal key can take the name of a hashed one. The check runs on every
+  read, so the common case (a short printable ASCII key) is answered by ``str`` methods
+  implemented in C before the general rules run. Hashing loses the key, so the envelope
+  carries it and :meth:`~stratacache.serde.Codec.decode` compares it: two keys that hash
+  alike can never return each other's value. Names are sent as length-prefixed arguments (RESP) or
   validated tokens (memcached), so no key can smuggle a command.
 * **Envelopes** are :class:`~stratacache.tiers.shared.SharedTier`'s, shared with
   the SQLite tier: a codec whose signing context is the namespace, so an entry signed for
@@ -40,7 +41,7 @@ from urllib.parse import unquote
 from ..config import NetworkOptions, redact
 from ..entry import NEVER
 from ..errors import CacheError, ConfigurationError, TierUnavailableError
-from ..keys import KeyRules, storage_key
+from ..keys import HASH_MARKER, KeyRules, storage_key
 from .base import Prepared
 from .shared import SharedTier
 
@@ -77,11 +78,14 @@ class NameMapper:
         name = self.prefix + key
         # Fast path, exact for ASCII: isprintable() is False for every control character
         # and DEL, so it agrees with KeyRules.accepts; anything else takes the full check.
+        # A key starting with the hash marker is never literal (storage_key hashes it),
+        # so that no key's name can equal the name a hashed key gets.
         if (
             name.isascii()
             and len(name) <= self.max_bytes
             and name.isprintable()
             and (self.spaces_ok or " " not in name)
+            and not key.startswith(HASH_MARKER)
         ):
             return name
         return storage_key(self.prefix, key, self.rules)
