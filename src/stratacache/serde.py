@@ -4,11 +4,11 @@ Every value a shared tier (SQLite file, Redis, memcached) holds is one envelope:
 
     offset  size  field
     0       2     magic b"SC"
-    2       1     format version (2)
+    2       1     format version (3)
     3       1     serializer id (1 msgpack, 2 json, 3 pickle)
     4       1     flags (bit 0: zstd-compressed, bit 1: negative entry, bit 2: signed)
     5       1     signing key id (0 when unsigned)
-    6       8     expires_at, float64 wall-clock seconds (0.0 = never)
+    6       8     expires_at, float64 wall-clock seconds (0.0 = never; finite)
     14      2     key length (bytes of the UTF-8 key)
     16      4     payload length
     20      k     the original key, UTF-8
@@ -25,24 +25,71 @@ the HMAC ahead of the envelope, so that an entry signed for one cache cannot be 
 into another cache that shares the store and the signing key. An empty context signs
 exactly as before, so existing signed entries stay valid.
 
+Values come back as the type they were stored as, whichever level answers (L1 hands back
+the stored object itself, so a shared level must not hand back something else). Without
+``value_type``, msgpack and JSON payloads carry what they cannot represent as *tags*:
+
+* msgpack: an Ext type whose data is the msgpack of the tagged content. Codes: 1 tuple,
+  2 set, 3 frozenset (items), 4 dict (``[[key, value], ...]``, for maps with keys msgpack
+  does not bring back as themselves), 7 int beyond 64 bits (decimal text), 8 Decimal
+  (text), 9 datetime (``[y, m, d, H, M, S, us, fold, tz]``), 10 date (ordinal), 11 time
+  (``[H, M, S, us, fold, tz]``), 12 UUID (16 bytes), 13 Enum (``[class, value]``),
+  14 dataclass and 15 msgspec.Struct (``[class, {field: value}]``). ``tz`` is null, a
+  zoneinfo key, or ``[offset in microseconds, name or null]`` (datetime.timezone).
+* JSON: an object with one member named ``"$sc.<tag>"`` (tags as above by name, plus
+  ``bytes`` in base64 and ``float`` for NaN and the infinities). A dict of the user's
+  whose only key starts with ``$sc.`` is written as a ``$sc.dict`` of pairs, so no user
+  data reads as a tag.
+
+Plain data (dicts with str keys, lists, str, int, float, bool, None, and bytes in msgpack)
+is written untouched: such payloads are what they were in format 2. One exception is
+made for dict keys that are str subclasses (SQLAlchemy's ``quoted_name`` column names in
+the rows an SQL origin returns): they are written as str, which hashes and compares the
+same. Anything else (a str subclass as a value, a set subclass, an object msgspec would
+turn into a dict or a string) is
+refused at write time with :class:`~stratacache.errors.SerializationError` naming the type
+and the ways out (``value_type=``, registering the class, ``serializer='pickle'`` with a
+signing key), never silently changed. With ``value_type`` no tags are written or read:
+msgspec encodes natively and decodes as that type.
+
+Classes are named in payloads as ``module:qualname``, and decoding **never imports
+anything**: a name resolves only to a class this process put on the allow-list, with
+:func:`register_type` (process-wide) or a codec's ``types=``; any other name makes the
+payload corrupt. Writing a class that is not on the list is refused, so every process
+sharing a level must register the same classes. A registered dataclass is rebuilt by
+calling it with its ``init`` fields (then setting the others); a Struct with its fields;
+an Enum as ``cls(value)``.
+
 Decoding is defensive: lengths are checked against the actual buffer before anything is
 sliced, the signature (when configured) is verified before decompression and before the
 serializer runs, decompression is bounded by the maximum value size (a compressed frame must
-declare its size, be complete, and be followed by nothing), and pickle refuses to run unless
-the envelope carried a valid signature. Any failure raises :class:`PayloadError`,
+declare its size, within the limit, be complete, and be followed by nothing; it is
+decompressed into a buffer of exactly that size, so a frame that streams more than it
+declares fails rather than growing it), an expiry that is not a finite number (NaN, an
+infinity) is corrupt rather than expired, and pickle refuses to run unless the envelope
+carried a valid signature. Any failure raises :class:`PayloadError`,
 which tiers turn into a counted, logged miss: it never reaches the caller.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import datetime as dt
+import decimal
+import enum
 import hashlib
 import hmac
+import math
 import pickle
 import struct
 import threading
-from collections.abc import Mapping
+import uuid
+import zoneinfo
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from itertools import chain
+from typing import Any, ClassVar, Final, NoReturn, Protocol, TypeVar
 
 import msgspec
 
@@ -58,10 +105,13 @@ __all__ = [
     "Serializer",
     "Signer",
     "make_serializer",
+    "register_type",
+    "registered_types",
+    "type_ref",
 ]
 
 MAGIC = b"SC"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 FLAG_COMPRESSED = 0x01
 FLAG_NEGATIVE = 0x02
 FLAG_SIGNED = 0x04
@@ -99,27 +149,492 @@ class Serializer(Protocol):
     def loads(self, data: bytes | memoryview) -> Any: ...
 
 
+# ---------------------------------------------------------------------------- value fidelity
+
+#: Ext type codes (msgpack) and tag names (json, after :data:`JSON_TAG_PREFIX`).
+_TAG_CODES: Final = {
+    "tuple": 1,
+    "set": 2,
+    "frozenset": 3,
+    "dict": 4,
+    "bytes": 5,
+    "float": 6,
+    "int": 7,
+    "decimal": 8,
+    "datetime": 9,
+    "date": 10,
+    "time": 11,
+    "uuid": 12,
+    "enum": 13,
+    "dataclass": 14,
+    "struct": 15,
+}
+_TAG_NAMES: Final = {code: name for name, code in _TAG_CODES.items()}
+#: A JSON object with exactly one member whose name starts with this is a tagged value.
+JSON_TAG_PREFIX: Final = "$sc."
+_JSON_MARKER: Final = b'"' + JSON_TAG_PREFIX.encode()
+_I64_MIN: Final = -(2**63)
+_U64_MAX: Final = 2**64 - 1
+_NoneType = type(None)
+_C = TypeVar("_C", bound=type)
+
+#: module:qualname -> class, for every class registered with :func:`register_type`.
+_registry: dict[str, type] = {}
+_registry_lock = threading.Lock()
+
+
+def type_ref(cls: type) -> str:
+    """How a payload names a class: ``"module:qualname"``."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _class_kind(cls: Any) -> str | None:
+    if not isinstance(cls, type):
+        return None
+    if issubclass(cls, enum.Enum):
+        return "enum"
+    if issubclass(cls, msgspec.Struct):
+        return "struct"
+    if dataclasses.is_dataclass(cls):
+        return "dataclass"
+    return None
+
+
+def _checked_types(classes: Iterable[type]) -> dict[str, type]:
+    checked: dict[str, type] = {}
+    for cls in classes:
+        if _class_kind(cls) is None:
+            raise ConfigurationError(
+                f"{cls!r} cannot be registered: only Enum subclasses, dataclasses and "
+                "msgspec.Struct subclasses are rebuilt from stored payloads"
+            )
+        checked[type_ref(cls)] = cls
+    return checked
+
+
+def register_type(cls: _C, /, *more: type) -> _C:
+    """Allow the shared levels of this process to store and rebuild ``cls`` (and ``more``):
+    an Enum, a dataclass or a msgspec.Struct. Usable as a class decorator.
+
+    A payload names its classes as ``module:qualname``; decoding looks that name up among
+    the registered classes (and a codec's own ``types=``) and never imports anything, so a
+    payload written by someone else can only ever build classes this process allowed.
+    Register the same classes in every process that shares the levels. A later
+    registration under the same name replaces the earlier one (a reloaded module).
+    """
+    checked = _checked_types((cls, *more))
+    with _registry_lock:
+        _registry.update(checked)
+    return cls
+
+
+def registered_types() -> dict[str, type]:
+    """A copy of the process-wide allow-list, by ``module:qualname``."""
+    return dict(_registry)
+
+
+def _tz_out(tz: Any, owner: type) -> Any:
+    if tz is None:
+        return None
+    if type(tz) is dt.timezone:
+        offset = tz.utcoffset(None) // dt.timedelta(microseconds=1)
+        name = tz.tzname(None)
+        return [offset, None if name == dt.timezone(tz.utcoffset(None)).tzname(None) else name]
+    if type(tz) is zoneinfo.ZoneInfo and tz.key:
+        return tz.key
+    raise SerializationError(
+        f"a {owner.__qualname__} with tzinfo of type {type(tz).__qualname__} cannot be stored "
+        "so that it comes back the same: use datetime.timezone or zoneinfo.ZoneInfo, pass "
+        "value_type=, or use serializer='pickle' with a signing key"
+    )
+
+
+def _tz_in(raw: Any) -> dt.tzinfo | None:
+    if raw is None:
+        return None
+    if type(raw) is str:
+        return zoneinfo.ZoneInfo(raw)
+    offset, name = raw
+    delta = dt.timedelta(microseconds=offset)
+    return dt.timezone(delta) if name is None else dt.timezone(delta, name)
+
+
+def _lift_datetime(raw: Any) -> dt.datetime:
+    y, mo, d, h, mi, sec, us, fold, tz = _list(raw)
+    return dt.datetime(y, mo, d, h, mi, sec, us, tzinfo=_tz_in(tz), fold=fold)
+
+
+def _lift_time(raw: Any) -> dt.time:
+    h, mi, sec, us, fold, tz = _list(raw)
+    return dt.time(h, mi, sec, us, tzinfo=_tz_in(tz), fold=fold)
+
+
+def _lift_fields(cls: Any, kind: str, fields: Any) -> Any:
+    if type(fields) is not dict:
+        raise PayloadError(f"{kind} fields are not a map")
+    if kind == "struct":
+        return cls(**fields)
+    init = {f.name for f in dataclasses.fields(cls) if f.init}
+    obj = cls(**{name: value for name, value in fields.items() if name in init})
+    for name, value in fields.items():
+        if name not in init:
+            object.__setattr__(obj, name, value)
+    return obj
+
+
+class _Tagging:
+    """Keeps the types of values through msgpack or JSON (see the module docstring).
+
+    :meth:`lower` turns a value into what the format carries natively, tagging the rest;
+    it returns plain data unchanged (the same objects, nothing copied), and refuses what it
+    cannot bring back as the same type with :class:`SerializationError`. Decoding lifts
+    the tags back: msgspec calls :meth:`ext_hook` for msgpack's Ext types; JSON payloads
+    are walked by :meth:`lift_json` only when they contain a tag at all.
+    """
+
+    def __init__(self, fmt: str, types: Iterable[type] = (), *, strict_ints: bool = False) -> None:
+        self.fmt = fmt
+        self.json = fmt == "json"
+        self.types = _checked_types(types)
+        # What the format carries as is, for values and for map keys. JSON: every int
+        # (msgspec writes and reads big ones), floats only when finite (see lower()).
+        # msgpack: ints within 64 bits; strict_ints=False takes every int as plain and
+        # relies on encodable() to retry with a strict twin.
+        ints: frozenset[type] = frozenset() if strict_ints else frozenset({int})
+        scalars: frozenset[type] = frozenset({str, bool, _NoneType, float, bytes})
+        if self.json:
+            self._plain: frozenset[type] = frozenset({str, bool, _NoneType, int})
+            self._plain_keys: frozenset[type] = frozenset({str})
+            self._strict: _Tagging | None = None
+        else:
+            self._plain = scalars | ints
+            self._plain_keys = scalars | ints
+            self._strict = None if strict_ints else _Tagging(fmt, types, strict_ints=True)
+            if self._strict is not None:
+                self._strict.types = self.types
+        self._lifts: dict[str, Callable[[Any], Any]] = {
+            "tuple": self._lift_tuple,
+            "set": self._lift_set,
+            "frozenset": self._lift_frozenset,
+            "dict": self._lift_dict,
+            "bytes": lambda raw: base64.b64decode(raw, validate=True),
+            "float": self._lift_float,
+            "int": self._lift_int,
+            "decimal": lambda raw: decimal.Decimal(_str(raw)),
+            "datetime": _lift_datetime,
+            "date": lambda raw: dt.date.fromordinal(raw),
+            "time": _lift_time,
+            "uuid": lambda raw: uuid.UUID(bytes=raw) if type(raw) is bytes else uuid.UUID(raw),
+            "enum": self._lift_enum,
+            "dataclass": lambda raw: self._lift_class(raw, "dataclass"),
+            "struct": lambda raw: self._lift_class(raw, "struct"),
+        }
+
+    # -- classes
+
+    def _allowed(self, cls: type) -> str:
+        ref = type_ref(cls)
+        if self.types.get(ref, _registry.get(ref)) is not cls:
+            raise SerializationError(
+                f"{self.fmt} cannot store a {cls.__qualname__} ({ref}): shared levels only "
+                "rebuild classes on an allow-list, so that a payload written by someone else "
+                f"cannot construct arbitrary objects; allow it with "
+                f"stratacache.serde.register_type({cls.__qualname__}) in every process "
+                "that shares the level (or Codec(types=...)), pass value_type= to decode "
+                "values as that type, or use serializer='pickle' with a signing key"
+            )
+        return ref
+
+    def _resolve(self, ref: Any, kind: str) -> Any:
+        cls = self.types.get(ref, _registry.get(ref)) if type(ref) is str else None
+        if cls is None:
+            raise PayloadError(
+                f"the payload names the class {ref!r}, which is not on the allow-list "
+                "(stratacache.serde.register_type)"
+            )
+        if _class_kind(cls) != kind:
+            raise PayloadError(f"the payload names {ref!r} as a {kind}, which it is not")
+        return cls
+
+    # -- encoding
+
+    def encodable(self, value: Any, encode: Callable[[Any], bytes]) -> bytes:
+        """``value`` lowered and encoded with ``encode``.
+
+        For msgpack, ints are taken as plain first (no range check per int); one beyond
+        64 bits makes msgspec raise OverflowError, and the value is lowered again with
+        such ints tagged.
+        """
+        try:
+            return encode(self.lower(value))
+        except OverflowError:
+            if self._strict is None:
+                return encode(self.lower(value))  # already strict: let it raise
+            return encode(self._strict.lower(value))
+
+    def _wrap(self, tag: str, inner: Any) -> Any:
+        if self.json:
+            return {JSON_TAG_PREFIX + tag: inner}
+        return msgspec.msgpack.Ext(_TAG_CODES[tag], _msgpack_encode(inner))
+
+    def _refuse(self, cls: type) -> NoReturn:
+        raise SerializationError(
+            f"{self.fmt} cannot store a value of type {cls.__module__}.{cls.__qualname__} "
+            "so that it comes back as the same type (a shared level would return something "
+            "else): store plain data, tuples, sets, datetimes, Decimal, UUID, or a "
+            "registered Enum, dataclass or msgspec.Struct; pass value_type= to decode "
+            "values as a type you choose; or use serializer='pickle' with a signing key"
+        )
+
+    def lower(self, value: Any) -> Any:
+        cls = type(value)
+        if cls in self._plain:
+            return value
+        if cls is dict:
+            return self._lower_dict(value)
+        if cls is list:
+            return self._lower_list(value)
+        if cls is int:
+            if self.json or _I64_MIN <= value <= _U64_MAX:
+                return value
+            return self._wrap("int", str(value))
+        if cls is float:  # JSON only: NaN and the infinities have no JSON form
+            return value if value - value == 0.0 else self._wrap("float", repr(value))
+        if cls is bytes:  # JSON only
+            return self._wrap("bytes", base64.b64encode(value).decode("ascii"))
+        return self._lower_other(value, cls)
+
+    def _lower_list(self, items: list[Any]) -> list[Any]:
+        plain = self._plain
+        if plain.issuperset(map(type, items)):
+            return items
+        if _ONLY_DICTS.issuperset(map(type, items)) and self._plain_records(items):
+            return items
+        lower = self.lower
+        out: list[Any] | None = None
+        for i, item in enumerate(items):
+            if type(item) in plain:
+                continue
+            low = lower(item)
+            if low is not item:
+                if out is None:
+                    out = list(items)
+                out[i] = low
+        return items if out is None else out
+
+    def _lower_dict(self, mapping: dict[Any, Any]) -> Any:
+        if not self._plain_keys.issuperset(map(type, mapping)):
+            if any(map(_is_str_like_key, mapping)):
+                # Column names and the like (SQLAlchemy's quoted_name): keys that are str
+                # subclasses are written as str, which finds the same entries.
+                mapping = {
+                    (str.__str__(key) if _is_str_like_key(key) else key): item
+                    for key, item in mapping.items()
+                }
+            if not self._plain_keys.issuperset(map(type, mapping)) and (
+                self.json or not all(map(_is_plain_key, mapping))
+            ):
+                return self._lower_pairs(mapping)
+        if self.json and len(mapping) == 1:
+            (only,) = mapping
+            if only.startswith(JSON_TAG_PREFIX):
+                return self._lower_pairs(mapping)  # would read as a tag: escape it
+        plain = self._plain
+        if plain.issuperset(map(type, mapping.values())):
+            return mapping
+        lower = self.lower
+        out: dict[Any, Any] | None = None
+        for key, item in mapping.items():
+            if type(item) in plain:
+                continue
+            low = lower(item)
+            if low is not item:
+                if out is None:
+                    out = dict(mapping)
+                out[key] = low
+        return mapping if out is None else out
+
+    def _plain_records(self, dicts: list[dict[Any, Any]]) -> bool:
+        """True when every dict of ``dicts`` holds only plain keys and values (a list of
+        records, checked in one pass over all of them)."""
+        if not self._plain_keys.issuperset(map(type, chain.from_iterable(dicts))):
+            return False
+        if self.json and 1 in map(len, dicts):
+            return False  # maybe a dict that needs escaping: let lower() decide
+        return self._plain.issuperset(map(type, chain.from_iterable(map(dict.values, dicts))))
+
+    def _lower_pairs(self, mapping: dict[Any, Any]) -> Any:
+        lower = self.lower
+        return self._wrap("dict", [[lower(key), lower(item)] for key, item in mapping.items()])
+
+    def _lower_other(self, value: Any, cls: type) -> Any:
+        if cls is tuple:
+            return self._wrap("tuple", self._lower_list(list(value)))
+        if cls is set or cls is frozenset:
+            return self._wrap(cls.__name__, self._lower_list(list(value)))
+        if cls is decimal.Decimal:
+            return self._wrap("decimal", str(value))
+        if cls is dt.datetime:
+            v: Any = value
+            parts = [v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond]
+            return self._wrap("datetime", [*parts, v.fold, _tz_out(v.tzinfo, cls)])
+        if cls is dt.date:
+            return self._wrap("date", value.toordinal())
+        if cls is dt.time:
+            v = value
+            parts = [v.hour, v.minute, v.second, v.microsecond, v.fold]
+            return self._wrap("time", [*parts, _tz_out(v.tzinfo, cls)])
+        if cls is uuid.UUID:
+            return self._wrap("uuid", value.hex if self.json else value.bytes)
+        kind = _class_kind(cls)
+        if kind == "enum":
+            return self._wrap("enum", [self._allowed(cls), self.lower(value.value)])
+        if kind == "struct":
+            fields = {name: getattr(value, name) for name in value.__struct_fields__}
+            return self._wrap("struct", [self._allowed(cls), self._lower_dict(fields)])
+        if kind == "dataclass":
+            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+            return self._wrap("dataclass", [self._allowed(cls), self._lower_dict(fields)])
+        self._refuse(cls)
+
+    # -- decoding
+
+    def ext_hook(self, code: int, data: memoryview) -> Any:
+        tag = _TAG_NAMES.get(code)
+        if tag is None:
+            raise PayloadError(f"unknown msgpack ext type {code}")
+        return self._lift(tag, msgspec.msgpack.decode(data, ext_hook=self.ext_hook))
+
+    def lift_json(self, value: Any) -> Any:
+        cls = type(value)
+        if cls is list:
+            lift = self.lift_json
+            return [lift(item) for item in value]
+        if cls is dict:
+            if len(value) == 1:
+                ((name, inner),) = value.items()
+                if name.startswith(JSON_TAG_PREFIX):
+                    return self._lift(name[len(JSON_TAG_PREFIX) :], self.lift_json(inner))
+            lift = self.lift_json
+            return {key: lift(item) for key, item in value.items()}
+        return value
+
+    def _lift(self, tag: str, inner: Any) -> Any:
+        lift = self._lifts.get(tag)
+        if lift is None:
+            raise PayloadError(f"unknown tag {tag!r}")
+        try:
+            return lift(inner)
+        except PayloadError:
+            raise
+        except Exception as exc:
+            raise PayloadError(f"bad {tag} value: {exc!r}") from exc
+
+    @staticmethod
+    def _lift_tuple(raw: Any) -> tuple[Any, ...]:
+        return tuple(_list(raw))
+
+    @staticmethod
+    def _lift_set(raw: Any) -> set[Any]:
+        return set(_list(raw))
+
+    @staticmethod
+    def _lift_frozenset(raw: Any) -> frozenset[Any]:
+        return frozenset(_list(raw))
+
+    @staticmethod
+    def _lift_dict(raw: Any) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+        for pair in _list(raw):
+            key, item = _list(pair)
+            out[key] = item
+        return out
+
+    @staticmethod
+    def _lift_float(raw: Any) -> float:
+        if raw not in ("nan", "inf", "-inf"):
+            raise PayloadError(f"{raw!r} is not a tagged float")
+        return float(raw)
+
+    @staticmethod
+    def _lift_int(raw: Any) -> int:
+        return int(_str(raw))
+
+    def _lift_enum(self, raw: Any) -> Any:
+        ref, value = _list(raw)
+        return self._resolve(ref, "enum")(value)
+
+    def _lift_class(self, raw: Any, kind: str) -> Any:
+        ref, fields = _list(raw)
+        return _lift_fields(self._resolve(ref, kind), kind, fields)
+
+
+def _list(raw: Any) -> list[Any]:
+    if type(raw) is not list:
+        raise PayloadError(f"expected an array, got {type(raw).__qualname__}")
+    return raw
+
+
+def _str(raw: Any) -> str:
+    if type(raw) is not str:
+        raise PayloadError(f"expected a string, got {type(raw).__qualname__}")
+    return raw
+
+
+_msgpack_encode = msgspec.msgpack.encode
+_ONLY_DICTS: Final = frozenset({dict})
+
+
+def _is_str_like_key(key: Any) -> bool:
+    """A dict key of a str subclass that is not an Enum (StrEnum keys keep their type)."""
+    return type(key) is not str and isinstance(key, str) and not isinstance(key, enum.Enum)
+
+
+def _is_plain_key(key: Any) -> bool:
+    """A msgpack map key that comes back as itself (strict mode: ints are checked)."""
+    cls = type(key)
+    if cls is int:
+        return bool(_I64_MIN <= key <= _U64_MAX)
+    return cls in (str, bool, _NoneType, float, bytes)
+
+
+_ENCODE_ERRORS = (TypeError, ValueError, msgspec.EncodeError, OverflowError, RecursionError)
+
+
 class MsgpackSerializer:
-    """msgspec MessagePack: compact and fast. With ``value_type`` (a dataclass, a
-    ``msgspec.Struct`` or a typing form such as ``list[int]``) values come back typed."""
+    """msgspec MessagePack: compact and fast.
+
+    Without ``value_type``, every value comes back as the type it was stored as (tuples,
+    sets, datetimes, registered dataclasses... travel as Ext types; see the module
+    docstring), and a value that cannot is refused with :class:`SerializationError`.
+    With ``value_type`` (a dataclass, a ``msgspec.Struct`` or a typing form such as
+    ``list[int]``) msgspec decodes values as that type instead.
+    """
 
     id = 1
     name = "msgpack"
     executes_code = False
 
-    def __init__(self, value_type: Any = Any) -> None:
+    def __init__(self, value_type: Any = Any, types: Iterable[type] = ()) -> None:
         self.value_type = value_type
+        self._tags = _Tagging(self.name, types) if value_type is Any else None
         self._encode = msgspec.msgpack.Encoder().encode
-        self._decode = msgspec.msgpack.Decoder(value_type).decode
+        hook = self._tags.ext_hook if self._tags is not None else None
+        self._decode = msgspec.msgpack.Decoder(value_type, ext_hook=hook).decode
 
     def dumps(self, value: Any) -> bytes:
         try:
+            if self._tags is not None:
+                return self._tags.encodable(value, self._encode)
             return self._encode(value)
-        except (TypeError, ValueError, msgspec.EncodeError, OverflowError) as exc:
+        except SerializationError:
+            raise
+        except _ENCODE_ERRORS as exc:
             raise SerializationError(
-                f"msgpack cannot encode a value of type {type(value).__qualname__}: {exc}; "
-                "use plain types, a dataclass or a msgspec.Struct (and pass value_type= to "
-                "get it back typed), or choose serializer='pickle' with a signing key"
+                f"{self.name} cannot encode a value of type {type(value).__qualname__}: "
+                f"{exc}; use plain types, a registered dataclass or msgspec.Struct (or pass "
+                "value_type= to get it back typed), or choose serializer='pickle' with a "
+                "signing key"
             ) from exc
 
     def loads(self, data: bytes | memoryview) -> Any:
@@ -127,23 +642,25 @@ class MsgpackSerializer:
 
 
 class JsonSerializer(MsgpackSerializer):
-    """msgspec JSON: readable in the store, slower and larger than msgpack."""
+    """msgspec JSON: readable in the store, slower and larger than msgpack. Without
+    ``value_type`` it keeps types as msgpack does, with tagged objects
+    (``{"$sc.tuple": [1, 2]}``) for what JSON has no form of."""
 
     id = 2
     name = "json"
 
-    def __init__(self, value_type: Any = Any) -> None:
+    def __init__(self, value_type: Any = Any, types: Iterable[type] = ()) -> None:
         self.value_type = value_type
+        self._tags = _Tagging(self.name, types) if value_type is Any else None
         self._encode = msgspec.json.Encoder().encode
         self._decode = msgspec.json.Decoder(value_type).decode
 
-    def dumps(self, value: Any) -> bytes:
-        try:
-            return self._encode(value)
-        except (TypeError, ValueError, msgspec.EncodeError, OverflowError) as exc:
-            raise SerializationError(
-                f"json cannot encode a value of type {type(value).__qualname__}: {exc}"
-            ) from exc
+    def loads(self, data: bytes | memoryview) -> Any:
+        if self._tags is None:
+            return self._decode(data)
+        raw = data if type(data) is bytes else bytes(data)
+        value = self._decode(raw)
+        return self._tags.lift_json(value) if _JSON_MARKER in raw else value
 
 
 class PickleSerializer:
@@ -155,7 +672,7 @@ class PickleSerializer:
     name = "pickle"
     executes_code = True
 
-    def __init__(self, value_type: Any = Any) -> None:
+    def __init__(self, value_type: Any = Any, types: Iterable[type] = ()) -> None:
         self.value_type = value_type
 
     def dumps(self, value: Any) -> bytes:
@@ -177,7 +694,9 @@ _SERIALIZERS: dict[str, type[MsgpackSerializer] | type[PickleSerializer]] = {
 }
 
 
-def make_serializer(name: str | Serializer, value_type: Any = Any) -> Serializer:
+def make_serializer(
+    name: str | Serializer, value_type: Any = Any, types: Iterable[type] = ()
+) -> Serializer:
     if not isinstance(name, str):
         return name
     try:
@@ -186,7 +705,7 @@ def make_serializer(name: str | Serializer, value_type: Any = Any) -> Serializer
         raise ConfigurationError(
             f"unknown serializer {name!r}; accepted: {', '.join(_SERIALIZERS)}"
         ) from None
-    return cls(value_type)
+    return cls(value_type, types)
 
 
 # ---------------------------------------------------------------------------- signing
@@ -318,7 +837,22 @@ class _Zstd:
             raise PayloadError(
                 f"compressed frame declares {declared} bytes, above the {limit}-byte limit"
             )
-        stream = self._contexts().decompressor.decompressobj()
+        decompressor = self._contexts().decompressor
+        try:
+            # One shot into a buffer of exactly the declared size (at most the limit): a
+            # frame that streams more than it declares fails instead of growing it.
+            out = decompressor.decompress(data, max_output_size=declared, allow_extra_data=False)
+        except TypeError:  # zstandard < 0.22 has no allow_extra_data
+            out = self._decompress_checked(decompressor, data)
+        except Exception as exc:
+            raise PayloadError(f"bad zstd frame: {exc}") from exc
+        if len(out) != declared:  # zstd enforces this; belt and braces
+            raise PayloadError("zstd frame size does not match its header")
+        return bytes(out)
+
+    @staticmethod
+    def _decompress_checked(decompressor: Any, data: bytes) -> bytes:
+        stream = decompressor.decompressobj()
         try:
             out = stream.decompress(data)
         except Exception as exc:
@@ -327,14 +861,17 @@ class _Zstd:
             raise PayloadError("truncated zstd frame")
         if stream.unused_data:
             raise PayloadError(f"{len(stream.unused_data)} bytes after the zstd frame")
-        if len(out) != declared:  # zstd enforces this; belt and braces
-            raise PayloadError("zstd frame size does not match its header")
         return bytes(out)
 
 
 # ---------------------------------------------------------------------------- the codec
 
-DEFAULT_MAX_VALUE_SIZE = 64 * 1024 * 1024
+#: The default ``max_value_size`` of the shared levels: 1 MiB of serialized value. A cache
+#: entry is a rendered page, a row, a computed result; one larger than this is rarely worth
+#: a round trip to a shared store (memcached refuses items above 1 MiB by default, and its
+#: tier keeps its own limit from the item size). The limit also bounds what one read can
+#: make this process allocate: a forged compressed payload cannot decode into more.
+DEFAULT_MAX_VALUE_SIZE = 1024 * 1024
 
 
 class Codec:
@@ -344,7 +881,9 @@ class Codec:
     ``signer`` (a :class:`Signer`, a secret, or None), ``compress_threshold`` (bytes; None
     disables compression), ``max_value_size`` (bytes of serialized payload, before
     compression; larger values are refused on write and on read), ``context`` (bound into
-    every signature, never stored: envelopes signed under another context do not verify).
+    every signature, never stored: envelopes signed under another context do not verify),
+    ``types`` (classes this codec may store and rebuild, besides those given to
+    :func:`register_type`).
     """
 
     sizes_are_exact: ClassVar[bool] = True
@@ -359,8 +898,9 @@ class Codec:
         compression_level: int = 3,
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         context: bytes | str = b"",
+        types: Iterable[type] = (),
     ) -> None:
-        self.serializer = make_serializer(serializer, value_type)
+        self.serializer = make_serializer(serializer, value_type, types)
         self.context = context.encode() if isinstance(context, str) else bytes(context)
         self.signer = Signer.of(signer) if signer is not None else None
         if self.serializer.executes_code and self.signer is None:
@@ -442,6 +982,8 @@ class Codec:
             )
         if flags & ~_KNOWN_FLAGS:
             raise PayloadError(f"unknown flags 0x{flags:02x}")
+        if not math.isfinite(expires):  # "never" is 0.0; NaN would compare as expired
+            raise PayloadError(f"expiry {expires!r} is not a finite time")
         signed = bool(flags & FLAG_SIGNED)
         expected = HEADER_SIZE + key_len + payload_len + (SIGNATURE_SIZE if signed else 0)
         if expected != total:
