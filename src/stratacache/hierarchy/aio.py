@@ -67,7 +67,7 @@ class AsyncCache(BaseCache):
         if writer is not None and not self._closed:
             writer(key, value, ttl)
             return
-        await arun(self._flow_set_many({key: value}, ttl))
+        await arun(self._flow_set(key, value, ttl))
 
     async def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> None:
         await arun(self._flow_set_many(items, ttl))
@@ -93,9 +93,12 @@ class AsyncCache(BaseCache):
         *,
         key: Callable[..., Any] | None = None,
         prefix: str | None = None,
+        key_self: Callable[[Any], Any] | None = None,
+        skip_self: bool = False,
     ) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
         """Cache an async function's results: ``@cache.cached(ttl=60)``; see
-        :meth:`Cache.cached` for the key rules."""
+        :meth:`Cache.cached` for the key rules, methods (``key_self=``, ``skip_self=True``
+        or ``__cache_key__``) and ``.cache_key``. ``.invalidate(...)`` is a coroutine."""
 
         def wrap(fn: Callable[..., Awaitable[T]], build: KeyBuilder) -> Callable[..., Awaitable[T]]:
             async def wrapper(*args: Any, **kwargs: Any) -> T:
@@ -111,7 +114,9 @@ class AsyncCache(BaseCache):
 
             return wrapper
 
-        return self._decorator(wrap, key, prefix, is_async=True)
+        return self._decorator(
+            wrap, key, prefix, is_async=True, key_self=key_self, skip_self=skip_self
+        )
 
     async def close(self) -> None:
         """Release every level and the origin. Idempotent."""

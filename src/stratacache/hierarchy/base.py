@@ -13,11 +13,12 @@ from typing import Any
 
 from ..config import tier_from_url
 from ..errors import CacheClosedError, ConfigurationError, OriginError
-from ..keys import stable_key_part, validate_key
+from ..keys import validate_items, validate_key, validate_keys
 from ..metrics import CacheStats
 from ..origin import CallableOrigin, Origin
 from ..tiers.base import Tier
 from ..tiers.memory import MemoryTier
+from .calls import CallKeys
 from .flow import Flow, Hierarchy, Loader
 from .front import Front, Reader, Writer
 from .rules import check_ttl
@@ -181,24 +182,31 @@ class BaseCache:
         skip = l1_checked and front is not None and front.absent(key)
         return self._hierarchy.read([key], loader, ttl=ttl, top_missed=skip)
 
+    # Every flow checks its keys before anything else looks at them (a dict built from an
+    # unhashable key would raise a bare TypeError): a bad key is an InvalidKeyError from
+    # every public method, and only here, off the L1 fast paths.
+
     def _flow_get_many(self, keys: Iterable[str]) -> Flow:
         self._check_open()
-        if isinstance(keys, str):
-            raise ConfigurationError("get_many takes an iterable of keys, not a single str")
-        return self._hierarchy.read([validate_key(k) for k in keys])
+        return self._hierarchy.read(validate_keys(keys, "get_many"))
+
+    def _flow_set(self, key: str, value: Any, ttl: float | None) -> Flow:
+        self._check_open()
+        check_ttl(ttl)
+        return self._hierarchy.write({validate_key(key): value}, ttl)
 
     def _flow_set_many(self, items: Mapping[str, Any], ttl: float | None) -> Flow:
         self._check_open()
         check_ttl(ttl)
-        return self._hierarchy.write({validate_key(k): v for k, v in items.items()}, ttl)
+        return self._hierarchy.write(validate_items(items, "set_many"), ttl)
 
-    def _flow_delete(self, keys: Iterable[str]) -> Flow:
+    def _flow_delete(self, keys: Iterable[str], method: str = "delete_many") -> Flow:
         self._check_open()
-        return self._hierarchy.delete([validate_key(k) for k in keys])
+        return self._hierarchy.delete(validate_keys(keys, method))
 
-    def _flow_invalidate(self, keys: Iterable[str]) -> Flow:
+    def _flow_invalidate(self, keys: Iterable[str], method: str = "invalidate_many") -> Flow:
         self._check_open()
-        return self._hierarchy.invalidate([validate_key(k) for k in keys])
+        return self._hierarchy.invalidate(validate_keys(keys, method))
 
     def _flow_clear(self) -> Flow:
         self._check_open()
@@ -211,10 +219,13 @@ class BaseCache:
         prefix: str | None,
         *,
         is_async: bool,
+        key_self: Callable[[Any], Any] | None = None,
+        skip_self: bool = False,
     ) -> Callable[[Callable[..., Any]], Any]:
         """What ``cached`` does for either class: refuse a function of the other kind,
         name its calls (:func:`key_builder`), and give the wrapper ``wrap`` makes its
-        ``cache_key`` and ``invalidate`` helpers."""
+        ``cache_key`` and ``invalidate`` helpers. Both take the function's own arguments
+        in any spelling (a method's ``self`` included: ``Class.method.invalidate(obj, 1)``)."""
 
         def decorate(fn: Callable[..., Any]) -> Any:
             if inspect.iscoroutinefunction(fn) != is_async:
@@ -224,7 +235,7 @@ class BaseCache:
                     if not is_async
                     else f"{name} is not async: decorate it with a sync Cache's cached()"
                 )
-            build = key_builder(fn, key, prefix)
+            build = key_builder(fn, key, prefix, key_self=key_self, skip_self=skip_self)
             wrapper: Any = functools.wraps(fn)(wrap(fn, build))
             wrapper.cache_key = lambda *a, **kw: build(a, kw)
             wrapper.invalidate = lambda *a, **kw: self.invalidate(build(a, kw))  # type: ignore[attr-defined]
@@ -267,10 +278,15 @@ def key_builder(
     fn: Callable[..., Any],
     key: Callable[..., Any] | None,
     prefix: str | None,
+    *,
+    key_self: Callable[[Any], Any] | None = None,
+    skip_self: bool = False,
 ) -> KeyBuilder:
-    """How ``cached`` names a call: ``prefix`` (default ``module.qualname``) plus either
-    the user's ``key(*args, **kwargs)`` or a stable text form of the arguments. Never
-    ``hash()`` or a default repr, so every process computes the same key."""
+    """How ``cached`` names a call: ``prefix`` (default ``module.qualname``), ``":"``, then
+    either the user's ``key(*args, **kwargs)`` or the arguments bound to the signature
+    with defaults applied, as typed text every process computes alike (never ``hash()``
+    or a default repr): see :mod:`.calls`. ``key_self``/``skip_self`` say how a method's
+    instance is keyed; they do not combine with ``key``, which names the whole call."""
     if prefix is None:
         qualname = getattr(fn, "__qualname__", "")
         if "<locals>" in qualname or "<lambda>" in qualname or not qualname:
@@ -285,6 +301,11 @@ def key_builder(
     else:
         base = prefix
     if key is not None:
+        if key_self is not None or skip_self:
+            raise ConfigurationError(
+                "key= names the whole call, self included; drop key_self=/skip_self= (or "
+                "drop key= and let cached() key the other arguments)"
+            )
         user_key = key
 
         def build_user(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -292,10 +313,4 @@ def key_builder(
 
         return build_user
 
-    def build(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        text = stable_key_part(args)
-        if kwargs:
-            text += stable_key_part(kwargs)
-        return f"{base}:{text}"
-
-    return build
+    return CallKeys(fn, base, key_self=key_self, skip_self=skip_self)

@@ -90,7 +90,7 @@ class Cache(BaseCache):
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` (write-through: the origin if it can store, then every level,
         before returning). ``ttl`` bounds the lifetime at every level."""
-        run(self._flow_set_many({key: value}, ttl))
+        run(self._flow_set(key, value, ttl))
 
     def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> None:
         run(self._flow_set_many(items, ttl))
@@ -119,12 +119,32 @@ class Cache(BaseCache):
         *,
         key: Callable[..., Any] | None = None,
         prefix: str | None = None,
+        key_self: Callable[[Any], Any] | None = None,
+        skip_self: bool = False,
     ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Cache a function's results: ``@cache.cached(ttl=60)``.
 
-        The key is ``prefix`` (default: the function's module and qualified name) plus the
-        arguments in a form every process computes alike (or ``key(*args, **kwargs)``).
-        The wrapper has ``.cache_key(*args, **kwargs)`` and ``.invalidate(*args, **kwargs)``.
+        The key is ``prefix`` (default: the function's module and qualified name), ``":"``
+        and the arguments bound to the signature with its defaults applied, so ``f(1)``,
+        ``f(1, 3)`` and ``f(a=1, b=3)`` of ``def f(a, b=3)`` are one entry:
+        ``"mod.f:a=1,b=3"``. Values are typed (``1``, ``1.0`` and ``True`` are three keys;
+        so are a set and a frozenset, a tuple and a list) and written as text every
+        process computes alike, never ``hash()`` or ``id()``. Accepted: None, bool, int,
+        float, complex, str, bytes, date, datetime, time, timedelta, Decimal, UUID, enums,
+        dataclasses, namedtuples, classes, objects with a ``__cache_key__()`` method, and
+        tuples, lists, dicts, sets and frozensets of those; anything else raises
+        InvalidKeyError naming the argument (see :mod:`stratacache.hierarchy.calls`).
+        ``key=lambda *args, **kwargs: ...`` replaces all that with the text it returns.
+
+        Methods: the instance (the first parameter) must be keyed too. Either its class
+        has a ``__cache_key__(self)`` method returning a stable value (an id), or pass
+        ``key_self=lambda self: self.id``, or ``skip_self=True`` when the result does not
+        depend on the instance. An instance with none of these raises ConfigurationError
+        at call time (its id or repr would differ in every process).
+
+        The wrapper has ``.cache_key(*args, **kwargs)`` and ``.invalidate(*args, **kwargs)``,
+        which take the function's arguments in any spelling; for a method pass the
+        instance first: ``Repo.load.invalidate(repo, 42)``.
         """
 
         def wrap(fn: Callable[..., T], build: KeyBuilder) -> Callable[..., T]:
@@ -139,7 +159,9 @@ class Cache(BaseCache):
 
             return wrapper
 
-        return self._decorator(wrap, key, prefix, is_async=False)
+        return self._decorator(
+            wrap, key, prefix, is_async=False, key_self=key_self, skip_self=skip_self
+        )
 
     def close(self) -> None:
         """Release every level and the origin. Idempotent; any other call afterwards
