@@ -16,6 +16,17 @@ back; what it leaves out can be remembered as "not found" for ``negative_ttl`` s
 A level that raises :class:`~stratacache.errors.TransientError` is skipped (a miss on
 reads, a skipped write on writes), counted in its ``errors`` and logged; the operation
 goes on with the other levels.
+
+Concurrent misses of one key cost one read per shared level and one load, in threads and
+tasks alike (see :mod:`stratacache.stampede`):
+
+* a read of a shared (non-local) level claims its keys first; a key another caller is
+  reading right now is not asked again: the flow yields :class:`~.ops.WaitReads` and takes
+  that read's answer (after its own read of the other keys; a wait that times out, or
+  whose reader went away, reads the key itself);
+* a caller that claims a key to load it reads the levels again for it first when a load
+  of the key landed since its read began (for the top level that the L1 fast path looked
+  at before the flow began: when one ever landed): that load has filled them.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ from ..errors import (
 )
 from ..metrics import CacheStats, OriginStats
 from ..origin import Origin
-from ..stampede import Flight, SingleFlight
+from ..stampede import Flight, Read, ReadFlights, SingleFlight
 from ..tiers.base import Prepared, Tier
 from . import rules as level_rules
 from .fence import WriteFence
@@ -53,6 +64,7 @@ from .ops import (
     OriginDelete,
     OriginStore,
     WaitFlights,
+    WaitReads,
 )
 from .recovery import PendingRepairs
 from .rules import LevelRule
@@ -69,11 +81,16 @@ Flow = Generator[Op, Any, Any]
 @dataclass(frozen=True, slots=True)
 class _Load:
     """How a read loads what no level has: from ``loader`` (None: the registered
-    loaders, else the origin), filling with ``ttl``, fenced from ``epoch``."""
+    loaders, else the origin), filling with ``ttl``, fenced from ``epoch``; ``since``: the
+    single flight's ``settled`` when the read began (loads landed after it may have
+    filled the levels); ``top_missed``: the top level was looked at before that, by the
+    caller's L1 fast path."""
 
     loader: Loader | None
     ttl: float | None
     epoch: int
+    since: int
+    top_missed: bool = False
 
 
 class Hierarchy:
@@ -122,6 +139,10 @@ class Hierarchy:
         self.rng = rng or random.Random()
         self.origin_stats = OriginStats()
         self.single_flight = SingleFlight()
+        #: per level, the reads in flight (None for an in-process level: not coalesced)
+        self.read_flights: list[ReadFlights | None] = [
+            None if level.local else ReadFlights() for level in self.levels
+        ]
         self.repairs = [PendingRepairs() for _ in self.levels]
         self.fence = WriteFence()
         self._loaders: list[tuple[str, Loader]] = []
@@ -190,8 +211,9 @@ class Hierarchy:
         counting the L1 miss."""
         missing = list(keys) if len(keys) == 1 else list(dict.fromkeys(keys))
         values: dict[str, Any] = {}
-        promote: list[tuple[int, dict[str, Entry]]] = []
+        promote: list[tuple[int, Mapping[str, Entry]]] = []
         epoch = self.fence.epoch
+        since = self.single_flight.settled
         first = 0
         if top_missed:
             self.levels[0].stats.misses += len(missing)
@@ -202,14 +224,34 @@ class Hierarchy:
             level = self.levels[index]
             if self.repairs[index].owed and not (yield from self._repair(index)):
                 continue
-            try:
-                entries: dict[str, Entry] = yield LevelGet(level, missing)
-            except TransientError as exc:
-                self._level_failed(level, "read", exc)
-                continue
+            reads = self.read_flights[index]
+            asked = len(missing)
+            if reads is None:
+                try:
+                    entries: Mapping[str, Entry] = yield LevelGet(level, missing)
+                except TransientError as exc:
+                    self._level_failed(level, "read", exc)
+                    continue
+            else:
+                mine, waits = reads.claim(missing, since, epoch)
+                if waits or mine is None:  # others are reading some of these keys
+                    entries, asked, since, epoch = yield from self._read_shared(
+                        index, reads, mine, waits, since, epoch
+                    )
+                else:
+                    try:
+                        entries = yield LevelGet(level, missing)
+                    except TransientError as exc:
+                        reads.fail(mine, exc)
+                        self._level_failed(level, "read", exc)
+                        continue
+                    except BaseException:
+                        reads.abandon(mine)
+                        raise
+                    reads.complete(mine, entries)
             stats = level.stats
             stats.hits += len(entries)
-            stats.misses += len(missing) - len(entries)
+            stats.misses += asked - len(entries)
             if not entries:
                 continue
             for key, entry in entries.items():
@@ -226,10 +268,125 @@ class Hierarchy:
             yield from self._promote(index, entries, epoch)
 
         if missing and load:
-            yield from self._load(missing, _Load(loader, ttl, epoch), values)
+            yield from self._load(missing, _Load(loader, ttl, epoch, since, top_missed), values)
         return values
 
-    def _promote(self, index: int, entries: dict[str, Entry], epoch: int) -> Flow:
+    def _read_shared(
+        self,
+        index: int,
+        reads: ReadFlights,
+        mine: Read | None,
+        waits: list[tuple[str, Read]],
+        since: int,
+        epoch: int,
+    ) -> Flow:
+        """Read shared level ``index`` when other callers are reading some of the keys:
+        read ``mine`` (the keys nobody is reading), then wait for the others' reads and
+        take their answers. Returns ``(entries, answered, since, epoch)``: ``answered``
+        counts the keys the level answered (not the ones whose read failed); an answer
+        taken from an older read makes this read count as begun when that one did."""
+        level = self.levels[index]
+        entries: dict[str, Entry] = {}
+        answered = len(waits)
+        if mine is not None:
+            answered += len(mine.keys)
+            got = yield from self._read_led(level, reads, mine)
+            if got is None:
+                answered -= len(mine.keys)
+            else:
+                entries.update(got)
+        pending = list({id(read): read for _, read in waits}.values())
+        late = yield WaitReads(level, reads, pending, [key for key, _ in waits])
+        retry: list[str] = []
+        for key, read in waits:
+            if read.abandoned or read in late:
+                retry.append(key)
+                continue
+            since = min(since, read.since)
+            epoch = min(epoch, read.epoch)
+            if read.error is not None:  # the level failed that reader: skip it here too
+                answered -= 1
+                continue
+            assert read.entries is not None
+            entry = read.entries.get(key)
+            if entry is not None:
+                entries[key] = entry
+        if retry:  # the reader is stuck or gone: read the keys ourselves
+            got = yield from self._read_led(level, reads, reads.take_over(retry, since, epoch))
+            if got is None:
+                answered -= len(retry)
+            else:
+                entries.update(got)
+        return entries, answered, since, epoch
+
+    def _read_led(self, level: Tier, reads: ReadFlights, mine: Read) -> Flow:
+        """Read the keys of ``mine`` from ``level`` and settle it; returns the entries,
+        or None when the level is down (counted, logged)."""
+        try:
+            entries: Mapping[str, Entry] = yield LevelGet(level, mine.keys)
+        except TransientError as exc:
+            reads.fail(mine, exc)
+            self._level_failed(level, "read", exc)
+            return None
+        except BaseException:
+            reads.abandon(mine)
+            raise
+        reads.complete(mine, entries)
+        return entries
+
+    def _recheck(self, keys: list[str], how: _Load) -> Flow:
+        """Read the levels again for keys just claimed for loading: another caller's load
+        may have landed (and filled them) between this caller's miss and its claim. A
+        level is read again for the keys whose load landed with a value since the read
+        began (``how.since``; for the top level the caller's L1 fast path looked at before
+        that, since ever): any other key is known to be missing still, without I/O.
+        Counts nothing but failures (the caller's misses are counted already); promotes
+        what a lower level has. Returns the entries found."""
+        single_flight = self.single_flight
+        landed = single_flight.settled_since(keys, how.since)
+        landed_ever = single_flight.settled_since(keys, 0) if how.top_missed else landed
+        if not landed_ever:
+            return {}
+        since, epoch = how.since, how.epoch
+        found: dict[str, Entry] = {}
+        todo = keys
+        promote: list[tuple[int, Mapping[str, Entry]]] = []
+        for index, level in enumerate(self.levels):
+            suspects = landed_ever if index == 0 else landed
+            ask = [key for key in todo if key in suspects]
+            if not ask:
+                continue
+            if self.repairs[index].owed:
+                continue  # not read before it is repaired; the read proper tried already
+            reads = self.read_flights[index]
+            entries: Mapping[str, Entry] | None
+            if reads is None:
+                try:
+                    entries = yield LevelGet(level, ask)
+                except TransientError as exc:
+                    self._level_failed(level, "read", exc)
+                    continue
+            else:
+                mine, waits = reads.claim(ask, since, epoch)
+                if waits or mine is None:
+                    entries, _, since, epoch = yield from self._read_shared(
+                        index, reads, mine, waits, since, epoch
+                    )
+                else:
+                    entries = yield from self._read_led(level, reads, mine)
+            if not entries:
+                continue
+            found.update(entries)
+            if index > 0:
+                promote.append((index, entries))
+            todo = [key for key in todo if key not in entries]
+            if not todo:
+                break
+        for index, entries in promote:
+            yield from self._promote(index, entries, epoch)
+        return found
+
+    def _promote(self, index: int, entries: Mapping[str, Entry], epoch: int) -> Flow:
         """Copy hits found at level ``index`` into every level above it, each copy living no
         longer than what remains of the entry (nor than the upper level's own TTL)."""
         now = self.wall_clock()
@@ -280,10 +437,23 @@ class Hierarchy:
 
     def _lead(self, led: list[Flight], how: _Load) -> Flow:
         """Load the keys of flights this caller leads (returning what was found), and
-        settle every one of them, even when the caller is cancelled or interrupted."""
+        settle every one of them, even when the caller is cancelled or interrupted. The
+        levels are read again for them first (see :meth:`_recheck`): what they hold now
+        is not loaded again."""
         flights = self.single_flight
+        values: dict[str, Any] = {}
         try:
-            loaded = yield from self._load_now([f.key for f in led], how)
+            found = yield from self._recheck([f.key for f in led], how)
+            if found:
+                answered = [f for f in led if f.key in found]
+                led = [f for f in led if f.key not in found]
+                for key, entry in found.items():
+                    if not entry.negative:
+                        values[key] = entry.value
+                flights.complete(answered, values)
+                flights.coalesced += len(answered)
+            if led:
+                values.update((yield from self._load_now([f.key for f in led], how)))
         except Exception as exc:
             flights.fail(led, exc)
             raise
@@ -292,8 +462,9 @@ class Hierarchy:
             # load the keys themselves rather than inherit this caller's fate.
             flights.abandon(led)
             raise
-        flights.complete(led, loaded)
-        return loaded
+        if led:
+            flights.complete(led, values)
+        return values
 
     def _load_now(self, missing: list[str], how: _Load) -> Flow:
         """Ask the sources for ``missing`` and fill the levels; returns what they found."""

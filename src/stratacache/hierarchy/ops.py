@@ -15,7 +15,7 @@ from typing import Any
 
 from ..metrics import LatencyHistogram
 from ..origin import Origin, call_async, call_sync
-from ..stampede import Flight, SingleFlight
+from ..stampede import Flight, Read, ReadFlights, SingleFlight
 from ..tiers.base import Prepared, Tier
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "OriginDelete",
     "OriginStore",
     "WaitFlights",
+    "WaitReads",
 ]
 
 
@@ -166,6 +167,28 @@ class WaitFlights(Op):
 
     async def arun(self) -> Any:
         return await self.single_flight.await_(self.flights)
+
+
+class WaitReads(Op):
+    """Wait for reads of a shared level that other callers have in flight (for keys this
+    caller wants too); returns the reads still unanswered when the wait timed out."""
+
+    def __init__(
+        self, tier: Tier, reads: ReadFlights, pending: list[Read], keys: list[str]
+    ) -> None:
+        self.tier = tier
+        self.reads = reads
+        self.pending = pending
+        self.keys = keys  # what this caller wants from them
+
+    def __repr__(self) -> str:
+        return f"WaitReads(tier={self.tier!r}, pending={self.pending!r})"
+
+    def run(self) -> Any:
+        return self.reads.wait(self.pending)
+
+    async def arun(self) -> Any:
+        return await self.reads.await_(self.pending)
 
 
 @dataclass
