@@ -20,7 +20,7 @@ from .hierarchy.aio import AsyncCache
 from .hierarchy.sync import Cache
 from .metrics import CacheStats, LevelSnapshot
 from .origin import CallableOrigin, Origin, SQLOrigin
-from .serde import Signer
+from .serde import Signer, register_type
 from .tiers.base import Tier
 from .tiers.memory import MemoryTier
 from .tiers.sqlite import SQLiteTier
@@ -65,4 +65,5 @@ __all__ = [
     "TransientError",
     "ValueTooLargeError",
     "__version__",
+    "register_type",
 ]

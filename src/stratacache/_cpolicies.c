@@ -2294,19 +2294,33 @@ POLICY_ENTRY_POINTS(WTinyLFU, .hit = w_hit_node, .insert = w_insert, .update = w
 static PyObject *
 WTinyLFU_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"capacity",      "seed",       "adaptation",   "window_percent",
+    static char *kwlist[] = {"capacity",   "seed",         "adaptation", "window_percent",
                              "sample_factor", "doorkeeper", "conservative", "aging",
-                             NULL};
+                             "sketch_entries", NULL};
     PyObject *capacity_obj, *seed_obj = NULL, *adaptation_obj = NULL, *window_obj = NULL,
                             *sf_obj = NULL, *dk_obj = Py_True, *cons_obj = Py_True,
-                            *aging_obj = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$OOOOOOO:WTinyLFUPolicy", kwlist,
+                            *aging_obj = NULL, *sketch_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$OOOOOOOO:WTinyLFUPolicy", kwlist,
                                      &capacity_obj, &seed_obj, &adaptation_obj, &window_obj,
-                                     &sf_obj, &dk_obj, &cons_obj, &aging_obj))
+                                     &sf_obj, &dk_obj, &cons_obj, &aging_obj, &sketch_obj))
         return NULL;
     long long capacity;
     if (as_capacity(type, capacity_obj, &capacity) < 0)
         return NULL;
+    /* The sketch is first sized for this many entries and grows with the resident count. */
+    long long sketch_entries =
+        capacity < INITIAL_SKETCH_ENTRIES ? capacity : INITIAL_SKETCH_ENTRIES;
+    if (sketch_obj != Py_None) {
+        sketch_entries = PyLong_AsLongLong(sketch_obj);
+        if (sketch_entries == -1 && PyErr_Occurred())
+            return NULL;
+        if (sketch_entries < 1) {
+            PyErr_Format(PyExc_ValueError,
+                         "WTinyLFUPolicy: sketch_entries must be a positive int, got %R",
+                         sketch_obj);
+            return NULL;
+        }
+    }
     int adaptation = ADAPT_SHADOW;
     if (adaptation_obj != NULL) {
         if (PyUnicode_Check(adaptation_obj) &&
@@ -2403,16 +2417,14 @@ WTinyLFU_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             return NULL;
     }
 
-    Sketch *sketch = sketch_create(capacity < INITIAL_SKETCH_ENTRIES ? capacity
-                                                                     : INITIAL_SKETCH_ENTRIES,
-                                   16, sample_factor, doorkeeper, conservative, seed);
+    Sketch *sketch =
+        sketch_create(sketch_entries, 16, sample_factor, doorkeeper, conservative, seed);
     if (sketch == NULL)
         return NULL;
     Sketch *short_sketch = NULL;
     if (adaptive_aging) {
-        short_sketch = sketch_create(capacity < INITIAL_SKETCH_ENTRIES ? capacity
-                                                                       : INITIAL_SKETCH_ENTRIES,
-                                     16, sample_factor / 2 > 1 ? sample_factor / 2 : 1,
+        short_sketch = sketch_create(sketch_entries, 16,
+                                     sample_factor / 2 > 1 ? sample_factor / 2 : 1,
                                      doorkeeper, conservative, seed);
         if (short_sketch == NULL) {
             Py_DECREF(sketch);

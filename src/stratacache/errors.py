@@ -47,7 +47,9 @@ class ConfigurationError(CacheError, ValueError):
 
 
 class InvalidKeyError(CacheError, TypeError):
-    """A key that is not a non-empty ``str``."""
+    """A key the cache cannot use, raised by every method: not a non-empty ``str``, or,
+    for a ``cached`` function, an argument it cannot turn into a stable key (the message
+    names the parameter and how to key it)."""
 
 
 class ValueTooLargeError(CacheError, ValueError):

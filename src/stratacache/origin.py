@@ -280,7 +280,9 @@ class SQLOrigin(Origin):
             if self.value_column is not None:
                 found[cache_key] = mapping[self.value_column.name]
             else:
-                found[cache_key] = dict(mapping)
+                # Plain str column names: SQLAlchemy's are quoted_name, a str subclass,
+                # which the shared levels would refuse to encode as a dict key.
+                found[cache_key] = {str(name): value for name, value in mapping.items()}
         return found
 
     def store_many(self, items: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -42,11 +42,9 @@ the stored object itself, so a shared level must not hand back something else). 
   data reads as a tag.
 
 Plain data (dicts with str keys, lists, str, int, float, bool, None, and bytes in msgpack)
-is written untouched: such payloads are what they were in format 2. One exception is
-made for dict keys that are str subclasses (SQLAlchemy's ``quoted_name`` column names in
-the rows an SQL origin returns): they are written as str, which hashes and compares the
-same. Anything else (a str subclass as a value, a set subclass, an object msgspec would
-turn into a dict or a string) is
+is written untouched: such payloads are what they were in format 2. Anything else (a str
+subclass as a value or a dict key, a set subclass, an object msgspec would turn into a
+dict or a string) is
 refused at write time with :class:`~stratacache.errors.SerializationError` naming the type
 and the ways out (``value_type=``, registering the class, ``serializer='pickle'`` with a
 signing key), never silently changed. With ``value_type`` no tags are written or read:
@@ -423,18 +421,10 @@ class _Tagging:
         return items if out is None else out
 
     def _lower_dict(self, mapping: dict[Any, Any]) -> Any:
-        if not self._plain_keys.issuperset(map(type, mapping)):
-            if any(map(_is_str_like_key, mapping)):
-                # Column names and the like (SQLAlchemy's quoted_name): keys that are str
-                # subclasses are written as str, which finds the same entries.
-                mapping = {
-                    (str.__str__(key) if _is_str_like_key(key) else key): item
-                    for key, item in mapping.items()
-                }
-            if not self._plain_keys.issuperset(map(type, mapping)) and (
-                self.json or not all(map(_is_plain_key, mapping))
-            ):
-                return self._lower_pairs(mapping)
+        if not self._plain_keys.issuperset(map(type, mapping)) and (
+            self.json or not all(map(_is_plain_key, mapping))
+        ):
+            return self._lower_pairs(mapping)
         if self.json and len(mapping) == 1:
             (only,) = mapping
             if only.startswith(JSON_TAG_PREFIX):
@@ -583,11 +573,6 @@ def _str(raw: Any) -> str:
 
 _msgpack_encode = msgspec.msgpack.encode
 _ONLY_DICTS: Final = frozenset({dict})
-
-
-def _is_str_like_key(key: Any) -> bool:
-    """A dict key of a str subclass that is not an Enum (StrEnum keys keep their type)."""
-    return type(key) is not str and isinstance(key, str) and not isinstance(key, enum.Enum)
 
 
 def _is_plain_key(key: Any) -> bool:

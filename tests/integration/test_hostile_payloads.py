@@ -220,10 +220,12 @@ def expect_misses(
     blobs: dict[str, bytes],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Store each blob under its key's name; every read must be a counted, logged miss."""
+    """Store each blob under its key's name; every read must be a counted, logged miss
+    (each logged: the throttle's interval is 0 here; by default they are rate-limited)."""
     for key, blob in blobs.items():
         raw.put(name_of(tier, key), blob)
     before = tier.stats.corrupt
+    tier.warnings.interval = 0.0
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="stratacache"):
         got = tier.get_many(list(blobs))
@@ -390,6 +392,23 @@ def test_payload_over_the_maximum(
     tier = make_tier(namespace="max", max_value_size=10_000)
     big = msgpack("y" * 50_000)
     expect_misses(tier, raw, {"big": envelope("big", big)}, caplog)
+
+
+def test_a_flood_of_forged_payloads_is_one_log_line_with_a_count(
+    make_tier: TierFactory, raw: RawStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whoever can write the store must not be able to flood the log: each forged read is
+    counted, and logged at most once per interval."""
+    tier = make_tier(namespace="flood")
+    names = [f"forged{i}" for i in range(50)]
+    for key in names:
+        raw.put(name_of(tier, key), b"not an envelope " + key.encode())
+    with caplog.at_level(logging.WARNING, logger="stratacache"):
+        for _ in range(4):
+            assert tier.get_many(names) == {}
+    logged = [r for r in caplog.records if "ignoring the stored value" in r.getMessage()]
+    assert tier.stats.corrupt == 200
+    assert len(logged) == 1
 
 
 # ---------------------------------------------------------------------------- header fields

@@ -4,11 +4,13 @@ each calls these with an engine URL and a fresh table name."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from stratacache import Cache, ConfigurationError, MemoryTier, SQLOrigin
+from stratacache import AsyncCache, Cache, ConfigurationError, MemoryTier, SQLiteTier, SQLOrigin
 
 
 def create_tables(url: str, table: str) -> None:
@@ -115,7 +117,38 @@ def check_non_canonical_keys_do_not_alias_rows(url: str, table: str) -> None:
     origin.close()
 
 
+def check_write_through_caches_the_stored_row(url: str, table: str) -> None:
+    """Every level holds the row as the table holds it (column defaults, types), never
+    the caller's value; a value that names another row is refused before any write."""
+    with tempfile.TemporaryDirectory() as folder:
+        origin = SQLOrigin(url, table, key_column="id", key_prefix="user:")
+        l2 = SQLiteTier(Path(folder) / "l2.db")
+        cache = Cache([MemoryTier(100), l2], origin)
+        cache.set("user:7", {"name": "gus"})  # score left out: the row has NULL
+        row = {"id": 7, "name": "gus", "score": None}
+        assert cache.get("user:7") == row
+        assert [type(name) for name in cache.get("user:7")] == [str, str, str]
+        assert l2.get_many(["user:7"])["user:7"].value == row
+        with pytest.raises(ConfigurationError, match="says id=4444"):
+            cache.set("user:44", {"id": 4444, "name": "x"})
+        assert cache.get("user:44", None) is None
+        assert l2.get_many(["user:44"]) == {}
+
+        async def scenario() -> None:
+            acache = AsyncCache(
+                [MemoryTier(100), SQLiteTier(Path(folder) / "l2a.db")],
+                SQLOrigin(url, table, key_column="id", key_prefix="user:"),
+            )
+            await acache.set("user:8", {"name": "hal", "score": 3})
+            assert await acache.get("user:8") == {"id": 8, "name": "hal", "score": 3}
+            await acache.close()
+
+        asyncio.run(scenario())
+        cache.close()
+
+
 CASES = [
+    check_write_through_caches_the_stored_row,
     check_rows_by_prefixed_integer_key,
     check_value_column,
     check_cache_over_sql_origin,

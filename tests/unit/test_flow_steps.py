@@ -9,6 +9,7 @@ AssertionError, so the flow is proven to do its I/O only by yielding operations.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from stratacache.hierarchy.ops import (
     OriginStore,
     WaitFlights,
 )
+from stratacache.logs import Throttle
 from stratacache.metrics import LevelStats
 from stratacache.tiers.base import Prepared
 
@@ -66,6 +68,7 @@ class StubLevel:
         self.ttl = ttl
         self.max_size = max_size
         self.stats = LevelStats(self.name, self.kind)
+        self.warnings = Throttle(logging.getLogger("stratacache"))
 
     def rename(self, name: str) -> None:
         self.name = name

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from stratacache.entry import NEVER, Entry
+from stratacache.policies import POLICIES
 from stratacache.tiers.memory import ENTRY_OVERHEAD, MemoryTier, deep_size, default_weigher
 
 
@@ -164,15 +165,16 @@ def test_a_huge_value_is_extrapolated_quickly_and_closely() -> None:
 # ------------------------------------------------------------------ the bound holds
 
 
-def entries_footprint(make: Callable[[int], Any], bound: int) -> tuple[int, MemoryTier]:
+def entries_footprint(
+    make: Callable[[int], Any], bound: int, policy: str = "wtinylfu"
+) -> tuple[int, MemoryTier]:
     """Bytes tracemalloc sees allocated while filling a tier bounded at ``bound`` well past
-    capacity (the tier's fixed construction cost, such as a policy's initial sketch, is
-    left out: it does not grow with what the tier holds)."""
-    tier = MemoryTier(max_bytes=bound)
+    capacity, counting from before the tier is built (its policy's first sketch too)."""
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
+        tier = MemoryTier(max_bytes=bound, policy=policy)
         i = 0
         while i < 200_000 and not (tier.weight > 0.9 * bound and i > 3 * len(tier)):
             batch = {f"key:{i + j:08d}": Entry(make(i + j), NEVER) for j in range(100)}
@@ -194,6 +196,18 @@ def test_a_filled_tier_holds_within_one_and_a_half_times_its_bound(name: str) ->
     assert used <= 1.5 * bound, f"{name}: {used / bound:.2f}x the bound, {len(tier)} entries"
     # and the weigher does not overcharge: the tier is well used
     assert used >= 0.8 * bound, f"{name}: only {used / bound:.2f}x the bound"
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+@pytest.mark.parametrize("name", ["small_int", "bytes100"])
+def test_every_policy_s_bookkeeping_is_inside_the_bound(policy: str, name: str) -> None:
+    """Small entries are where a policy's per-key nodes (and W-TinyLFU's sketches, which
+    grow with the resident count) weigh most: the bound still holds."""
+    bound = 2_000_000
+    make = FAMILIES.get(name, lambda i: i)
+    used, tier = entries_footprint(make, bound, policy)
+    assert used <= 1.5 * bound, f"{policy}: {used / bound:.2f}x the bound, {len(tier)} entries"
+    assert used >= 0.8 * bound, f"{policy}: only {used / bound:.2f}x the bound"
 
 
 def test_a_key_the_policy_refuses_is_not_kept() -> None:

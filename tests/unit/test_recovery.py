@@ -3,6 +3,7 @@ comes back (auto-recovery), sync and async."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,24 @@ def test_pending_repairs_are_bounded() -> None:
     assert len(pending) == 0  # a clear is owed: single keys no longer matter
     pending.done([], cleared=True)
     assert not pending
+
+
+def test_a_down_level_logs_one_line_per_interval_with_a_count(
+    driver: Driver, clock: FakeClock, setup: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache, l2, db = setup
+    l2.warnings.clock = clock.monotonic
+    db.update({f"k{i}": i for i in range(100)})
+    l2.down = True
+    with caplog.at_level(logging.WARNING, logger="stratacache"):
+        for i in range(100):  # each miss fails the read and then the fill
+            assert driver(cache.get(f"k{i}")) == i
+        failures = l2.stats.errors
+        clock.advance(l2.warnings.interval + 1)
+        assert driver(cache.get("other")) == "o1"
+    lines = [r.getMessage() for r in caplog.records if "L2" in r.getMessage()]
+    assert failures >= 200
+    assert len(lines) == 2, lines
+    assert "more like it" in lines[1]
+    held = int(lines[1].split("(")[-1].split()[0])
+    assert held == failures - 1  # every failure is in a line or in its count

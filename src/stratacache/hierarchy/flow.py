@@ -49,7 +49,7 @@ from ..errors import (
 from ..metrics import CacheStats, OriginStats
 from ..origin import Origin
 from ..stampede import Flight, Read, ReadFlights, SingleFlight
-from ..tiers.base import Prepared, Tier
+from ..tiers.base import DROPPED, Prepared, Tier
 from . import rules as level_rules
 from .fence import WriteFence
 from .ops import (
@@ -597,8 +597,9 @@ class Hierarchy:
                 one = level.prepare({key: entry})
             except SerializationError as exc:
                 level.stats.unencodable += 1
-                logger.warning(
-                    "level %s (%s) cannot store the value of key %r: %s",
+                level.warnings.warning(
+                    "unencodable",
+                    "level %s (%s) cannot store the value of key %.200r: %s",
                     level.name,
                     level.kind,
                     key,
@@ -616,7 +617,7 @@ class Hierarchy:
             item = prepared[index]
             if not item.items and not item.rejected:
                 continue
-            level.stats.too_large += len(item.rejected)
+            level.stats.too_large += sum(1 for size in item.rejected.values() if size)
             if self.repairs[index] and not (yield from self._repair(index)):
                 self.repairs[index].add([*item.items, *item.rejected])
                 continue
@@ -640,7 +641,7 @@ class Hierarchy:
         origin = self.origin
         if self.write_policy.writes_origin and origin is not None and origin.writable:
             try:
-                yield OriginStore(origin, items)
+                stored = yield OriginStore(origin, items)
             except ConfigurationError:
                 raise
             except Exception as exc:
@@ -650,7 +651,25 @@ class Hierarchy:
                     f"{exc!r}"
                 ) from exc
             self.origin_stats.stores += len(items)
+            if stored is not None:
+                prepared = self._prepare_stored(items, stored, ttl)
         yield from self._write_levels(prepared, range(len(self.levels) - 1, -1, -1))
+
+    def _prepare_stored(
+        self, items: Mapping[str, Any], stored: Mapping[str, Any], ttl: float | None
+    ) -> list[Prepared]:
+        """The levels keep what the origin says it holds (its defaults, column types and
+        triggers applied), not the caller's values. The origin has been written by now, so
+        nothing may raise: a stored value a level cannot hold, and a key the origin's
+        answer leaves out (it does not hold it), are dropped from that level instead, and
+        the next read loads them."""
+        held = {key: stored[key] for key in items if key in stored}
+        prepared = self._prepare_some(self.entries_for(held, ttl))
+        for item in prepared:
+            for key in items:
+                if key not in item.items and key not in item.rejected:
+                    item.rejected[key] = DROPPED
+        return prepared
 
     # ------------------------------------------------------------------ deletes
 
@@ -725,7 +744,9 @@ class Hierarchy:
 
     def _level_failed(self, level: Tier, what: str, exc: BaseException) -> None:
         level.stats.errors += 1
-        logger.warning("level %s (%s) skipped on %s: %s", level.name, level.kind, what, exc)
+        level.warnings.warning(
+            "failed", "level %s (%s) skipped on %s: %s", level.name, level.kind, what, exc
+        )
 
     def stats(self) -> CacheStats:
         origin = self.origin_stats

@@ -181,8 +181,19 @@ class WTinyLFUPolicy(PolicyBase):
         doorkeeper: bool = True,
         conservative: bool = True,
         aging: Aging = "adaptive",
+        sketch_entries: int | None = None,
     ) -> None:
         super().__init__(capacity)
+        if sketch_entries is not None and (
+            not isinstance(sketch_entries, int) or sketch_entries < 1
+        ):
+            raise ValueError(
+                f"WTinyLFUPolicy: sketch_entries must be a positive int, got {sketch_entries!r}"
+            )
+        # The sketch's first size, in entries; it grows with the resident count. A cache
+        # bounded in bytes passes an estimate, its capacity not being a number of entries.
+        if sketch_entries is None:
+            sketch_entries = min(capacity, _INITIAL_SKETCH_ENTRIES)
         if aging not in ("adaptive", "fixed"):
             raise ValueError(f"WTinyLFUPolicy: aging must be 'adaptive' or 'fixed', got {aging!r}")
         if adaptation not in ("shadow", "climb", "fixed"):
@@ -198,7 +209,7 @@ class WTinyLFUPolicy(PolicyBase):
         self._adaptation = adaptation
         self._window_percent = window_percent
         self._sketch = FrequencySketch(
-            min(capacity, _INITIAL_SKETCH_ENTRIES),
+            sketch_entries,
             sample_factor=sample_factor,
             doorkeeper=doorkeeper,
             conservative=conservative,
@@ -207,7 +218,7 @@ class WTinyLFUPolicy(PolicyBase):
         # The sketch that ages twice as fast, when aging adapts (see the module docstring).
         self._short_sketch = (
             FrequencySketch(
-                min(capacity, _INITIAL_SKETCH_ENTRIES),
+                sketch_entries,
                 sample_factor=max(1, sample_factor // 2),
                 doorkeeper=doorkeeper,
                 conservative=conservative,

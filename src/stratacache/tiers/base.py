@@ -32,11 +32,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 from ..config import TierOptions
 from ..entry import Entry
 from ..errors import CacheError, ConfigurationError, TierUnavailableError
+from ..logs import Throttle
 from ..metrics import LevelStats
 from ..steps import adrive, drive
 
@@ -53,11 +54,16 @@ Steps = Generator[Any, Any, T]
 class Prepared:
     """Entries made ready for one tier's ``write``. ``items`` is tier-specific (envelopes
     for shared tiers, weighed entries for memory); ``rejected`` maps each key this tier
-    will not store to its size in bytes."""
+    will not store (and so deletes) to its size in bytes, or to ``DROPPED`` when the key
+    is deleted for another reason than its size."""
 
     items: dict[str, Any] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
 
+
+#: the size ``Prepared.rejected`` gives a key that is deleted for another reason than its
+#: size (the origin's answer to a write left it out): not counted as too large
+DROPPED: Final = 0
 
 Weigher = Callable[[str, Any], int]
 
@@ -71,6 +77,8 @@ class Sizing:
     weigher: Weigher
     weighted: bool
     max_weight: int | None
+    #: bytes charged to every entry beyond its weight: the eviction policy's bookkeeping
+    overhead: int = 0
 
     def weigh(self, key: str, value: Any) -> int:
         return max(1, int(self.weigher(key, value)))
@@ -80,7 +88,7 @@ class Sizing:
 
     def charge(self, weight: int) -> int:
         """What the entry counts against the level's bound."""
-        return weight if self.weighted else 1
+        return weight + self.overhead if self.weighted else 1
 
 
 class Tier(ABC):
@@ -100,6 +108,9 @@ class Tier(ABC):
         self.name = name or self.kind
         self.ttl = ttl
         self.stats = LevelStats(self.name, self.kind)
+        #: this tier's warnings, at most one line per subject per interval: a sick store
+        #: fails every call that reaches it, and a line per call would flood the log
+        self.warnings = Throttle(logger)
         self.closed = False
 
     @classmethod

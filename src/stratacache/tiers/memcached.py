@@ -377,7 +377,8 @@ class MemcachedTier(RemoteTier):
         if isinstance(exc, UNREACHABLE):
             self._server_failed(server, exc)
         else:
-            logger.warning(
+            self.warnings.warning(
+                "error reply",
                 "tier %s (memcached): %s on %s failed: %s: %s",
                 self.name,
                 what,

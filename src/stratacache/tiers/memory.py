@@ -35,7 +35,7 @@ from .. import _accel
 from ..config import MemoryOptions
 from ..entry import NEVER, Entry
 from ..errors import ConfigurationError
-from ..policies import make_policy
+from ..policies import entry_bytes, make_policy
 from .base import LocalTier, Prepared, Sizing
 
 __all__ = ["MemoryTier", "default_weigher"]
@@ -225,10 +225,12 @@ def default_weigher(key: str, value: Any) -> int:
     opened, so no value makes a weigh take more than about 1-2 ms (a list of a million
     small dicts: ~1.3 ms, within 0.1% of the full walk, which takes ~5 s).
 
-    Not counted: the eviction policy's own bookkeeping per key, which depends on the policy
-    (LRU ~100 bytes, W-TinyLFU ~280, S3-FIFO more, as it remembers evicted keys); this
-    number is also what ``max_value_bytes`` compares. Pass ``weigher=`` for anything
-    better."""
+    Not counted here: the eviction policy's own bookkeeping per key, which depends on the
+    policy (LRU ~110 bytes, W-TinyLFU ~360 with its sketches); this number is what
+    ``max_value_bytes`` compares. A ``max_bytes`` tier with this weigher charges each
+    entry the policy's figure on top (:func:`stratacache.policies.entry_bytes`), so the
+    bound covers what the process holds; a ``weigher=`` of the user's counts in its own
+    units, charged as they are."""
     return deep_size(value) + sys.getsizeof(key) + ENTRY_OVERHEAD
 
 
@@ -281,20 +283,23 @@ class MemoryTier(LocalTier):
         self.weighted = weighted
         self.max_value_bytes = max_value_bytes
         limits = [n for n in (max_value_bytes, capacity if weighted else None) if n is not None]
-        self.sizing: Sizing | None = (
-            Sizing(weigher or default_weigher, weighted, min(limits) if limits else None)
-            if weighted or weigher is not None or max_value_bytes is not None
-            else None
-        )
         if isinstance(policy, str):
             self.policy_name = policy
             try:
-                self.policy = make_policy(policy, capacity)
+                self.policy = make_policy(policy, capacity, weighted=weighted)
             except ValueError as exc:
                 raise ConfigurationError(f"MemoryTier: {exc}") from None
         else:
             self.policy = policy(capacity)
             self.policy_name = getattr(self.policy, "name", type(self.policy).__name__)
+        # The default weigher measures bytes, so the bound also pays for the policy's own
+        # bookkeeping per entry; a user's weigher counts in its own units, charged as is.
+        overhead = entry_bytes(self.policy_name) if weighted and weigher is None else 0
+        self.sizing: Sizing | None = (
+            Sizing(weigher or default_weigher, weighted, min(limits) if limits else None, overhead)
+            if weighted or weigher is not None or max_value_bytes is not None
+            else None
+        )
         self.clock = clock
         self.wall_clock = wall_clock
         #: live entries: key -> (value, monotonic expiry)

@@ -32,7 +32,7 @@ from ..entry import Entry
 from ..errors import ConfigurationError
 from ..keys import validate_namespace
 from ..serde import Codec, PayloadError
-from .base import CommandTier, Prepared, logger
+from .base import CommandTier, Prepared
 
 __all__ = ["SharedTier"]
 
@@ -95,7 +95,8 @@ class SharedTier(CommandTier):
 
     def _corrupt(self, key: str, reason: str) -> None:
         self.stats.corrupt += 1
-        logger.warning(
+        self.warnings.warning(
+            "corrupt",
             "tier %s (%s): ignoring the stored value of key %.200r: %s",
             self.name,
             self.kind,
