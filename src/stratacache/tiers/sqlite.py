@@ -1,7 +1,10 @@
 """The embedded shared tier: a SQLite file that the processes of one host share.
 
 The file runs in WAL mode, so readers never block the writer and processes can share it
-safely; ``busy_timeout`` makes a writer wait its turn instead of failing. Rows hold the
+safely; ``busy_timeout`` makes a writer wait its turn instead of failing. Reads go through
+one read-only connection per thread and never take the tier's lock, so a writer that
+waits for another process's write lock (up to ``busy_timeout``) holds up only the writes
+of this process, never its reads. Rows hold the
 envelope from :mod:`stratacache.serde` (versioned, typed, optionally signed) plus the
 expiry and the write time in plain columns, so expired rows can be purged and the oldest
 trimmed with indexed queries that never decode a payload.
@@ -50,6 +53,17 @@ CREATE INDEX IF NOT EXISTS stratacache_entries_age
 #: A command: something to do with the connection.
 Command = Callable[[sqlite3.Connection], Any]
 
+
+class _Read:
+    """A command that only reads: run on the calling thread's read connection, without
+    the tier's lock (in WAL a reader sees the last commit and waits for no writer)."""
+
+    __slots__ = ("query",)
+
+    def __init__(self, query: Command) -> None:
+        self.query = query
+
+
 _CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
 
 
@@ -81,8 +95,9 @@ class SQLiteTier(SharedTier):
     happens to rows that do not decode: :mod:`stratacache.tiers.shared`. Options:
     :class:`~stratacache.config.SQLiteOptions`.
 
-    Commands are functions of the connection; the sync face runs them under the tier's
-    lock, the async face in a worker thread (SQLite has no asyncio interface: the thread
+    Commands are functions of the connection. Writes run on one connection under the
+    tier's lock; reads on a read-only connection of the calling thread, lock-free. The
+    async face runs both in a worker thread (SQLite has no asyncio interface: the thread
     hop is the honest way to keep a file's busy wait off the event loop).
     """
 
@@ -111,6 +126,11 @@ class SQLiteTier(SharedTier):
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        # One read connection per thread: (pid, connection), and every one opened, so
+        # close() can close them all.
+        self._readers = threading.local()
+        self._all_readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         self._writes_since_trim = 0
         self._trim_every = max(100, opts.max_entries // 100)
 
@@ -181,9 +201,40 @@ class SQLiteTier(SharedTier):
             conn.close()  # whatever went wrong (not a database...), do not leak the handle
             raise
 
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection, opened on first use (after the writer's, which
+        makes the file, the WAL mode and the table) and reopened after a fork."""
+        held = getattr(self._readers, "held", None)
+        if held is not None and held[0] == os.getpid() and not self.closed:
+            return held[1]  # type: ignore[no-any-return]
+        if self._conn is None or self._pid != os.getpid() or self.closed:
+            # The writer's connection makes the file, the WAL mode and the table (or
+            # raises). Only then: the writer's lock may be held for busy_timeout by a
+            # write waiting on another process, and a reader must not wait for it.
+            with self._lock:
+                self._connection()
+        try:
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise TierUnavailableError(
+                self.name, f"cannot open {self.path} to read: {type(exc).__name__}: {exc}"
+            ) from exc
+        with self._readers_lock:
+            self._all_readers.append(conn)
+        self._readers.held = (os.getpid(), conn)
+        return conn
+
     # ------------------------------------------------------------------ the transport
 
-    def perform(self, command: Command) -> Any:
+    def perform(self, command: Command | _Read) -> Any:
+        if isinstance(command, _Read):
+            return command.query(self._reader())
         with self._lock:
             return command(self._connection())
 
@@ -217,7 +268,7 @@ class SQLiteTier(SharedTier):
                 )
             return stored
 
-        stored = yield query
+        stored = yield _Read(query)
         return self._found(keys, [stored.get(column) for column in columns])
 
     def write_steps(self, prepared: Prepared) -> Steps[None]:
@@ -325,9 +376,15 @@ class SQLiteTier(SharedTier):
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
+            mine = self._pid == os.getpid()
+            if self._conn is not None and mine:
                 self._conn.close()
             self._conn = None
+            with self._readers_lock:
+                if mine:
+                    for reader in self._all_readers:
+                        reader.close()
+                self._all_readers.clear()
         super().close()
 
     def __repr__(self) -> str:
