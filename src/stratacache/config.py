@@ -210,9 +210,24 @@ class NetworkOptions(SharedOptions):
     ttl_grace: float = field(default=1.0, metadata=url(float))
     connect_timeout: float = field(default=0.5, metadata=url(float))
     socket_timeout: float = field(default=1.0, metadata=url(float))
+    #: consecutive failures that open the circuit breaker (a timeout opens it at once);
+    #: 0 turns the breaker off
+    breaker_failures: int = field(default=3, metadata=url(int))
+    #: how long an open breaker skips the tier before one call probes it, in seconds
+    breaker_reset: float = field(default=1.0, metadata=url(float))
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if (
+            isinstance(self.breaker_failures, bool)
+            or not isinstance(self.breaker_failures, int)
+            or self.breaker_failures < 0
+        ):
+            raise ConfigurationError(
+                f"{self.owner}: breaker_failures must be an int >= 0 (0: no circuit "
+                f"breaker), got {self.breaker_failures!r}"
+            )
+        seconds(self.owner, "breaker_reset", self.breaker_reset, finite=True, zero=False)
         seconds(self.owner, "ttl_grace", self.ttl_grace)
         seconds(self.owner, "connect_timeout", self.connect_timeout, finite=True, zero=False)
         seconds(self.owner, "socket_timeout", self.socket_timeout, finite=True, zero=False)

@@ -146,6 +146,10 @@ class LevelStats(_Counters):  # type: ignore[misc]
     hits: int
     misses: int
     errors: int  # transient failures: the level was skipped
+    #: set by a tier's circuit breaker (see stratacache.tiers.breaker); plain attributes
+    breaker: str
+    breaker_opens: int
+    skipped: int  # calls the open breaker refused without I/O (also counted in errors)
     corrupt: int  # payloads rejected as corrupt, foreign or forged (read as misses)
     too_large: int  # values not stored here because they exceed this level's maximum
     unencodable: int  # loaded values its serializer could not encode (not stored)
@@ -156,6 +160,8 @@ class LevelStats(_Counters):  # type: ignore[misc]
         self.name = name
         self.kind = kind
         self.latency = LatencyHistogram()
+        self.breaker = "closed"
+        self.breaker_opens = 0
         self.reset()
 
     def snapshot(self) -> LevelSnapshot:
@@ -177,9 +183,13 @@ class LevelStats(_Counters):  # type: ignore[misc]
             unencodable=self.unencodable,
             writes=self.writes,
             evictions=self.evictions,
+            breaker=self.breaker,
+            breaker_opens=self.breaker_opens,
+            skipped=self.skipped,
         )
 
     def reset(self) -> None:
+        self.skipped = 0
         self.hits = self.misses = self.errors = self.corrupt = 0
         self.too_large = self.unencodable = self.writes = self.evictions = 0
         self.latency.reset()
@@ -216,6 +226,11 @@ class LevelSnapshot:
     unencodable: int = 0
     writes: int = 0
     evictions: int = 0
+    #: the circuit breaker's state (``closed``, ``open``, ``half-open``; a tier without
+    #: one is always ``closed``), how often it opened, and the calls it refused
+    breaker: str = "closed"
+    breaker_opens: int = 0
+    skipped: int = 0
 
     @property
     def miss_rate(self) -> float:

@@ -17,6 +17,7 @@ def test_invalidate_missed_while_redis_was_paused(
     db = {"k": "v1"}
     redis_level = tier_from_url(
         fresh_redis_server.url + "?socket_timeout=0.2&connect_timeout=0.2",
+        clock=clock.monotonic,  # its circuit breaker's: open while paused, probed after
         wall_clock=clock.time,
         namespace="recovery",
     )

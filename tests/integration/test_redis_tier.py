@@ -69,6 +69,7 @@ def entry(value: Any, clock: FakeClock, ttl: float = 60.0) -> Entry:
 def quick_tier(server: RedisServer, clock: FakeClock, **options: Any) -> RedisTier:
     tier = tier_from_url(
         server.url,
+        clock=clock.monotonic,
         wall_clock=clock.time,
         connect_timeout=0.2,
         socket_timeout=0.3,
@@ -81,7 +82,7 @@ def quick_tier(server: RedisServer, clock: FakeClock, **options: Any) -> RedisTi
 def test_stopped_server_raises_tier_unavailable(
     fresh_redis_server: RedisServer, clock: FakeClock, driver: Driver
 ) -> None:
-    tier = quick_tier(fresh_redis_server, clock)
+    tier = quick_tier(fresh_redis_server, clock, breaker_failures=0)  # every call tries
     tier.set_many({"k": entry(1, clock)})
     fresh_redis_server.stop()
     is_async = driver.mode == "async"
@@ -110,7 +111,7 @@ def test_hung_server_times_out_into_tier_unavailable(
     fresh_redis_server: RedisServer, clock: FakeClock
 ) -> None:
     """SIGSTOP: the socket stays open, nothing answers; socket_timeout bounds the wait."""
-    tier = quick_tier(fresh_redis_server, clock)
+    tier = quick_tier(fresh_redis_server, clock, breaker_failures=0)
     tier.set_many({"k": entry(1, clock)})
     fresh_redis_server.pause()
     try:
@@ -152,6 +153,7 @@ def test_cache_answers_through_a_redis_outage_and_uses_redis_again(
     assert loads == ["a", "b", "c"]
 
     fresh_redis_server.start()  # empty again: no persistence
+    clock.advance(1.5)  # the circuit breaker, open since the outage, lets a probe through
     assert driver(cache.get("d")) == "D"  # loaded and written to Redis
     direct = redis.Redis.from_url(fresh_redis_server.url)
     assert direct.exists("app:d") == 1
@@ -232,8 +234,9 @@ def test_connection_pools_are_bounded(
     fresh_redis_server: RedisServer, clock: FakeClock, driver: Driver
 ) -> None:
     """70 calls at once on a hung server: 64 connections (the default bound) wait for the
-    socket timeout, the other 6 find the pool exhausted and fail at once."""
-    tier = quick_tier(fresh_redis_server, clock)
+    socket timeout, the other 6 find the pool exhausted and fail at once (no breaker
+    here: it would open at the first timeout and refuse the calls still to come)."""
+    tier = quick_tier(fresh_redis_server, clock, breaker_failures=0)
     tier.set_many({"k": entry(1, clock)})
     fresh_redis_server.pause()
     try:

@@ -40,6 +40,7 @@ from ..errors import CacheError, ConfigurationError, TierUnavailableError
 from ..logs import Throttle
 from ..metrics import LevelStats
 from ..steps import adrive, drive
+from .breaker import CircuitBreaker
 
 __all__ = ["CommandTier", "LocalTier", "Prepared", "Sizing", "Steps", "Tier", "Weigher", "logger"]
 
@@ -252,13 +253,50 @@ class CommandTier(Tier):
         for failures that no retry cures (wrong credentials)."""
         return TierUnavailableError(self.name, f"{type(exc).__name__}: {exc}")
 
+    #: the circuit breaker every call passes (see :mod:`.breaker`); None: no breaker
+    breaker: CircuitBreaker | None = None
+
     # -- both faces, from one operation (see stratacache.steps)
 
     def drive(self, steps: Steps[T]) -> T:
-        return drive(steps, self.perform, self.transport_errors, self.unavailable)
+        breaker = self.breaker
+        if breaker is None:
+            return drive(steps, self.perform, self.transport_errors, self.unavailable)
+        try:
+            breaker.check()
+        except BaseException:
+            steps.close()
+            raise
+        try:
+            result = drive(steps, self.perform, self.transport_errors, self.unavailable)
+        except TierUnavailableError as exc:
+            breaker.failed(exc)
+            raise
+        except BaseException:
+            breaker.abandoned()
+            raise
+        breaker.succeeded()
+        return result
 
     async def adrive(self, steps: Steps[T]) -> T:
-        return await adrive(steps, self.aperform, self.transport_errors, self.unavailable)
+        breaker = self.breaker
+        if breaker is None:
+            return await adrive(steps, self.aperform, self.transport_errors, self.unavailable)
+        try:
+            breaker.check()
+        except BaseException:
+            steps.close()
+            raise
+        try:
+            result = await adrive(steps, self.aperform, self.transport_errors, self.unavailable)
+        except TierUnavailableError as exc:
+            breaker.failed(exc)
+            raise
+        except BaseException:  # cancelled, or a permanent error: the probe is free again
+            breaker.abandoned()
+            raise
+        breaker.succeeded()
+        return result
 
     def run_one(self, command: Any) -> Any:
         """One command, synchronously, with the transport's failures mapped."""
@@ -269,14 +307,15 @@ class CommandTier(Tier):
     def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         if not keys:
             return {}
-        # The drivers called directly: the read is the hot path.
+        if self.breaker is not None:
+            return self.drive(self.read_steps(keys))
+        # The driver called directly: the read is the hot path.
         return drive(self.read_steps(keys), self.perform, self.transport_errors, self.unavailable)
 
     async def aget_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         if not keys:
             return {}
-        steps = self.read_steps(keys)
-        return await adrive(steps, self.aperform, self.transport_errors, self.unavailable)
+        return await self.adrive(self.read_steps(keys))
 
     def write(self, prepared: Prepared) -> None:
         self.drive(self.write_steps(prepared))

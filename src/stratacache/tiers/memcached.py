@@ -228,7 +228,7 @@ class MemcachedTier(RemoteTier):
             raise ConfigurationError(f"{shown}: a memcached URL has no path")
         if len(set(where.hosts)) != len(where.hosts):
             raise ConfigurationError(f"{shown} lists a server twice")
-        super().__init__(opts, max_item_size=opts.max_item_size, wall_clock=wall_clock)
+        super().__init__(opts, max_item_size=opts.max_item_size, clock=clock, wall_clock=wall_clock)
         self._location_text = shown
         self.servers = [
             _Server(

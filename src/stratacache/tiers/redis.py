@@ -111,7 +111,7 @@ class RedisFamilyTier(RemoteTier):
         opts = self.Options.build(options)
         scheme, where = split_url(url, self.schemes, default_port=6379)
         server_options = self._server_options(where, scheme)
-        super().__init__(opts, wall_clock=wall_clock, secrets=(where.password,))
+        super().__init__(opts, clock=clock, wall_clock=wall_clock, secrets=(where.password,))
         self._location_text = where.display(scheme)
         client_options = _connection_options(where, scheme.removesuffix("+cluster"), opts)
         client_options["max_connections"] = self._pool_size(opts)

@@ -43,6 +43,7 @@ from ..entry import NEVER
 from ..errors import CacheError, ConfigurationError, TierUnavailableError
 from ..keys import HASH_MARKER, KeyRules, storage_key
 from .base import Prepared
+from .breaker import CircuitBreaker
 from .shared import SharedTier
 
 __all__ = [
@@ -205,12 +206,38 @@ class RemoteTier(SharedTier):
         *,
         secrets: Iterable[str | None] = (),
         max_item_size: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(options, max_item_size=max_item_size, wall_clock=wall_clock)
+        if options.breaker_failures:
+            self.breaker = CircuitBreaker(
+                self.name,
+                self.stats,
+                failures=options.breaker_failures,
+                reset_after=options.breaker_reset,
+                clock=clock,
+                on_change=self._breaker_moved,
+            )
         self.ttl_grace = float(options.ttl_grace)
         self._secrets = tuple(s for s in secrets if s)
         self._names = NameMapper(f"{self.namespace}:", self.key_rules)
+
+    def rename(self, name: str) -> None:
+        super().rename(name)
+        if self.breaker is not None:
+            self.breaker.tier = name
+
+    def _breaker_moved(self, before: str, after: str, why: str) -> None:
+        self.warnings.warning(
+            f"breaker {after}",
+            "tier %s (%s): circuit breaker %s -> %s: %s",
+            self.name,
+            self.kind,
+            before,
+            after,
+            why,
+        )
 
     def storage_name(self, key: str) -> str:
         """The name under which this tier stores ``key`` (for operators and tests)."""

@@ -1,0 +1,137 @@
+"""The circuit breaker's state machine (issue 10, point 2), on a fake clock."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from stratacache.errors import TierUnavailableError
+from stratacache.metrics import LevelStats
+from stratacache.tiers.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, is_timeout
+
+from ..conftest import FakeClock
+
+
+def refused() -> TierUnavailableError:
+    error = TierUnavailableError("L2", "ConnectionError: Connection refused")
+    error.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    return error
+
+
+def timed_out() -> TierUnavailableError:
+    error = TierUnavailableError("L2", "TimeoutError: Timeout reading from host")
+    error.__cause__ = TimeoutError("timed out")
+    return error
+
+
+def make(clock: FakeClock, **options: object) -> tuple[CircuitBreaker, LevelStats, list[str]]:
+    stats = LevelStats("L2", "redis")
+    moves: list[str] = []
+    breaker = CircuitBreaker(
+        "L2",
+        stats,
+        clock=clock.monotonic,
+        on_change=lambda before, after, why: moves.append(f"{before}->{after}"),
+        **options,  # type: ignore[arg-type]
+    )
+    return breaker, stats, moves
+
+
+def test_consecutive_failures_open_it_and_an_open_breaker_refuses_without_io(
+    clock: FakeClock,
+) -> None:
+    breaker, stats, moves = make(clock, failures=3)
+    for _ in range(2):
+        breaker.check()
+        breaker.failed(refused())
+    breaker.check()
+    breaker.succeeded()  # a success in between starts the count again
+    for _ in range(2):
+        breaker.check()
+        breaker.failed(refused())
+    assert breaker.state is CLOSED
+    breaker.check()
+    breaker.failed(refused())
+    assert breaker.state is OPEN and stats.breaker == "open" and stats.breaker_opens == 1
+    with pytest.raises(TierUnavailableError, match="circuit breaker open"):
+        breaker.check()
+    assert stats.skipped == 1
+    assert moves == ["closed->open"]
+
+
+def test_one_timeout_opens_it_at_once(clock: FakeClock) -> None:
+    breaker, _, _ = make(clock, failures=5)
+    breaker.check()
+    breaker.failed(timed_out())
+    assert breaker.state is OPEN
+
+
+def test_half_open_lets_one_probe_through_and_its_answer_decides(clock: FakeClock) -> None:
+    breaker, stats, moves = make(clock, failures=1, reset_after=1.0)
+    breaker.failed(refused())
+    clock.advance(0.9)
+    with pytest.raises(TierUnavailableError):
+        breaker.check()
+    clock.advance(0.2)
+    breaker.check()  # the probe
+    assert breaker.state is HALF_OPEN
+    with pytest.raises(TierUnavailableError, match="half-open"):
+        breaker.check()  # others are still refused while it runs
+    breaker.failed(refused())
+    assert breaker.state is OPEN and stats.breaker_opens == 2
+    clock.advance(1.0)
+    breaker.check()
+    breaker.succeeded()
+    assert breaker.state is CLOSED and stats.breaker == "closed"
+    breaker.check()
+    assert moves == [
+        "closed->open",
+        "open->half-open",
+        "half-open->open",
+        "open->half-open",
+        "half-open->closed",
+    ]
+
+
+def test_a_probe_that_ends_without_an_answer_frees_the_next_one(clock: FakeClock) -> None:
+    breaker, _, _ = make(clock, failures=1, reset_after=1.0)
+    breaker.failed(refused())
+    clock.advance(1.0)
+    breaker.check()  # the probe is cancelled
+    breaker.abandoned()
+    breaker.check()  # another caller may probe
+    assert breaker.state is HALF_OPEN
+
+
+def test_timeouts_are_told_from_other_failures() -> None:
+    assert is_timeout(timed_out())
+    assert not is_timeout(refused())
+
+
+def test_transitions_are_logged_and_rate_limited(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from stratacache import RedisTier
+
+    tier = RedisTier("redis://127.0.0.1:1", clock=clock.monotonic, breaker_reset=0.5)
+    assert tier.breaker is not None
+    with caplog.at_level(logging.WARNING, logger="stratacache"):
+        for _ in range(20):  # open, probe, fail again: 40 transitions
+            tier.breaker.failed(timed_out())
+            clock.advance(0.6)
+            tier.breaker.check()
+    lines = [r.getMessage() for r in caplog.records if "circuit breaker" in r.getMessage()]
+    assert 1 <= len(lines) <= 3, lines
+    assert "closed -> open" in lines[0]
+    assert tier.stats.snapshot().breaker_opens == 20
+
+
+def test_breaker_options_are_checked() -> None:
+    from stratacache import ConfigurationError, RedisTier
+
+    assert RedisTier("redis://127.0.0.1:1", breaker_failures=0).breaker is None
+    with pytest.raises(ConfigurationError, match="breaker_failures must be an int >= 0"):
+        RedisTier("redis://127.0.0.1:1", breaker_failures=-1)
+    with pytest.raises(ConfigurationError, match="breaker_reset"):
+        RedisTier("redis://127.0.0.1:1", breaker_reset=0)
