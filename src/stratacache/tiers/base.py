@@ -262,41 +262,15 @@ class CommandTier(Tier):
         breaker = self.breaker
         if breaker is None:
             return drive(steps, self.perform, self.transport_errors, self.unavailable)
-        try:
-            breaker.check()
-        except BaseException:
-            steps.close()
-            raise
-        try:
-            result = drive(steps, self.perform, self.transport_errors, self.unavailable)
-        except TierUnavailableError as exc:
-            breaker.failed(exc)
-            raise
-        except BaseException:
-            breaker.abandoned()
-            raise
-        breaker.succeeded()
-        return result
+        with breaker.guard():
+            return drive(steps, self.perform, self.transport_errors, self.unavailable)
 
     async def adrive(self, steps: Steps[T]) -> T:
         breaker = self.breaker
         if breaker is None:
             return await adrive(steps, self.aperform, self.transport_errors, self.unavailable)
-        try:
-            breaker.check()
-        except BaseException:
-            steps.close()
-            raise
-        try:
-            result = await adrive(steps, self.aperform, self.transport_errors, self.unavailable)
-        except TierUnavailableError as exc:
-            breaker.failed(exc)
-            raise
-        except BaseException:  # cancelled, or a permanent error: the probe is free again
-            breaker.abandoned()
-            raise
-        breaker.succeeded()
-        return result
+        with breaker.guard():
+            return await adrive(steps, self.aperform, self.transport_errors, self.unavailable)
 
     def run_one(self, command: Any) -> Any:
         """One command, synchronously, with the transport's failures mapped."""

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Final
 
 from ..errors import TierUnavailableError
@@ -88,6 +89,21 @@ class CircuitBreaker:
         raise TierUnavailableError(
             self.tier, f"circuit breaker {self.state}: skipped without calling the store"
         )
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Around one call to the store, sync or async: refused at once when open; its
+        outcome (an answer, an outage, neither) moves the breaker."""
+        self.check()
+        try:
+            yield
+        except TierUnavailableError as exc:
+            self.failed(exc)
+            raise
+        except BaseException:  # cancelled, or a permanent error: the probe is free again
+            self.abandoned()
+            raise
+        self.succeeded()
 
     def succeeded(self) -> None:
         if self.state is CLOSED:
