@@ -5,12 +5,15 @@
     CacheError
     ├── ConfigurationError        permanent: the options given cannot work; says which and why
     ├── InvalidKeyError           permanent: a key that is not a non-empty str
+    │   └── KeyTooLongError       ... or one longer than a shared level can carry (also a
+    │                             SerializationError, so fills simply skip that level)
     ├── ValueTooLargeError        permanent: the value fits no level of the hierarchy
     ├── SerializationError        permanent: the value cannot be encoded by the chosen serializer
     ├── CacheClosedError          permanent: the cache was used after close()
     ├── OriginError               the origin (or a loader) failed; the cause is chained
     └── TransientError            a tier's server is unreachable or timed out
         └── TierUnavailableError  raised by a tier; the hierarchy skips that level and goes on
+            └── PoolTimeoutError  every connection stayed busy for pool_timeout (a burst)
 
 The split that matters is transient against permanent. A transient error means "this level
 is down right now": the hierarchy treats it as a miss at that level (reads) or a skipped
@@ -30,7 +33,9 @@ __all__ = [
     "CacheError",
     "ConfigurationError",
     "InvalidKeyError",
+    "KeyTooLongError",
     "OriginError",
+    "PoolTimeoutError",
     "SerializationError",
     "TierUnavailableError",
     "TransientError",
@@ -60,6 +65,12 @@ class SerializationError(CacheError, TypeError):
     """The value cannot be encoded (or, for a typed cache, is not of the declared type)."""
 
 
+class KeyTooLongError(InvalidKeyError, SerializationError):
+    """A key longer than a shared level can carry (65,535 UTF-8 bytes). A ``set`` raises
+    it; a fill or promotion just leaves that level out. It is a SerializationError too,
+    because it is found while encoding for that level."""
+
+
 class CacheClosedError(CacheError, RuntimeError):
     """The cache was used after ``close()``."""
 
@@ -79,3 +90,9 @@ class TierUnavailableError(TransientError, ConnectionError):
         super().__init__(f"tier {tier!r} is unavailable: {reason}")
         self.tier = tier
         self.reason = reason
+
+
+class PoolTimeoutError(TierUnavailableError):
+    """Every connection of a tier's pool stayed busy for ``pool_timeout`` seconds. The
+    level is skipped for this call, but the store is not taken for down: the circuit
+    breaker does not count it."""

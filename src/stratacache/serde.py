@@ -54,9 +54,11 @@ Classes are named in payloads as ``module:qualname``, and decoding **never impor
 anything**: a name resolves only to a class this process put on the allow-list, with
 :func:`register_type` (process-wide) or a codec's ``types=``; any other name makes the
 payload corrupt. Writing a class that is not on the list is refused, so every process
-sharing a level must register the same classes. A registered dataclass is rebuilt by
-calling it with its ``init`` fields (then setting the others); a Struct with its fields;
-an Enum as ``cls(value)``.
+sharing a level must register the same classes. A registered dataclass is stored as its
+fields and rebuilt without calling ``__init__`` (as pickle does), so ``__post_init__`` does
+not run twice; attributes outside the fields are refused at write. A Struct is rebuilt by
+calling it with its fields, so one whose ``__post_init__`` would change them is refused at
+write. An Enum comes back as ``cls(value)``.
 
 Decoding is defensive: lengths are checked against the actual buffer before anything is
 sliced, the signature (when configured) is verified before decompression and before the
@@ -92,7 +94,7 @@ from typing import Any, ClassVar, Final, NoReturn, Protocol, TypeVar
 import msgspec
 
 from .entry import NEVER, Entry
-from .errors import ConfigurationError, SerializationError
+from .errors import ConfigurationError, KeyTooLongError, SerializationError
 
 __all__ = [
     "Codec",
@@ -198,6 +200,12 @@ def _class_kind(cls: Any) -> str | None:
     return None
 
 
+_REBUILD_HELP = (
+    "make __post_init__ leave already-normalised fields as they are, or pass value_type= "
+    "or use serializer='pickle' with a signing key"
+)
+
+
 def _checked_types(classes: Iterable[type]) -> dict[str, type]:
     checked: dict[str, type] = {}
     for cls in classes:
@@ -271,12 +279,34 @@ def _lift_fields(cls: Any, kind: str, fields: Any) -> Any:
     if type(fields) is not dict:
         raise PayloadError(f"{kind} fields are not a map")
     if kind == "struct":
+        # msgspec offers no way to build a Struct without __post_init__; _lower_struct
+        # refuses, at write time, a value that this call would not give back equal.
         return cls(**fields)
-    init = {f.name for f in dataclasses.fields(cls) if f.init}
-    obj = cls(**{name: value for name, value in fields.items() if name in init})
-    for name, value in fields.items():
-        if name not in init:
-            object.__setattr__(obj, name, value)
+    return _restore_dataclass(cls, fields)
+
+
+def _restore_dataclass(cls: Any, fields: dict[Any, Any]) -> Any:
+    """The stored state put back as it was, without calling ``__init__``: like pickle, so a
+    ``__post_init__`` that derives or normalises fields is not applied a second time,
+    and a class with ``InitVar`` parameters (not stored: they are not state) rebuilds.
+    A field the payload lacks takes its default (the class gained it since); one with
+    no default, or a name the class does not have, makes the payload unusable."""
+    obj = object.__new__(cls)
+    found = 0
+    for f in dataclasses.fields(cls):
+        if f.name in fields:
+            value = fields[f.name]
+            found += 1
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            raise PayloadError(f"the stored {type_ref(cls)} lacks its field {f.name!r}")
+        object.__setattr__(obj, f.name, value)
+    if found < len(fields):
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)}, key=repr)
+        raise PayloadError(f"the stored {type_ref(cls)} has fields it lacks: {unknown!r:.200}")
     return obj
 
 
@@ -481,11 +511,45 @@ class _Tagging:
             return self._wrap("enum", [self._allowed(cls), self.lower(value.value)])
         if kind == "struct":
             fields = {name: getattr(value, name) for name in value.__struct_fields__}
+            if hasattr(cls, "__post_init__"):
+                self._check_rebuilds(value, fields)
             return self._wrap("struct", [self._allowed(cls), self._lower_dict(fields)])
         if kind == "dataclass":
             fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+            extra = getattr(value, "__dict__", fields).keys() - fields.keys()
+            if extra:
+                self._refuse_state(cls, sorted(extra))
             return self._wrap("dataclass", [self._allowed(cls), self._lower_dict(fields)])
         self._refuse(cls)
+
+    def _check_rebuilds(self, value: Any, fields: dict[str, Any]) -> None:
+        """A Struct is rebuilt by calling it, which runs its ``__post_init__`` again; one
+        that changes the fields (doubles a number, appends to a list) would come back
+        different, so it is refused here rather than altered on the way back."""
+        cls = type(value)
+        try:
+            again = cls(**fields)
+        except Exception as exc:  # whatever the class raises, the value cannot be stored
+            raise SerializationError(
+                f"{type_ref(cls)} cannot be rebuilt from its own fields ({exc}); " + _REBUILD_HELP
+            ) from exc
+        # Field by field, identity first: a NaN the hook leaves alone is still the same.
+        if any(
+            getattr(again, name) is not stored and getattr(again, name) != stored
+            for name, stored in fields.items()
+        ):
+            raise SerializationError(
+                f"{type_ref(cls)}.__post_init__ changes the fields it is rebuilt from, so a "
+                "shared level would return a different value; " + _REBUILD_HELP
+            )
+
+    def _refuse_state(self, cls: type, names: list[str]) -> NoReturn:
+        raise SerializationError(
+            f"a {type_ref(cls)} holds attributes that are not dataclass fields "
+            f"({', '.join(names)[:200]}), which a shared level would not bring back; declare "
+            "them as fields (field(init=False) for derived ones), or pass value_type= or "
+            "use serializer='pickle' with a signing key"
+        )
 
     # -- decoding
 
@@ -922,7 +986,7 @@ class Codec:
         key_bytes = key.encode("utf-8", "surrogatepass")
         if len(key_bytes) > MAX_KEY_BYTES:
             # struct would raise its own error from pack(); say what is wrong instead.
-            raise SerializationError(
+            raise KeyTooLongError(
                 f"a key of {len(key_bytes)} UTF-8 bytes cannot be stored in a shared tier: "
                 f"envelopes carry keys of at most {MAX_KEY_BYTES} bytes; use a shorter key "
                 "(a digest of the long one, say)"

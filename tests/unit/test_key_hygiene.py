@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stratacache import AsyncCache, Cache, MemoryTier, SQLiteTier
-from stratacache.errors import CacheError, InvalidKeyError
+from stratacache.errors import CacheError, InvalidKeyError, KeyTooLongError
 from stratacache.keys import (
     HASH_MARKER,
     KeyRules,
@@ -133,6 +133,28 @@ def test_an_unhashable_key_is_an_invalid_key_error_not_a_type_error(
     for call in (lambda: cache.set(key, 1), lambda: cache.delete(key)):
         with pytest.raises(InvalidKeyError, match=type(key).__qualname__):
             driver(call())
+
+
+def test_a_key_too_long_for_a_shared_level_is_an_invalid_key_error(
+    driver: Driver, cache: Any, request: pytest.FixtureRequest
+) -> None:
+    """The finding: a 70,000-character key raised SerializationError from set, though
+    keys are what InvalidKeyError is for. A read of that key still works: the level that
+    cannot carry it is left out of the fill, and only a private level keeps it."""
+    key = "k" * 70_000
+    shared = "sqlite" in request.node.callspec.params["cache"]
+    for call in (lambda: cache.set(key, 1), lambda: cache.set_many({key: 1, "other": 2})):
+        if shared:
+            with pytest.raises(InvalidKeyError, match="at most 65535 bytes") as info:
+                driver(call())
+            assert isinstance(info.value, KeyTooLongError)
+        else:
+            driver(call())
+    assert driver(cache.get_or_load(key, lambda keys: {k: 7 for k in keys})) == (7 if shared else 1)
+    kept = driver(cache.get(key, None))
+    assert kept == (
+        None if request.node.callspec.params["cache"] == "sqlite" else 7 if shared else 1
+    )
 
 
 def test_the_cache_still_works_after_refusals(driver: Driver, cache: Any) -> None:
