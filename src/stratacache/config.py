@@ -206,6 +206,11 @@ class SQLiteOptions(SharedOptions):
 class NetworkOptions(SharedOptions):
     """What every network tier takes."""
 
+    @property
+    def pool_wait(self) -> float:
+        """The bound on a wait for a free connection: ``pool_timeout``, else the socket's."""
+        return self.socket_timeout if self.pool_timeout is None else self.pool_timeout
+
     #: the store keeps an entry this long after its logical expiry (a backstop)
     ttl_grace: float = field(default=1.0, metadata=url(float))
     connect_timeout: float = field(default=0.5, metadata=url(float))
@@ -215,9 +220,14 @@ class NetworkOptions(SharedOptions):
     breaker_failures: int = field(default=3, metadata=url(int))
     #: how long an open breaker skips the tier before one call probes it, in seconds
     breaker_reset: float = field(default=1.0, metadata=url(float))
+    #: how long a caller waits for a free connection when all are busy, in seconds
+    #: (None: socket_timeout); a burst waits its turn instead of skipping the level
+    pool_timeout: float | None = field(default=None, metadata=url(float))
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.pool_timeout is not None:
+            seconds(self.owner, "pool_timeout", self.pool_timeout, finite=True, zero=False)
         if (
             isinstance(self.breaker_failures, bool)
             or not isinstance(self.breaker_failures, int)

@@ -150,6 +150,9 @@ class LevelStats(_Counters):  # type: ignore[misc]
     breaker: str
     breaker_opens: int
     skipped: int  # calls the open breaker refused without I/O (also counted in errors)
+    #: calls that waited for a free connection, and those that gave up (see tiers.permits)
+    pool_waits: int
+    pool_timeouts: int
     corrupt: int  # payloads rejected as corrupt, foreign or forged (read as misses)
     too_large: int  # values not stored here because they exceed this level's maximum
     unencodable: int  # loaded values its serializer could not encode (not stored)
@@ -186,10 +189,12 @@ class LevelStats(_Counters):  # type: ignore[misc]
             breaker=self.breaker,
             breaker_opens=self.breaker_opens,
             skipped=self.skipped,
+            pool_waits=self.pool_waits,
+            pool_timeouts=self.pool_timeouts,
         )
 
     def reset(self) -> None:
-        self.skipped = 0
+        self.skipped = self.pool_waits = self.pool_timeouts = 0
         self.hits = self.misses = self.errors = self.corrupt = 0
         self.too_large = self.unencodable = self.writes = self.evictions = 0
         self.latency.reset()
@@ -231,6 +236,10 @@ class LevelSnapshot:
     breaker: str = "closed"
     breaker_opens: int = 0
     skipped: int = 0
+    #: calls that waited for a free connection of the tier's pool, and waits that ran out
+    #: (also counted in errors)
+    pool_waits: int = 0
+    pool_timeouts: int = 0
 
     @property
     def miss_rate(self) -> float:

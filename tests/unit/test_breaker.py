@@ -135,3 +135,41 @@ def test_breaker_options_are_checked() -> None:
         RedisTier("redis://127.0.0.1:1", breaker_failures=-1)
     with pytest.raises(ConfigurationError, match="breaker_reset"):
         RedisTier("redis://127.0.0.1:1", breaker_reset=0)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "memcached://127.0.0.1:1"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_dead_level_writes_one_line_per_interval_whatever_its_shape(
+    url: str, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The finding: 100 misses against a dead level still wrote 2-3 lines (a skipped
+    call, a breaker opening, a memcached server marked down: one subject each). Now they
+    share the level's "down" subject, and the half-open probe cycle is debug only."""
+    import asyncio
+
+    from stratacache import AsyncCache, Cache, MemoryTier
+
+    loads: list[str] = []
+
+    def origin(keys: list[str]) -> dict[str, int]:
+        loads.extend(keys)
+        return {k: 1 for k in keys}
+
+    levels = [MemoryTier(1000), url]
+    with caplog.at_level(logging.DEBUG, logger="stratacache"):
+        if mode == "sync":
+            with Cache(levels, origin) as cache:
+                for i in range(100):
+                    assert cache.get(f"k{i}") == 1
+        else:
+
+            async def run() -> None:
+                async with AsyncCache(levels, origin) as cache:
+                    for i in range(100):
+                        assert await cache.get(f"k{i}") == 1
+
+            asyncio.run(run())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loads) == 100
+    assert len(warnings) == 1, warnings
+    assert "127.0.0.1:1" in warnings[0] or "refused" in warnings[0].lower(), warnings

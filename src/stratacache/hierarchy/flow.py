@@ -49,7 +49,7 @@ from ..errors import (
 from ..metrics import CacheStats, OriginStats
 from ..origin import Origin
 from ..stampede import Flight, Read, ReadFlights, SingleFlight
-from ..tiers.base import DROPPED, Prepared, Tier
+from ..tiers.base import DOWN, DROPPED, Prepared, Tier
 from . import rules as level_rules
 from .fence import WriteFence
 from .ops import (
@@ -745,7 +745,7 @@ class Hierarchy:
     def _level_failed(self, level: Tier, what: str, exc: BaseException) -> None:
         level.stats.errors += 1
         level.warnings.warning(
-            "failed", "level %s (%s) skipped on %s: %s", level.name, level.kind, what, exc
+            DOWN, "level %s (%s) skipped on %s: %s", level.name, level.kind, what, exc
         )
 
     def stats(self) -> CacheStats:

@@ -41,10 +41,28 @@ from ..logs import Throttle
 from ..metrics import LevelStats
 from ..steps import adrive, drive
 from .breaker import CircuitBreaker
+from .permits import Permits
 
-__all__ = ["CommandTier", "LocalTier", "Prepared", "Sizing", "Steps", "Tier", "Weigher", "logger"]
+__all__ = [
+    "DOWN",
+    "RECOVERED",
+    "CommandTier",
+    "LocalTier",
+    "Prepared",
+    "Sizing",
+    "Steps",
+    "Tier",
+    "Weigher",
+    "logger",
+]
 
 logger = logging.getLogger("stratacache")
+
+#: The warning subjects of a level's health (see :class:`~stratacache.logs.Throttle`):
+#: every "this level is down" line of a tier (a skipped call, a breaker opening, a server
+#: marked down) shares one, so an outage writes one line per interval whatever its shape.
+DOWN = "down"
+RECOVERED = "recovered"
 
 T = TypeVar("T")
 #: An operation of a command tier: yields commands, receives their results, returns T.
@@ -255,10 +273,22 @@ class CommandTier(Tier):
 
     #: the circuit breaker every call passes (see :mod:`.breaker`); None: no breaker
     breaker: CircuitBreaker | None = None
+    #: the bound on calls in flight, with a wait for a turn (see :mod:`.permits`); None:
+    #: the transport needs none (its connections are per thread, or it waits itself)
+    permits: Permits | None = None
 
     # -- both faces, from one operation (see stratacache.steps)
 
     def drive(self, steps: Steps[T]) -> T:
+        permits = self.permits
+        if permits is None:
+            return self._drive_guarded(steps)
+        # The turn is taken outside the breaker: a wait that runs out is not the store's
+        # failure, and a caller that waited sees a breaker that opened meanwhile.
+        with permits:
+            return self._drive_guarded(steps)
+
+    def _drive_guarded(self, steps: Steps[T]) -> T:
         breaker = self.breaker
         if breaker is None:
             return drive(steps, self.perform, self.transport_errors, self.unavailable)
@@ -266,6 +296,16 @@ class CommandTier(Tier):
             return drive(steps, self.perform, self.transport_errors, self.unavailable)
 
     async def adrive(self, steps: Steps[T]) -> T:
+        permits = self.permits
+        if permits is None:
+            return await self._adrive_guarded(steps)
+        turn = await permits.acquire()
+        try:
+            return await self._adrive_guarded(steps)
+        finally:
+            turn.release()
+
+    async def _adrive_guarded(self, steps: Steps[T]) -> T:
         breaker = self.breaker
         if breaker is None:
             return await adrive(steps, self.aperform, self.transport_errors, self.unavailable)
@@ -281,7 +321,7 @@ class CommandTier(Tier):
     def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         if not keys:
             return {}
-        if self.breaker is not None:
+        if self.breaker is not None or self.permits is not None:
             return self.drive(self.read_steps(keys))
         # The driver called directly: the read is the hot path.
         return drive(self.read_steps(keys), self.perform, self.transport_errors, self.unavailable)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
-from ..errors import TierUnavailableError
+from ..errors import PoolTimeoutError, TierUnavailableError
 from ..metrics import LevelStats
 
 __all__ = ["CLOSED", "HALF_OPEN", "OPEN", "CircuitBreaker", "is_timeout"]
@@ -97,6 +97,9 @@ class CircuitBreaker:
         self.check()
         try:
             yield
+        except PoolTimeoutError:  # no connection came free: the store was never asked
+            self.abandoned()
+            raise
         except TierUnavailableError as exc:
             self.failed(exc)
             raise

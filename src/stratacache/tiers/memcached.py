@@ -73,11 +73,11 @@ from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
 from ..config import MemcachedOptions
 from ..entry import Entry
-from ..errors import CacheClosedError, ConfigurationError, TierUnavailableError
+from ..errors import CacheClosedError, ConfigurationError, PoolTimeoutError, TierUnavailableError
 from ..keys import KeyRules
-from .base import Prepared, Steps, logger
+from .base import DOWN, RECOVERED, Prepared, Steps
 from .loops import LoopClients
-from .memcached_client import AsyncMemcachedClient
+from .memcached_client import AsyncMemcachedClient, PoolExhaustedError
 from .remote import NameMapper, RemoteTier, split_url
 
 __all__ = ["MemcachedTier"]
@@ -249,6 +249,8 @@ class MemcachedTier(RemoteTier):
                     connect_timeout=opts.connect_timeout,
                     timeout=opts.socket_timeout,
                     max_connections=opts.max_connections,
+                    pool_timeout=opts.pool_wait,
+                    on_wait=self._pool_waited,
                 ),
             )
             for address in where.hosts
@@ -299,25 +301,35 @@ class MemcachedTier(RemoteTier):
         with self._generation_lock:  # claims the refresh; never held across a command
             if self._clock() < self._generation_due:
                 return  # another thread just did it
-            self._generation_due = self._clock() + self.generation_check_interval
+            if self.generation is not None:
+                # Known: one caller re-reads it while the others go on with it. Unknown
+                # (first use), nobody may go on without it: a call that named its keys
+                # with the private generation would write entries no one ever reads
+                # (a burst of 1,000 first calls left 999 of them unreachable).
+                self._generation_due = self._clock() + self.generation_check_interval
         server = self._ring.server(self._generation_name)
         if self._is_down(server):
             return
         try:
             generation = yield from self._read_generation(server)
+        except PoolExhaustedError as exc:
+            raise self._pool_timed_out(exc) from None
         except UNREACHABLE as exc:
             self._server_failed(server, exc)
             return
         except MemcacheError as exc:
-            logger.warning(
+            self.warnings.warning(
+                "error reply",
                 "tier %s (memcached): cannot read the namespace generation: %s: %s",
                 self.name,
                 type(exc).__name__,
                 exc,
             )
             return
-        if generation != self.generation:
-            self._set_generation(generation)
+        with self._generation_lock:
+            self._generation_due = self._clock() + self.generation_check_interval
+            if generation != self.generation:
+                self._set_generation(generation)
 
     def _read_generation(self, server: _Server) -> Steps[int]:
         name = self._generation_name
@@ -340,7 +352,8 @@ class MemcachedTier(RemoteTier):
 
     def _server_failed(self, server: _Server, exc: BaseException) -> None:
         if server.down_until == _UP:
-            logger.warning(
+            self.warnings.warning(
+                DOWN,
                 "tier %s (memcached): server %s failed (%s: %s); skipping it for %.1f s",
                 self.name,
                 server.label,
@@ -353,7 +366,9 @@ class MemcachedTier(RemoteTier):
     def _server_ok(self, server: _Server) -> None:
         if server.down_until != _UP:
             server.down_until = _UP
-            logger.warning("tier %s (memcached): server %s answers again", self.name, server.label)
+            self.warnings.warning(
+                RECOVERED, "tier %s (memcached): server %s answers again", self.name, server.label
+            )
 
     def _on(self, server: _Server, now: float, work: Work, what: str) -> Steps[Any]:
         """``work`` (one command, or commands, for ``server``); raises :class:`_Failed`
@@ -365,11 +380,22 @@ class MemcachedTier(RemoteTier):
             raise _Failed(server.label, None)
         try:
             result = (yield work) if isinstance(work, tuple) else (yield from work)
+        except PoolExhaustedError as exc:
+            raise self._pool_timed_out(exc) from None
         except MEMCACHED_ERRORS as exc:
             raise self._failed(server, exc, what) from exc
         if server.down_until != _UP:
             self._server_ok(server)
         return result
+
+    def _pool_waited(self) -> None:
+        self.stats.pool_waits += 1
+
+    def _pool_timed_out(self, exc: PoolExhaustedError) -> PoolTimeoutError:
+        """A burst outran the asyncio pool: this call skips the level, but the server
+        is not marked down (see :mod:`.permits` for the same rule on Redis)."""
+        self.stats.pool_timeouts += 1
+        return PoolTimeoutError(self.name, f"{exc}; raise max_connections or pool_timeout")
 
     def _failed(self, server: _Server, exc: BaseException, what: str) -> _Failed:
         """Remember a server's failure: one that cannot be reached is skipped for
@@ -440,6 +466,8 @@ class MemcachedTier(RemoteTier):
                 raise self._no_answer("read", [_Failed(server.label, None)])
             try:
                 blob = yield (server, _get, name)
+            except PoolExhaustedError as exc:
+                raise self._pool_timed_out(exc) from None
             except MEMCACHED_ERRORS as exc:
                 raise self._no_answer("read", [self._failed(server, exc, "read")]) from None
             if server.down_until != _UP:

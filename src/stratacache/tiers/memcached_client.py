@@ -15,8 +15,10 @@ connections. A caller that finds all of them busy waits its turn (first come, fi
 served) rather than failing: a burst of a thousand tasks is the normal case for an async
 application, not an error. But the wait is bounded by ``timeout``: when a server pauses,
 every connection hangs, and callers must learn that within a known time instead of
-piling up forever; they get a ``TimeoutError`` that says the pool stayed exhausted. Worst
-case, a call therefore takes ``timeout`` (waiting for a connection) + ``connect_timeout``
+piling up forever; after ``pool_timeout`` (default ``timeout``) they get a
+:class:`PoolExhaustedError`, which is not an ``OSError``: a burst on a healthy server
+must not be taken for an outage. Worst case, a call therefore takes ``pool_timeout``
+(waiting for a connection) + ``connect_timeout``
 + ``timeout`` (the exchange itself; that pair twice in the one retry described below),
 and usually one round trip.
 
@@ -80,7 +82,13 @@ from pymemcache.exceptions import (
     MemcacheUnknownError,
 )
 
-__all__ = ["AsyncMemcachedClient"]
+__all__ = ["AsyncMemcachedClient", "PoolExhaustedError"]
+
+
+class PoolExhaustedError(Exception):
+    """Every connection stayed busy for ``pool_timeout``. Not an OSError on purpose: the
+    server may be perfectly healthy (a burst), so callers must not take it for down."""
+
 
 T = TypeVar("T")
 
@@ -149,8 +157,10 @@ Reply = Callable[[_Connection], Awaitable[T]]
 class AsyncMemcachedClient:
     """An asyncio client of one memcached server; see the module docstring.
 
-    ``timeout`` bounds both the wait for a free connection and each exchange;
-    ``connect_timeout`` bounds opening a connection; ``max_connections`` bounds the pool.
+    ``timeout`` bounds each exchange and ``connect_timeout`` opening a connection;
+    ``max_connections`` bounds the pool, and ``pool_timeout`` (default ``timeout``) the
+    wait for a free connection. ``on_wait``, when given, is called each time a caller
+    has to wait for one (a statistic).
     Belongs to the event loop it is first used on.
     """
 
@@ -161,11 +171,17 @@ class AsyncMemcachedClient:
         connect_timeout: float,
         timeout: float,
         max_connections: int = 16,
+        pool_timeout: float | None = None,
+        on_wait: Callable[[], None] | None = None,
     ) -> None:
         host, port = address
         self.address: tuple[str, int] = (host, port)
         self.connect_timeout = _seconds("connect_timeout", connect_timeout)
         self.timeout = _seconds("timeout", timeout)
+        self.pool_timeout = (
+            self.timeout if pool_timeout is None else _seconds("pool_timeout", pool_timeout)
+        )
+        self._on_wait = on_wait
         if (
             isinstance(max_connections, bool)
             or not isinstance(max_connections, int)
@@ -383,10 +399,12 @@ class AsyncMemcachedClient:
             self._free -= 1
             return
         assert self._loop is not None
+        if self._on_wait is not None:
+            self._on_wait()
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._waiters.append(waiter)
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.pool_timeout):
                 await waiter
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
@@ -394,9 +412,9 @@ class AsyncMemcachedClient:
                 self._give_slot()
             # Otherwise the cancelled waiter stays queued; _give_slot skips it.
             if isinstance(exc, TimeoutError):
-                raise TimeoutError(
-                    f"memcached {self._label}: connection pool exhausted for "
-                    f"{self.timeout:g} s (all {self.max_connections} connections busy)"
+                raise PoolExhaustedError(
+                    f"memcached {self._label}: all {self.max_connections} connections "
+                    f"stayed busy for {self.pool_timeout:g}s (pool_timeout)"
                 ) from None
             raise
 

@@ -56,6 +56,7 @@ from ..errors import CacheClosedError, CacheError, ConfigurationError
 from ..keys import KeyRules
 from .base import Prepared, Steps
 from .loops import LoopClients
+from .permits import Permits
 from .remote import Location, RemoteTier, chunks, milliseconds, split_url
 
 __all__ = ["REDIS_ERRORS", "RedisFamilyTier", "RedisTier"]
@@ -114,7 +115,7 @@ class RedisFamilyTier(RemoteTier):
         super().__init__(opts, clock=clock, wall_clock=wall_clock, secrets=(where.password,))
         self._location_text = where.display(scheme)
         client_options = _connection_options(where, scheme.removesuffix("+cluster"), opts)
-        client_options["max_connections"] = self._pool_size(opts)
+        pool_size = client_options["max_connections"] = self._pool_size(opts)
         client_options.update(server_options)
         # Closures, not attributes: the password stays out of vars(tier) and its repr.
         self._make_client, make_async_client = self._client_makers(
@@ -123,6 +124,7 @@ class RedisFamilyTier(RemoteTier):
         self._client: Any = None  # made on first use: a cache must start while Redis is down
         self._client_lock = threading.Lock()
         self._aclients = LoopClients(make_async_client)
+        self.permits = Permits(self.name, self.stats, pool_size, opts.pool_wait)
 
     def _pool_size(self, options: Any) -> int:
         raise NotImplementedError

@@ -42,7 +42,7 @@ from ..config import NetworkOptions, redact
 from ..entry import NEVER
 from ..errors import CacheError, ConfigurationError, TierUnavailableError
 from ..keys import HASH_MARKER, KeyRules, storage_key
-from .base import Prepared
+from .base import DOWN, RECOVERED, Prepared, logger
 from .breaker import CircuitBreaker
 from .shared import SharedTier
 
@@ -227,10 +227,18 @@ class RemoteTier(SharedTier):
         super().rename(name)
         if self.breaker is not None:
             self.breaker.tier = name
+        if self.permits is not None:
+            self.permits.tier = name
 
     def _breaker_moved(self, before: str, after: str, why: str) -> None:
+        # One subject for "this level is down", shared with the hierarchy's skipped-level
+        # line: an outage reads as one line per interval, not one per transition. The
+        # probe cycle (open -> half-open -> open, every breaker_reset) is routine.
+        if after == "half-open":
+            logger.debug("tier %s (%s): circuit breaker half-open: %s", self.name, self.kind, why)
+            return
         self.warnings.warning(
-            f"breaker {after}",
+            DOWN if after == "open" else RECOVERED,
             "tier %s (%s): circuit breaker %s -> %s: %s",
             self.name,
             self.kind,
