@@ -3,13 +3,16 @@ every process, for every argument type the encoder supports (see hierarchy/calls
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import enum
+import inspect
 import math
 import os
 import subprocess
 import sys
+import types
 import uuid
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -18,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stratacache import Cache, ConfigurationError, InvalidKeyError, MemoryTier
+from stratacache import AsyncCache, Cache, ConfigurationError, InvalidKeyError, MemoryTier
 from stratacache.keys import KeyRules, storage_key
 
 try:
@@ -537,3 +540,253 @@ def test_keys_are_identical_in_fresh_processes_with_different_hash_seeds() -> No
     ]
     assert outputs[0] == outputs[1] == outputs[2]
     assert outputs[0] == _EXPECTED
+
+
+# ---------------------------------------------------------------- helpers bound to an instance
+
+# Every way to spell the call get(7) of ``def get(self, a, b=3)`` once self is bound. The
+# positional (7, 3) is the dangerous one: left unbound, 7 becomes self and the helper
+# silently names get(3) instead.
+SPELLINGS_OF_GET_7: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+    ((7,), {}),
+    ((7, 3), {}),
+    ((7,), {"b": 3}),
+    ((), {"a": 7}),
+    ((), {"b": 3, "a": 7}),
+]
+# get(3) is there to be the entry an unbound invalidate(7, 3) would wrongly drop.
+OTHER_GET_CALLS: list[tuple[int, ...]] = [(7, 4), (3,), (8,)]
+
+
+@pytest.mark.parametrize(("args", "kwargs"), SPELLINGS_OF_GET_7)
+def test_instance_helpers_bind_self_with_skip_self(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    cache = Cache([MemoryTier(100)])
+    ran: list[tuple[int, int]] = []
+
+    class Prices:
+        @cache.cached(prefix="prices", skip_self=True)
+        def get(self, a: int, b: int = 3) -> tuple[int, int]:
+            ran.append((a, b))
+            return (a, b)
+
+    one, other = Prices(), Prices()
+    for call in [(7,), *OTHER_GET_CALLS]:
+        one.get(*call)
+    ran.clear()
+    one.get.invalidate(*args, **kwargs)
+    for call in [(7,), *OTHER_GET_CALLS]:
+        one.get(*call)
+        other.get(*call)  # skip_self: the instances share every entry
+    assert ran == [(7, 3)]
+    assert one.get.cache_key(*args, **kwargs) == "prices:a=7,b=3"
+    assert other.get.cache_key(*args, **kwargs) == Prices.get.cache_key(one, 7)
+
+
+@pytest.mark.parametrize(("args", "kwargs"), SPELLINGS_OF_GET_7)
+def test_async_instance_helpers_bind_self_with_skip_self(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    cache = AsyncCache([MemoryTier(100)])
+    ran: list[tuple[int, int]] = []
+
+    class Prices:
+        @cache.cached(prefix="aprices", skip_self=True)
+        async def get(self, a: int, b: int = 3) -> tuple[int, int]:
+            ran.append((a, b))
+            await asyncio.sleep(0)
+            return (a, b)
+
+    async def scenario() -> None:
+        one, other = Prices(), Prices()
+        for call in [(7,), *OTHER_GET_CALLS]:
+            await one.get(*call)
+        ran.clear()
+        # Still what the function's own helper returns: a coroutine to await.
+        pending = one.get.invalidate(*args, **kwargs)
+        assert inspect.iscoroutine(pending)
+        await pending
+        for call in [(7,), *OTHER_GET_CALLS]:
+            await one.get(*call)
+            await other.get(*call)
+        assert ran == [(7, 3)]
+        assert one.get.cache_key(*args, **kwargs) == "aprices:a=7,b=3"
+        assert other.get.cache_key(*args, **kwargs) == Prices.get.cache_key(one, 7)
+
+    asyncio.run(scenario())
+
+
+class Repository:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _file_calls(main: Repository, dev: Repository) -> list[tuple[Repository, tuple[Any, ...]]]:
+    # What each test fills before invalidating main's file("a"): the same call on another
+    # instance, and other arguments on the same one.
+    return [(main, ("a",)), (main, ("a", 2)), (main, ("b",)), (dev, ("a",))]
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [(("a",), {}), (("a", 1), {}), ((), {"path": "a"}), (("a",), {"rev": 1})],
+)
+def test_instance_helpers_bind_self_with_key_self(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    cache = Cache([MemoryTier(100)])
+    ran: list[tuple[str, str, int]] = []
+
+    class Repo(Repository):
+        @cache.cached(prefix="repo", key_self=lambda self: self.name)
+        def file(self, path: str, rev: int = 1) -> str:
+            ran.append((self.name, path, rev))
+            return f"{self.name}/{path}@{rev}"
+
+    main, dev = Repo("main"), Repo("dev")
+    for obj, call in _file_calls(main, dev):
+        obj.file(*call)
+    ran.clear()
+    main.file.invalidate(*args, **kwargs)
+    for obj, call in _file_calls(main, dev):
+        obj.file(*call)
+    assert ran == [("main", "a", 1)]
+    assert main.file.cache_key(*args, **kwargs) == "repo:self='main',path='a',rev=1"
+    assert dev.file.cache_key(*args, **kwargs) == "repo:self='dev',path='a',rev=1"
+    Repo.file.invalidate(dev, "a")  # through the class the instance still comes first
+    assert dev.file("a") == "dev/a@1" and ran[-1] == ("dev", "a", 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [(("a",), {}), (("a", 1), {}), ((), {"path": "a"}), (("a",), {"rev": 1})],
+)
+def test_async_instance_helpers_bind_self_with_key_self(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    cache = AsyncCache([MemoryTier(100)])
+    ran: list[tuple[str, str, int]] = []
+
+    class Repo(Repository):
+        @cache.cached(prefix="arepo", key_self=lambda self: self.name)
+        async def file(self, path: str, rev: int = 1) -> str:
+            ran.append((self.name, path, rev))
+            await asyncio.sleep(0)
+            return f"{self.name}/{path}@{rev}"
+
+    async def scenario() -> None:
+        main, dev = Repo("main"), Repo("dev")
+        for obj, call in _file_calls(main, dev):
+            await obj.file(*call)
+        ran.clear()
+        await main.file.invalidate(*args, **kwargs)
+        for obj, call in _file_calls(main, dev):
+            await obj.file(*call)
+        assert ran == [("main", "a", 1)]
+        assert main.file.cache_key(*args, **kwargs) == "arepo:self='main',path='a',rev=1"
+        await Repo.file.invalidate(dev, path="a")
+        assert await dev.file("a") == "dev/a@1" and ran[-1] == ("dev", "a", 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_function_declared_a_method_binds_when_put_on_a_class_later() -> None:
+    cache = Cache([MemoryTier(100)])
+    ran: list[tuple[int, int]] = []
+
+    def lookup(self: Any, a: int, b: int = 3) -> int:
+        ran.append((a, b))
+        return a + b
+
+    # Not written in the class body: skip_self= is what says it will be a method.
+    class Table:
+        get = cache.cached(prefix="table", skip_self=True)(lookup)
+
+    table = Table()
+    table.get(7)
+    table.get(3)
+    table.get.invalidate(7, 3)
+    table.get(7)
+    table.get(3)
+    assert ran == [(7, 3), (3, 3), (7, 3)]
+
+
+def test_a_cached_method_keeps_its_metadata_through_the_class_and_an_instance() -> None:
+    cache = Cache([MemoryTier(100)])
+
+    class Prices:
+        @cache.cached(prefix="meta", skip_self=True)
+        def get(self, a: int, b: int = 3) -> int:
+            """The price of a, in b."""
+            return a * b
+
+    prices = Prices()
+    bound = prices.get
+    assert isinstance(Prices.get, types.FunctionType)  # through the class: the function
+    assert bound(2) == 6 and bound.__self__ is prices and bound == prices.get
+    assert Prices.get.__wrapped__ is bound.__wrapped__ is Prices.__dict__["get"].__wrapped__
+    for face in (Prices.get, bound, Prices.__dict__["get"]):
+        assert face.__name__ == "get"
+        assert face.__qualname__.endswith("<locals>.Prices.get")
+        assert face.__doc__ == "The price of a, in b."
+        assert face.__module__ == __name__
+    assert list(inspect.signature(Prices.get).parameters) == ["self", "a", "b"]
+    assert list(inspect.signature(bound).parameters) == ["a", "b"]
+
+
+_combo_cache = Cache([MemoryTier(100)])
+_combo_ran: list[tuple[str, Any]] = []
+
+
+class Units:
+    # A class at module level: a classmethod's cls is keyed by its qualified name, which
+    # a class defined inside a test function does not have uniquely.
+    @staticmethod
+    @_combo_cache.cached(prefix="units.scale")
+    def scale(x: int) -> int:
+        _combo_ran.append(("scale", x))
+        return x * 10
+
+    @classmethod
+    @_combo_cache.cached(prefix="units.make")
+    def make(cls, x: int) -> tuple[str, int]:
+        _combo_ran.append(("make", x))
+        return (cls.__name__, x)
+
+    @_combo_cache.cached(prefix="units.under")
+    @staticmethod
+    def under(x: int) -> int:
+        _combo_ran.append(("under", x))
+        return -x
+
+
+def test_staticmethod_and_classmethod_combinations_keep_their_helpers() -> None:
+    units = Units()
+    _combo_ran.clear()
+    assert Units.scale(1) == units.scale(1) == 10
+    units.scale.invalidate(1)  # a staticmethod has no instance to bind
+    assert units.scale(1) == 10 and units.scale.cache_key(x=1) == "units.scale:x=1"
+
+    assert Units.make(2) == units.make(2) == ("Units", 2)
+    # Under a classmethod the helpers take the class first, as they always have.
+    assert Units.make.cache_key(Units, 2) == f"units.make:cls=class({__name__}:Units),x=2"
+    Units.make.invalidate(Units, 2)
+    assert units.make(2) == ("Units", 2)
+
+    assert Units.under(3) == -3
+    Units.under.invalidate(3)
+    units.under.invalidate(3)  # cached over a staticmethod: never bound, as before
+    assert Units.under(3) == -3
+    assert _combo_ran == [("scale", 1)] * 2 + [("make", 2)] * 2 + [("under", 3)] * 2
+
+
+def test_plain_functions_stay_plain_functions() -> None:
+    # No descriptor in the way: calling a decorated function costs what it always did.
+    cache = Cache([MemoryTier(10)])
+
+    def inner(a: int) -> int:
+        return a
+
+    assert type(keyed) is types.FunctionType
+    assert type(cache.cached(prefix="inner")(inner)) is types.FunctionType

@@ -9,6 +9,7 @@ import inspect
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MethodType
 from typing import Any
 
 from ..config import tier_from_url
@@ -225,7 +226,9 @@ class BaseCache:
         """What ``cached`` does for either class: refuse a function of the other kind,
         name its calls (:func:`key_builder`), and give the wrapper ``wrap`` makes its
         ``cache_key`` and ``invalidate`` helpers. Both take the function's own arguments
-        in any spelling (a method's ``self`` included: ``Class.method.invalidate(obj, 1)``)."""
+        in any spelling (a method's ``self`` included: ``Class.method.invalidate(obj, 1)``).
+        A method's wrapper binds like a method, helpers included: ``obj.method.invalidate(1)``
+        (see :class:`CachedMethod`)."""
 
         def decorate(fn: Callable[..., Any]) -> Any:
             if inspect.iscoroutinefunction(fn) != is_async:
@@ -239,6 +242,9 @@ class BaseCache:
             wrapper: Any = functools.wraps(fn)(wrap(fn, build))
             wrapper.cache_key = lambda *a, **kw: build(a, kw)
             wrapper.invalidate = lambda *a, **kw: self.invalidate(build(a, kw))  # type: ignore[attr-defined]
+            if _is_method(fn, key_self is not None or skip_self):
+                return CachedMethod(wrapper)
+            # Anything else gets the bare function: a call pays for no descriptor.
             return wrapper
 
         return decorate
@@ -249,6 +255,118 @@ class BaseCache:
             return False
         self._closed = True
         return True
+
+
+def _is_method(fn: Callable[..., Any], declared: bool) -> bool:
+    """Whether ``fn`` will be looked up through instances: written in a class body, or
+    declared a method by ``key_self=``/``skip_self=`` (a function assigned to a class
+    later). A staticmethod or classmethod object underneath keeps the bare wrapper, as it
+    always had: binding an instance to it would add an argument it does not take."""
+    if isinstance(fn, staticmethod | classmethod):
+        return False
+    if declared:
+        return True
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(qualname, str):
+        return False
+    scope, dot, _ = qualname.rpartition(".")
+    # "Outer.<locals>.f" is a function nested in a function, "Outer.f" one in a class.
+    return bool(dot) and not scope.endswith("<locals>")
+
+
+class CachedMethod:
+    """What ``cached`` returns for a method: a descriptor over the cached function.
+
+    Through the class it gives that function itself, so ``Class.method(obj, 1)`` and
+    ``Class.method.invalidate(obj, 1)`` take the instance first as before. Through an
+    instance it gives a :class:`BoundCachedMethod`, whose ``cache_key``/``invalidate`` get
+    the instance bound the way the call does: a bound method of a plain function would
+    hand them the function's own, unbound ones, so ``obj.method.invalidate(7)`` would key
+    ``7`` as ``self`` and drop some other entry, or none, without a word.
+    """
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self._function = function
+        functools.update_wrapper(self, function, updated=())
+        # After update_wrapper, which points __wrapped__ at the cached function: the
+        # function's own dict sets it back to the user's, as on the function itself, and
+        # brings the helpers and whatever else it carries (__isabstractmethod__).
+        self.__dict__.update(function.__dict__)
+
+    def __get__(self, instance: object, owner: type | None = None) -> Callable[..., Any]:
+        if instance is None:
+            return self._function
+        if instance is owner:
+            # A classmethod on top (Python < 3.13 chains descriptors and passes the class
+            # twice): the bound method it always got, helpers taking the class first, as
+            # on 3.13+ where classmethod binds this object without asking.
+            return MethodType(self._function, instance)
+        return BoundCachedMethod(self._function, instance)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Only when something holds this object rather than looking it up on a class:
+        # a staticmethod or property on top, or a call in the class body.
+        return self._function(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<cached method {getattr(self._function, '__qualname__', '?')}>"
+
+
+class BoundCachedMethod(functools.partial[Any]):
+    """A cached method bound to an instance: calls, ``cache_key`` and ``invalidate`` all
+    take the arguments after ``self``. Built on ``functools.partial``, whose call runs in
+    C, so a cached method call pays for no Python frame beyond the lookup; anything else
+    is read from the cached function, as a bound method does."""
+
+    __slots__ = ()
+
+    @property
+    def __self__(self) -> Any:
+        return self.args[0]
+
+    @property
+    def __func__(self) -> Callable[..., Any]:
+        return self.func
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        # Without it inspect would follow __wrapped__ to the function and show ``self``.
+        return inspect.signature(MethodType(self.func, self.args[0]))
+
+    def __getattribute__(self, name: str) -> Any:
+        # These two are class attributes of partial (and of this class), so __getattr__
+        # never hears of them; properties would replace the class's own. The call itself
+        # does not come through here.
+        if name == "__doc__" or name == "__module__":
+            return getattr(object.__getattribute__(self, "func"), name)
+        return object.__getattribute__(self, name)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.func, name)
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        function: Any = self.func
+        return function.cache_key(self.args[0], *args, **kwargs)  # type: ignore[no-any-return]
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> Any:
+        # What the function's own helper returns: None, or an AsyncCache's coroutine.
+        function: Any = self.func
+        return function.invalidate(self.args[0], *args, **kwargs)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BoundCachedMethod):
+            return NotImplemented
+        return self.func is other.func and self.args[0] is other.args[0]
+
+    def __hash__(self) -> int:
+        return hash((self.func, id(self.args[0])))
+
+    def __repr__(self) -> str:
+        return f"<bound cached method {self.func.__qualname__} of {self.args[0]!r}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as a bound method is: looked up again on the unpickled instance.
+        return getattr, (self.args[0], self.func.__name__)
 
 
 def _check_private_levels_on_top(levels: Sequence[Tier]) -> None:
