@@ -195,11 +195,30 @@ class SQLiteOptions(SharedOptions):
     max_entries: int = field(default=1_000_000, metadata=url(int))
     #: how long a writer waits for another process's write lock, in seconds
     busy_timeout: float = field(default=5.0, metadata=url(float))
+    #: the write circuit breaker (reads never pass it); 0 turns it off. Spelled as
+    #: NetworkOptions' so that one setting reads the same on every tier; what feeds it is
+    #: a write that waited out busy_timeout for the lock, and that one opens it at once
+    #: (a timeout), so today any value >= 1 turns it on
+    breaker_failures: int = field(default=3, metadata=url(int))
+    #: how long an open write breaker skips the tier's writes before one write probes it,
+    #: in seconds
+    breaker_reset: float = field(default=1.0, metadata=url(float))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         positive_int(self.owner, "max_entries", self.max_entries)
         seconds(self.owner, "busy_timeout", self.busy_timeout, finite=True)
+        # As NetworkOptions validates its own two breaker options.
+        if (
+            isinstance(self.breaker_failures, bool)
+            or not isinstance(self.breaker_failures, int)
+            or self.breaker_failures < 0
+        ):
+            raise ConfigurationError(
+                f"{self.owner}: breaker_failures must be an int >= 0 (0: no circuit "
+                f"breaker), got {self.breaker_failures!r}"
+            )
+        seconds(self.owner, "breaker_reset", self.breaker_reset, finite=True, zero=False)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,7 +4,21 @@ The file runs in WAL mode, so readers never block the writer and processes can s
 safely; ``busy_timeout`` makes a writer wait its turn instead of failing. Reads go through
 one read-only connection per thread and never take the tier's lock, so a writer that
 waits for another process's write lock (up to ``busy_timeout``) holds up only the writes
-of this process, never its reads. Rows hold the
+of this process, never its reads.
+
+A write that waited all of ``busy_timeout`` (another process holds the lock: a long
+transaction, a stopped process) fails with the level's transient error and opens the
+tier's *write* circuit breaker at once, as a network timeout opens a remote tier's (see
+:mod:`.breaker`). The writes that follow, and those that queued behind it for the
+writer's lock, are skipped without waiting (``stats.skipped``), and the hierarchy owes the
+level a delete of what they missed. After ``breaker_reset`` one write probes the file;
+its success closes the breaker. Reads never pass this breaker. So a stuck writer elsewhere
+costs this process one write's ``busy_timeout`` per ``breaker_reset`` at most. Only such
+waits feed the breaker: a failure that comes back at once (a broken file, a full disk)
+costs nothing to meet again, keeps its own error, and lets the hierarchy repair the level
+on its first call after the file is fine again.
+
+Rows hold the
 envelope from :mod:`stratacache.serde` (versioned, typed, optionally signed) plus the
 expiry and the write time in plain columns, so expired rows can be purged and the oldest
 trimmed with indexed queries that never decode a payload.
@@ -25,12 +39,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import SQLiteOptions
 from ..entry import NEVER, Entry
 from ..errors import CacheClosedError, CacheError, ConfigurationError, TierUnavailableError
-from .base import Prepared, Steps
+from .base import DOWN, RECOVERED, Prepared, Steps, logger
+from .breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from .shared import SharedTier
 
 __all__ = ["SQLiteTier"]
@@ -49,6 +64,8 @@ CREATE INDEX IF NOT EXISTS stratacache_entries_expiry
 CREATE INDEX IF NOT EXISTS stratacache_entries_age
     ON stratacache_entries (namespace, written_at);
 """
+
+T = TypeVar("T")
 
 #: A command: something to do with the connection.
 Command = Callable[[sqlite3.Connection], Any]
@@ -70,6 +87,92 @@ _CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
 def _chunks(keys: Sequence[Any]) -> Iterator[Sequence[Any]]:
     for start in range(0, len(keys), _CHUNK):
         yield keys[start : start + _CHUNK]
+
+
+def _lock_timeout(exc: BaseException) -> bool:
+    """Whether a failure is SQLite's busy wait running out: another connection held the
+    lock for all of ``busy_timeout`` (SQLITE_BUSY, or SQLITE_LOCKED), seen directly or as
+    the cause of the tier's error (a connection that could not be set up in time)."""
+    seen: BaseException | None = exc
+    for _ in range(3):
+        if seen is None:
+            break
+        if isinstance(seen, sqlite3.OperationalError):
+            code = getattr(seen, "sqlite_errorcode", None)
+            if isinstance(code, int):
+                return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            text = str(seen)
+            return "locked" in text or "busy" in text
+        seen = seen.__cause__
+    return False
+
+
+def _relay(steps: Steps[T], admit: Callable[[Command], Command]) -> Steps[T]:
+    """``yield from steps``, each command passed through ``admit`` on its way out (which
+    may replace it, or raise instead of letting it go)."""
+    try:
+        command = next(steps)
+        while True:
+            try:
+                result = yield admit(command)
+            except Exception as exc:  # the command failed: the operation decides
+                command = steps.throw(exc)
+            else:
+                command = steps.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        steps.close()
+
+
+class _WriteTurn:
+    """One write's passage through the write breaker (see :meth:`SQLiteTier._writing`).
+
+    The breaker is asked twice: before the write queues for the writer's lock (an open
+    breaker refuses it at once) and, for a write let through while the breaker was
+    closed, again once it holds the lock: the write it queued behind may have just
+    opened it, and waiting another ``busy_timeout`` for the same stuck process is what
+    the breaker is there to spare. For the same reason a lock timeout is reported to the
+    breaker while the lock is still held: once the lock is let go, the next write in the
+    queue must find the breaker open already."""
+
+    __slots__ = ("breaker", "failed", "refused", "reported", "started")
+
+    def __init__(self, breaker: CircuitBreaker, failed: Callable[[BaseException], None]) -> None:
+        self.breaker = breaker
+        self.failed = failed
+        #: the first command was let through: the outcome says something about the file
+        self.started = False
+        #: the breaker refused the write (a skip, not a failure of the file)
+        self.refused = False
+        #: its lock timeout was reported to the breaker already
+        self.reported = False
+
+    def admit(self, command: Command) -> Command:
+        breaker = self.breaker
+        recheck = False
+        if not self.started:
+            recheck = breaker.state is CLOSED  # else, when let through: the probe
+            self._check()
+            self.started = True
+
+        def holding_the_lock(conn: sqlite3.Connection) -> Any:
+            if recheck and breaker.state is not CLOSED:
+                self._check()  # refused at once, or this write becomes the probe
+            try:
+                return command(conn)
+            except sqlite3.Error as exc:
+                if _lock_timeout(exc):
+                    self.reported = True
+                    self.failed(exc)
+                raise
+
+        return holding_the_lock
+
+    def _check(self) -> None:
+        self.refused = True
+        self.breaker.check()
+        self.refused = False
 
 
 def _column(key: str) -> str | bytes:
@@ -99,6 +202,10 @@ class SQLiteTier(SharedTier):
     tier's lock; reads on a read-only connection of the calling thread, lock-free. The
     async face runs both in a worker thread (SQLite has no asyncio interface: the thread
     hop is the honest way to keep a file's busy wait off the event loop).
+
+    Every operation that changes the file (``write``, ``delete_many``, ``clear``,
+    ``trim``) passes :attr:`write_breaker` (None when ``breaker_failures=0``); reads pass
+    no breaker (:attr:`breaker` stays None), so they go on while writes are skipped.
     """
 
     kind = "sqlite"
@@ -133,6 +240,23 @@ class SQLiteTier(SharedTier):
         self._readers_lock = threading.Lock()
         self._writes_since_trim = 0
         self._trim_every = max(100, opts.max_entries // 100)
+        #: the circuit breaker of the operations that change the file (see the module
+        #: docstring); None when ``breaker_failures=0``
+        self.write_breaker: CircuitBreaker | None = None
+        if opts.breaker_failures:
+            self.write_breaker = CircuitBreaker(
+                self.name,
+                self.stats,
+                failures=opts.breaker_failures,
+                reset_after=opts.breaker_reset,
+                clock=clock,
+                on_change=self._breaker_moved,
+            )
+
+    def rename(self, name: str) -> None:
+        super().rename(name)
+        if self.write_breaker is not None:
+            self.write_breaker.tier = name
 
     @classmethod
     def url_arguments(cls, url: str) -> tuple[Any, ...]:
@@ -249,9 +373,67 @@ class SQLiteTier(SharedTier):
         # failing the caller's read.)
         return TierUnavailableError(self.name, f"{type(exc).__name__}: {exc}")
 
+    # ------------------------------------------------------------------ the write breaker
+
+    def _writing(self, steps: Steps[T]) -> Steps[T]:
+        """``steps``, an operation that changes the file, behind the write breaker. In the
+        steps themselves, so the sync and the async face share it: each runs them with
+        its own driver (see :class:`~stratacache.tiers.base.CommandTier`)."""
+        breaker = self.write_breaker
+        if breaker is None:
+            return (yield from steps)
+        turn = _WriteTurn(breaker, self._write_failed)
+        try:
+            result = yield from _relay(steps, turn.admit)
+        except BaseException as exc:
+            if turn.refused or not turn.started or turn.reported:
+                raise  # skipped (counted), failed before any I/O, or reported already
+            if _lock_timeout(exc):  # the connection's setup waited out busy_timeout
+                self._write_failed(exc)
+            else:
+                # Failures that come back at once (a broken file, a full disk; cancelled,
+                # closed) cost no wait: the breaker is not there for them, and every call
+                # keeps reaching the file, so the hierarchy repairs it as soon as it is
+                # back. A probe that ended so frees the turn for the next write.
+                breaker.abandoned()
+            raise
+        if turn.started:
+            breaker.succeeded()
+        return result
+
+    def _write_failed(self, exc: BaseException) -> None:
+        """A write waited out ``busy_timeout``. Like a network timeout, this one failure
+        opens the breaker: waiting for the same lock again would cost another one."""
+        assert self.write_breaker is not None
+        self.write_breaker.failed(
+            TimeoutError(
+                f"the write lock stayed taken by another connection for busy_timeout "
+                f"({self._busy_timeout:g}s): {exc}"
+            )
+        )
+
+    def _breaker_moved(self, before: str, after: str, why: str) -> None:
+        # As RemoteTier._breaker_moved: one subject for "this level is down", shared with
+        # the hierarchy's skipped-level line; the probe cycle is routine (debug).
+        if after == HALF_OPEN:
+            logger.debug(
+                "tier %s (%s): write circuit breaker half-open: %s", self.name, self.kind, why
+            )
+            return
+        self.warnings.warning(
+            DOWN if after == OPEN else RECOVERED,
+            "tier %s (%s): write circuit breaker %s -> %s: %s%s",
+            self.name,
+            self.kind,
+            before,
+            after,
+            why,
+            " (writes only: reads go on)" if after == OPEN else "",
+        )
+
     # ------------------------------------------------------------------ operations
 
-    def read_steps(self, keys: Sequence[str]) -> Steps[dict[str, Entry]]:
+    def read_steps(self, keys: Sequence[str], stale: bool = False) -> Steps[dict[str, Entry]]:
         columns = [_column(key) for key in keys]
         namespace = self.namespace
 
@@ -269,9 +451,12 @@ class SQLiteTier(SharedTier):
             return stored
 
         stored = yield _Read(query)
-        return self._found(keys, [stored.get(column) for column in columns])
+        return self._found(keys, [stored.get(column) for column in columns], stale)
 
     def write_steps(self, prepared: Prepared) -> Steps[None]:
+        return self._writing(self._upsert_steps(prepared))
+
+    def _upsert_steps(self, prepared: Prepared) -> Steps[None]:
         if not prepared.items and not prepared.rejected:
             return
         now = self._wall_clock()
@@ -315,6 +500,9 @@ class SQLiteTier(SharedTier):
         )
 
     def delete_steps(self, keys: Sequence[str]) -> Steps[None]:
+        return self._writing(self._delete_steps(keys))
+
+    def _delete_steps(self, keys: Sequence[str]) -> Steps[None]:
         if not keys:
             return
         columns = [_column(key) for key in keys]
@@ -326,6 +514,9 @@ class SQLiteTier(SharedTier):
         yield delete
 
     def clear_steps(self) -> Steps[None]:
+        return self._writing(self._clear_steps())
+
+    def _clear_steps(self) -> Steps[None]:
         yield lambda conn: conn.execute(
             "DELETE FROM stratacache_entries WHERE namespace = ?", (self.namespace,)
         )
@@ -333,10 +524,10 @@ class SQLiteTier(SharedTier):
     def trim(self) -> int:
         """Drop expired rows, then the oldest-written beyond ``max_entries``. Returns the
         number of rows removed."""
-        return self.drive(self._trim_steps())
+        return self.drive(self._writing(self._trim_steps()))
 
     def _trim_steps(self) -> Steps[int]:
-        now = self._wall_clock()
+        now = self._wall_clock() - self.stale_for  # expired rows stay for the fail-safe
 
         def run(conn: sqlite3.Connection) -> int:
             removed = conn.execute(
@@ -365,12 +556,15 @@ class SQLiteTier(SharedTier):
         return int(removed)
 
     def __len__(self) -> int:
+        # A read: on this thread's read connection, never behind a write that waits.
         (count,) = self.run_one(
-            lambda conn: conn.execute(
-                "SELECT COUNT(*) FROM stratacache_entries WHERE namespace = ? "
-                "AND (expires_at IS NULL OR expires_at > ?)",
-                (self.namespace, self._wall_clock()),
-            ).fetchone()
+            _Read(
+                lambda conn: conn.execute(
+                    "SELECT COUNT(*) FROM stratacache_entries WHERE namespace = ? "
+                    "AND (expires_at IS NULL OR expires_at > ?)",
+                    (self.namespace, self._wall_clock()),
+                ).fetchone()
+            )
         )
         return int(count)
 
