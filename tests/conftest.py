@@ -75,3 +75,27 @@ def both_implementations(request: pytest.FixtureRequest, monkeypatch: pytest.Mon
     elif _accel.speedups is None:
         pytest.skip("the C speedups are not built here (pure-Python install)")
     return str(request.param)
+
+
+def wait_rejoined(tier: Any, within: float = 5.0) -> None:
+    """Let a tier's circuit breaker probe its store (in the background) and close. A
+    call after ``breaker_reset`` starts the probe but skips the store itself, so tests
+    that need the store back wait for the probe here instead of sleeping."""
+    import time
+
+    from stratacache.errors import TierUnavailableError
+
+    breaker = tier.breaker
+    if breaker is None:
+        return
+    deadline = time.monotonic() + within
+    while breaker.state != "closed":
+        try:
+            breaker.check()
+        except TierUnavailableError:
+            pass
+        else:
+            breaker.abandoned()  # a probe slot taken by this check: give it back
+        if time.monotonic() > deadline:
+            raise AssertionError(f"tier {tier.name} did not rejoin within {within}s")
+        time.sleep(0.005)

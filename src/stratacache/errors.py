@@ -11,6 +11,7 @@
     ├── SerializationError        permanent: the value cannot be encoded by the chosen serializer
     ├── CacheClosedError          permanent: the cache was used after close()
     ├── OriginError               the origin (or a loader) failed; the cause is chained
+    │   └── LoadTimeoutError      a load outran hard_timeout and nothing stale was kept
     └── TransientError            a tier's server is unreachable or timed out
         └── TierUnavailableError  raised by a tier; the hierarchy skips that level and goes on
             └── PoolTimeoutError  every connection stayed busy for pool_timeout (a burst)
@@ -34,6 +35,7 @@ __all__ = [
     "ConfigurationError",
     "InvalidKeyError",
     "KeyTooLongError",
+    "LoadTimeoutError",
     "OriginError",
     "PoolTimeoutError",
     "SerializationError",
@@ -77,6 +79,12 @@ class CacheClosedError(CacheError, RuntimeError):
 
 class OriginError(CacheError):
     """The origin or a loader raised; the original exception is ``__cause__``."""
+
+
+class LoadTimeoutError(OriginError):
+    """A load took longer than ``hard_timeout`` and no stale value (within
+    ``fail_safe_max_age``) could be served instead. The load goes on in the background
+    and fills the cache when it lands."""
 
 
 class TransientError(CacheError):

@@ -255,6 +255,15 @@ class CacheStats:
     origin_mean_us: float | None
     origin_p99_us: float | None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: keys a caller got from another caller's load of them (single flight) instead of
+    #: loading them itself
+    loads_coalesced: int = 0
+    #: values the fail-safe served after their load failed or overran soft_timeout
+    stale_served: int = 0
+    #: reads that gave up at hard_timeout with nothing stale to serve
+    load_timeouts: int = 0
+    #: background reloads started before expiry (refresh_ahead, XFetch)
+    early_refreshes: int = 0
 
     @property
     def amat_us(self) -> float:
@@ -291,6 +300,13 @@ class CacheStats:
                     "corrupt": s.corrupt,
                     "too_large": s.too_large,
                     "unencodable": s.unencodable,
+                    "writes": s.writes,
+                    "evictions": s.evictions,
+                    "breaker": s.breaker,
+                    "breaker_opens": s.breaker_opens,
+                    "skipped": s.skipped,
+                    "pool_waits": s.pool_waits,
+                    "pool_timeouts": s.pool_timeouts,
                 }
                 for s in self.levels
             ],
@@ -301,4 +317,8 @@ class CacheStats:
                 "mean_us": self.origin_mean_us,
                 "p99_us": self.origin_p99_us,
             },
+            "loads_coalesced": self.loads_coalesced,
+            "stale_served": self.stale_served,
+            "load_timeouts": self.load_timeouts,
+            "early_refreshes": self.early_refreshes,
         }

@@ -50,6 +50,13 @@ class Origin:
     async def aload_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
         return await asyncio.to_thread(self.load_many, keys)
 
+    @property
+    def blocking_aload(self) -> bool:
+        """Whether ``aload_many`` runs blocking code on the event loop (a plain function
+        called inline): an AsyncCache then runs ``load_many`` on a thread when a load
+        has a timeout, or the wait could not be bounded."""
+        return False
+
     async def astore_many(self, items: Mapping[str, Any]) -> Mapping[str, Any] | None:
         return await asyncio.to_thread(self.store_many, items)
 
@@ -97,6 +104,10 @@ class CallableOrigin(Origin):
 
     async def aload_many(self, keys: Sequence[str]) -> Mapping[str, Any]:
         return await call_async(self._load, list(keys))  # type: ignore[no-any-return]
+
+    @property
+    def blocking_aload(self) -> bool:
+        return not inspect.iscoroutinefunction(self._load)
 
     async def astore_many(self, items: Mapping[str, Any]) -> Mapping[str, Any] | None:
         if self._store is None:

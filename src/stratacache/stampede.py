@@ -39,7 +39,7 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -63,6 +63,8 @@ class Flight:
     error: BaseException | None = None
     #: the leader went away without an answer (cancelled, interrupted): waiters load it
     abandoned: bool = False
+    #: the answer is a stale value the fail-safe served (the load failed or was slow)
+    stale: bool = False
     _futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = field(
         default_factory=list
     )
@@ -112,6 +114,10 @@ class SingleFlight:
     def __len__(self) -> int:
         return len(self._flights)
 
+    def loading(self, key: str) -> bool:
+        """Whether a load of ``key`` is in flight right now (a hint: no lock taken)."""
+        return key in self._flights
+
     def claim(self, keys: Sequence[str]) -> tuple[list[Flight], list[Flight]]:
         """Split ``keys`` into flights this caller now leads (it must settle each one:
         ``complete``, ``fail`` or ``abandon``) and flights already loading the others."""
@@ -146,11 +152,19 @@ class SingleFlight:
         stamps = self._stamps
         return {key for key in keys if stamps[hash(key) & _STAMP_MASK] > since}
 
-    def complete(self, flights: Iterable[Flight], values: Mapping[str, Any]) -> None:
+    def complete(
+        self,
+        flights: Iterable[Flight],
+        values: Mapping[str, Any],
+        stale: Collection[str] = (),
+    ) -> None:
         """The leader's load finished (and filled the levels): keys in ``values`` were
-        found, the others not."""
-        for flight in self._settle(flights, found=values):
+        found, the others not. Keys in ``stale`` were answered with a stale value by the
+        fail-safe: nothing new is in the levels for them."""
+        fresh = {k: v for k, v in values.items() if k not in stale} if stale else values
+        for flight in self._settle(flights, found=fresh):
             flight.value = values.get(flight.key, _NOT_FOUND)
+            flight.stale = flight.key in stale
             flight._finish(self._lock)
 
     def fail(self, flights: Iterable[Flight], error: BaseException) -> None:
@@ -187,16 +201,17 @@ class SingleFlight:
 
     # -- waiting
 
-    def wait(self, flights: Sequence[Flight]) -> list[Flight]:
-        """Block until every flight lands or ``wait_timeout`` has passed, measured once
-        for the whole batch; returns the flights that did not land in time."""
-        deadline = time.monotonic() + self.wait_timeout
+    def wait(self, flights: Sequence[Flight], timeout: float | None = None) -> list[Flight]:
+        """Block until every flight lands or ``timeout`` (default ``wait_timeout``) has
+        passed, measured once for the whole batch; returns the flights that did not land
+        in time."""
+        deadline = time.monotonic() + (self.wait_timeout if timeout is None else timeout)
         for flight in flights:
             if not flight.done.wait(max(0.0, deadline - time.monotonic())):
                 break
         return [flight for flight in flights if not flight.done.is_set()]
 
-    async def await_(self, flights: Sequence[Flight]) -> list[Flight]:
+    async def await_(self, flights: Sequence[Flight], timeout: float | None = None) -> list[Flight]:
         loop = asyncio.get_running_loop()
         pending: list[asyncio.Future[None]] = []
         for flight in flights:
@@ -207,7 +222,7 @@ class SingleFlight:
                 flight._futures.append((loop, future))
             pending.append(future)
         if pending:
-            await asyncio.wait(pending, timeout=self.wait_timeout)
+            await asyncio.wait(pending, timeout=self.wait_timeout if timeout is None else timeout)
         return [flight for flight in flights if not flight.done.is_set()]
 
 

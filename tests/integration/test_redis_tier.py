@@ -30,7 +30,7 @@ from ..conformance.remote_kit import (
     raw_store,
     remote_factory,
 )
-from ..conftest import Driver, FakeClock
+from ..conftest import Driver, FakeClock, wait_rejoined
 from ..server_fixtures import in_ci
 from ..servers import RedisServer, free_port
 
@@ -153,7 +153,8 @@ def test_cache_answers_through_a_redis_outage_and_uses_redis_again(
     assert loads == ["a", "b", "c"]
 
     fresh_redis_server.start()  # empty again: no persistence
-    clock.advance(1.5)  # the circuit breaker, open since the outage, lets a probe through
+    clock.advance(1.5)  # the circuit breaker, open since the outage, probes in the background
+    wait_rejoined(cache.levels[1])
     assert driver(cache.get("d")) == "D"  # loaded and written to Redis
     direct = redis.Redis.from_url(fresh_redis_server.url)
     assert direct.exists("app:d") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -115,16 +116,21 @@ def test_transitions_are_logged_and_rate_limited(
     from stratacache import RedisTier
 
     tier = RedisTier("redis://127.0.0.1:1", clock=clock.monotonic, breaker_reset=0.5)
-    assert tier.breaker is not None
+    breaker = tier.breaker
+    assert breaker is not None
     with caplog.at_level(logging.WARNING, logger="stratacache"):
-        for _ in range(20):  # open, probe, fail again: 40 transitions
-            tier.breaker.failed(timed_out())
+        breaker.failed(timed_out())
+        for _ in range(20):  # probe in the background, fail, open again: 40 transitions
             clock.advance(0.6)
-            tier.breaker.check()
+            with pytest.raises(TierUnavailableError, match="skipped"):
+                breaker.check()  # the caller never waits for the probe
+            deadline = time.monotonic() + 5
+            while breaker.state is not OPEN and time.monotonic() < deadline:
+                time.sleep(0.001)  # the probe (a refused connection) runs on its thread
     lines = [r.getMessage() for r in caplog.records if "circuit breaker" in r.getMessage()]
     assert 1 <= len(lines) <= 3, lines
     assert "closed -> open" in lines[0]
-    assert tier.stats.snapshot().breaker_opens == 20
+    assert tier.stats.snapshot().breaker_opens == 21
 
 
 def test_breaker_options_are_checked() -> None:

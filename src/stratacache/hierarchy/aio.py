@@ -16,6 +16,8 @@ from ..errors import OriginError
 from ..steps import adrive
 from .base import L1_MISS, BaseCache, KeyBuilder, own_error
 from .flow import Flow, Loader
+from .safety import UNSET
+from .safety import given as _given
 
 __all__ = ["AsyncCache", "arun"]
 
@@ -36,6 +38,10 @@ class AsyncCache(BaseCache):
     """The async twin of :class:`~stratacache.Cache`: the same constructor and the same
     method names, as coroutines. Loaders and origin functions may be sync or async."""
 
+    def _start_refresh(self, key: str) -> None:
+        hierarchy = self._hierarchy
+        hierarchy.background.task(arun(hierarchy.refresh([key])))
+
     async def get(self, key: str, default: Any = MISSING) -> Any:
         probe = self._probe
         if probe is not None:
@@ -48,18 +54,35 @@ class AsyncCache(BaseCache):
         values = await arun(self._flow_get(key, l1_checked=True))
         return values.get(key, default)
 
-    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        return await arun(self._flow_get_many(keys))  # type: ignore[no-any-return]
+    async def get_many(
+        self,
+        keys: Iterable[str],
+        *,
+        fail_safe_max_age: float | None = UNSET,
+        soft_timeout: float | None = UNSET,
+        hard_timeout: float | None = UNSET,
+    ) -> dict[str, Any]:
+        safety = self._safety(fail_safe_max_age, soft_timeout, hard_timeout)
+        return await arun(self._flow_get_many(keys, safety))  # type: ignore[no-any-return]
 
     async def get_or_load(
-        self, key: str, loader: Loader, ttl: float | None = None, *, default: Any = MISSING
+        self,
+        key: str,
+        loader: Loader,
+        ttl: float | None = None,
+        *,
+        default: Any = MISSING,
+        fail_safe_max_age: float | None = UNSET,
+        soft_timeout: float | None = UNSET,
+        hard_timeout: float | None = UNSET,
     ) -> Any:
         probe = self._probe
         if probe is not None:
             value = probe(key, L1_MISS)
             if value is not L1_MISS:
                 return value
-        values = await arun(self._flow_get(key, loader, ttl, l1_checked=True))
+        safety = self._safety(fail_safe_max_age, soft_timeout, hard_timeout)
+        values = await arun(self._flow_get(key, loader, ttl, l1_checked=True, safety=safety))
         return values.get(key, default)
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
@@ -95,10 +118,16 @@ class AsyncCache(BaseCache):
         prefix: str | None = None,
         key_self: Callable[[Any], Any] | None = None,
         skip_self: bool = False,
+        fail_safe_max_age: float | None = UNSET,
+        soft_timeout: float | None = UNSET,
+        hard_timeout: float | None = UNSET,
     ) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
         """Cache an async function's results: ``@cache.cached(ttl=60)``; see
         :meth:`Cache.cached` for the key rules, methods (``key_self=``, ``skip_self=True``
         or ``__cache_key__``) and ``.cache_key``. ``.invalidate(...)`` is a coroutine."""
+
+        self._safety(fail_safe_max_age, soft_timeout, hard_timeout)  # checked once, here
+        safety = _given(fail_safe_max_age, soft_timeout, hard_timeout)
 
         def wrap(fn: Callable[..., Awaitable[T]], build: KeyBuilder) -> Callable[..., Awaitable[T]]:
             async def wrapper(*args: Any, **kwargs: Any) -> T:
@@ -108,7 +137,7 @@ class AsyncCache(BaseCache):
                     return {cache_key: await fn(*args, **kwargs)}
 
                 try:
-                    return await self.get_or_load(cache_key, load, ttl)  # type: ignore[no-any-return]
+                    return await self.get_or_load(cache_key, load, ttl, **safety)  # type: ignore[no-any-return]
                 except OriginError as exc:
                     raise own_error(exc) from None
 

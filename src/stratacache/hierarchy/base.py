@@ -22,7 +22,9 @@ from ..tiers.memory import MemoryTier
 from .calls import CallKeys
 from .flow import Flow, Hierarchy, Loader
 from .front import Front, Reader, Writer
+from .refresh import Refresh, refreshing_reader
 from .rules import check_ttl
+from .safety import UNSET, Safety
 from .write import WritePolicy
 
 __all__ = ["L1_MISS", "BaseCache", "KeyBuilder", "key_builder", "own_error"]
@@ -47,7 +49,14 @@ class BaseCache:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        fail_safe_max_age: float | None = None,
+        soft_timeout: float | None = None,
+        hard_timeout: float | None = None,
+        refresh_ahead: float | None = None,
+        xfetch_beta: float | None = None,
     ) -> None:
+        safety = Safety(fail_safe_max_age, soft_timeout, hard_timeout)
+        refresh = Refresh.checked(refresh_ahead, xfetch_beta)
         if isinstance(levels, Tier | str):
             raise ConfigurationError(
                 "levels is a list of tiers (top first), e.g. [MemoryTier(...), SQLiteTier(...)]"
@@ -77,7 +86,9 @@ class BaseCache:
             ttl_jitter=ttl_jitter,
             wall_clock=wall_clock,
             rng=rng,
+            safety=safety,
         )
+        self._refresh = refresh
         self._closed = False
         top = built[0]
         hierarchy = self._hierarchy
@@ -86,12 +97,48 @@ class BaseCache:
             if isinstance(top, MemoryTier)
             else None
         )
+        if refresh.active:
+            if not isinstance(top, MemoryTier):
+                raise ConfigurationError(
+                    "refresh_ahead and xfetch_beta watch the hits of an in-process first "
+                    "level; put a MemoryTier first"
+                )
+            top.refresh_fraction = refresh.ahead
         # Answers L1 hits for the paths that decide themselves what a miss means (async
         # get, get_or_load): made once, it reports a miss with a private sentinel.
         self._probe: Reader | None = (
-            self._front.reader(lambda key, default: L1_MISS) if self._front else None
+            self._l1_reader(lambda key, default: L1_MISS) if self._front else None
         )
         self._bind_local_paths()
+
+    def _l1_reader(self, slow: Callable[[str, Any], Any], *, local_misses: bool = False) -> Reader:
+        """The L1 hit path over ``slow``: the front's, or with early refresh on, one that
+        also starts reloads (see :mod:`.refresh`)."""
+        front = self._front
+        assert front is not None
+        refresh = self._refresh
+        if not refresh.active:
+            return front.reader(slow, local_misses=local_misses)
+        hierarchy = self._hierarchy
+        latency = hierarchy.origin_stats.latency
+        loading = hierarchy.single_flight.loading
+
+        def start(key: str) -> None:
+            if not loading(key) and not self._closed:
+                self._start_refresh(key)
+
+        return refreshing_reader(
+            front.store,
+            refresh,
+            slow,
+            start,
+            lambda: (latency.mean_us() or 0.0) / 1e6,
+            hierarchy.rng,
+        )
+
+    def _start_refresh(self, key: str) -> None:
+        """Run ``hierarchy.refresh([key])`` in the background (each class its own way)."""
+        raise NotImplementedError
 
     def _bind_local_paths(self) -> None:
         """(Re)decide which operations complete in L1 alone; again when a loader is
@@ -174,6 +221,7 @@ class BaseCache:
         ttl: float | None = None,
         *,
         l1_checked: bool = False,
+        safety: Safety | None = None,
     ) -> Flow:
         """The read of one key. ``l1_checked``: the caller's fast path just missed in L1,
         so when L1 holds nothing at all for the key the read starts below it."""
@@ -181,15 +229,27 @@ class BaseCache:
         key = validate_key(key)
         front = self._front
         skip = l1_checked and front is not None and front.absent(key)
-        return self._hierarchy.read([key], loader, ttl=ttl, top_missed=skip)
+        return self._hierarchy.read([key], loader, ttl=ttl, top_missed=skip, safety=safety)
+
+    def _safety(
+        self, fail_safe_max_age: Any, soft_timeout: Any, hard_timeout: Any
+    ) -> Safety | None:
+        """The cache's fail-safe settings with a call's overrides (None: no override)."""
+        if fail_safe_max_age is UNSET and soft_timeout is UNSET and hard_timeout is UNSET:
+            return None
+        return self._hierarchy.safety.for_call(
+            fail_safe_max_age=fail_safe_max_age,
+            soft_timeout=soft_timeout,
+            hard_timeout=hard_timeout,
+        )
 
     # Every flow checks its keys before anything else looks at them (a dict built from an
     # unhashable key would raise a bare TypeError): a bad key is an InvalidKeyError from
     # every public method, and only here, off the L1 fast paths.
 
-    def _flow_get_many(self, keys: Iterable[str]) -> Flow:
+    def _flow_get_many(self, keys: Iterable[str], safety: Safety | None = None) -> Flow:
         self._check_open()
-        return self._hierarchy.read(validate_keys(keys, "get_many"))
+        return self._hierarchy.read(validate_keys(keys, "get_many"), safety=safety)
 
     def _flow_set(self, key: str, value: Any, ttl: float | None) -> Flow:
         self._check_open()

@@ -8,27 +8,38 @@ place where sync and async differ.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import asyncio
+import concurrent.futures
+import inspect
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import methodcaller
 from time import perf_counter_ns
 from typing import Any
 
 from ..metrics import LatencyHistogram
 from ..origin import Origin, call_async, call_sync
 from ..stampede import Flight, Read, ReadFlights, SingleFlight
+from ..steps import adrive, drive
 from ..tiers.base import Prepared, Tier
+from .background import Background, log_failure
 
 __all__ = [
+    "AwaitLoad",
+    "Detach",
     "LevelClear",
     "LevelClose",
     "LevelDelete",
     "LevelGet",
+    "LevelGetStale",
     "LevelWrite",
     "LoadCall",
+    "LoadPending",
     "Op",
     "OriginClose",
     "OriginDelete",
     "OriginStore",
+    "Spawn",
     "WaitFlights",
     "WaitReads",
 ]
@@ -115,19 +126,165 @@ class LevelClear(Op):
 
 @dataclass
 class LoadCall(Op):
-    """Ask a loader (a callable, or an origin's ``load_many``) for ``keys``."""
+    """Ask a loader (a callable, or an origin's ``load_many``) for ``keys``.
+
+    With a ``timeout``, the load runs in the ``background`` and the caller waits for it
+    at most that long; past it, :class:`LoadPending` is raised with the load still
+    running (the flow decides: serve a stale value, wait on, or give up). An async
+    cache then runs a plain function on a worker thread, since a call that blocks the
+    event loop could not be timed out."""
 
     loader: Callable[[list[str]], Any]
     keys: list[str]
     histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: a native coroutine version (an origin's aload_many); None: await what loader returns
     aloader: Callable[[list[str]], Any] | None = None
+    timeout: float | None = None
+    background: Background | None = None
+    #: ``aloader`` would run a plain function on the event loop (see Origin.blocking_aload)
+    blocking: bool = False
 
     def run(self) -> Any:
-        return self.histogram.timed(call_sync, self.loader, self.keys)
+        if self.timeout is None or self.background is None:
+            return self.histogram.timed(call_sync, self.loader, self.keys)
+        future = self.background.submit(self.histogram.timed, call_sync, self.loader, self.keys)
+        return _outcome(future, self.timeout)
 
     async def arun(self) -> Any:
-        return await self.histogram.atimed(call_async(self.aloader or self.loader, self.keys))
+        if self.timeout is None or self.background is None:
+            return await self.histogram.atimed(call_async(self.aloader or self.loader, self.keys))
+        task = self.background.task(self.histogram.atimed(self._off_loop()))
+        return await _aoutcome(task, self.timeout)
+
+    async def _off_loop(self) -> Any:
+        if self.blocking or (self.aloader is None and not inspect.iscoroutinefunction(self.loader)):
+            result = await asyncio.to_thread(self.loader, self.keys)
+        else:
+            result = (self.aloader or self.loader)(self.keys)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+class LoadPending(Exception):
+    """A load outlived its caller's wait; ``pending`` is the future or task running it."""
+
+    def __init__(self, pending: Any) -> None:
+        super().__init__("the load is still running")
+        self.pending = pending
+
+
+def _outcome(future: concurrent.futures.Future[Any], timeout: float | None) -> Any:
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        raise LoadPending(future) from None
+
+
+async def _aoutcome(task: asyncio.Future[Any], timeout: float | None) -> Any:
+    # asyncio.wait, not wait_for: a caller that stops waiting (or is cancelled) must not
+    # cancel the load, which the single flight and the background landing count on.
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        raise LoadPending(task)
+    return task.result()
+
+
+@dataclass
+class AwaitLoad(Op):
+    """Wait longer (at most ``timeout``) for a load that raised :class:`LoadPending`."""
+
+    pending: Any
+    timeout: float | None  # None: as long as it takes
+
+    def run(self) -> Any:
+        return _outcome(self.pending, self.timeout)
+
+    async def arun(self) -> Any:
+        return await _aoutcome(self.pending, self.timeout)
+
+
+Landing = Callable[[Any], Generator[Any, Any, Any]]
+
+
+@dataclass
+class Detach(Op):
+    """Leave a pending load behind: when it finishes, ``land(done)`` (a flow, given the
+    finished future or task) runs in the background, filling the levels and settling
+    the flights."""
+
+    pending: Any
+    land: Landing
+    background: Background
+
+    def run(self) -> Any:
+        def landed(done: concurrent.futures.Future[Any]) -> None:
+            try:
+                drive(self.land(done), _run)
+            except Exception as exc:
+                log_failure("load")(_Failed(exc))
+
+        self.pending.add_done_callback(landed)
+
+    async def arun(self) -> Any:
+        background = self.background
+
+        def landed(done: asyncio.Future[Any]) -> None:
+            if background.closed:
+                return
+            task = background.task(adrive(self.land(done), _arun))
+            task.add_done_callback(log_failure("load"))
+
+        self.pending.add_done_callback(landed)
+
+
+class _Failed:
+    """A finished future-alike holding ``exc``, for :func:`log_failure`."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self._exc = exc
+
+    def cancelled(self) -> bool:
+        return False
+
+    def exception(self) -> BaseException:
+        return self._exc
+
+
+@dataclass
+class Spawn(Op):
+    """Run ``flow`` in the background (a refresh-ahead reload); returns at once."""
+
+    flow: Generator[Any, Any, Any]
+    background: Background
+
+    def run(self) -> Any:
+        future = self.background.submit(drive, self.flow, _run)
+        future.add_done_callback(log_failure("refresh"))
+
+    async def arun(self) -> Any:
+        task = self.background.task(adrive(self.flow, _arun))
+        task.add_done_callback(log_failure("refresh"))
+
+
+_run = methodcaller("run")
+_arun = methodcaller("arun")
+
+
+class LevelGetStale(Op):
+    """Read ``keys`` from a level including values expired within its ``stale_for``."""
+
+    def __init__(self, tier: Tier, keys: Sequence[str]) -> None:
+        self.tier = tier
+        self.keys = keys
+
+    def run(self) -> Any:
+        return self.tier.get_stale_many(self.keys)
+
+    async def arun(self) -> Any:
+        if self.tier.local:
+            return self.tier.get_stale_many(self.keys)
+        return await self.tier.aget_stale_many(self.keys)
 
 
 @dataclass
@@ -161,12 +318,13 @@ class WaitFlights(Op):
 
     single_flight: SingleFlight
     flights: list[Flight]
+    timeout: float | None = None  # None: the single flight's wait_timeout
 
     def run(self) -> Any:
-        return self.single_flight.wait(self.flights)
+        return self.single_flight.wait(self.flights, self.timeout)
 
     async def arun(self) -> Any:
-        return await self.single_flight.await_(self.flights)
+        return await self.single_flight.await_(self.flights, self.timeout)
 
 
 class WaitReads(Op):

@@ -11,6 +11,8 @@ from ..errors import OriginError
 from ..steps import drive
 from .base import L1_MISS, BaseCache, KeyBuilder, own_error
 from .flow import Flow, Loader
+from .safety import UNSET
+from .safety import given as _given
 
 __all__ = ["Cache", "run"]
 
@@ -44,7 +46,7 @@ class Cache(BaseCache):
         front = self._front
         if front is not None:
             local_miss = self._local_miss
-            self.get = front.reader(  # type: ignore[method-assign]
+            self.get = self._l1_reader(  # type: ignore[method-assign]
                 local_miss or self._slow_get, local_misses=local_miss is not None
             )
         else:
@@ -54,6 +56,10 @@ class Cache(BaseCache):
             self.set = writer  # type: ignore[method-assign, assignment]
         else:
             self.__dict__.pop("set", None)
+
+    def _start_refresh(self, key: str) -> None:
+        hierarchy = self._hierarchy
+        hierarchy.background.submit(run, hierarchy.refresh([key]))
 
     def get(self, key: str, default: Any = MISSING) -> Any:  # replaced per instance
         """The value for ``key``: from the first level that has it, else loaded (a
@@ -68,13 +74,30 @@ class Cache(BaseCache):
         values = run(self._flow_get(key, l1_checked=True))
         return values.get(key, default)
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+    def get_many(
+        self,
+        keys: Iterable[str],
+        *,
+        fail_safe_max_age: float | None = UNSET,
+        soft_timeout: float | None = UNSET,
+        hard_timeout: float | None = UNSET,
+    ) -> dict[str, Any]:
         """Values for the keys that have one (cached or loaded); the others are left out.
-        Each level is asked once, for the keys still missing."""
-        return run(self._flow_get_many(keys))  # type: ignore[no-any-return]
+        Each level is asked once, for the keys still missing. The fail-safe keywords
+        override the cache's for this call (see :mod:`stratacache.hierarchy.safety`)."""
+        safety = self._safety(fail_safe_max_age, soft_timeout, hard_timeout)
+        return run(self._flow_get_many(keys, safety))  # type: ignore[no-any-return]
 
     def get_or_load(
-        self, key: str, loader: Loader, ttl: float | None = None, *, default: Any = MISSING
+        self,
+        key: str,
+        loader: Loader,
+        ttl: float | None = None,
+        *,
+        default: Any = MISSING,
+        fail_safe_max_age: float | None = UNSET,
+        soft_timeout: float | None = UNSET,
+        hard_timeout: float | None = UNSET,
     ) -> Any:
         """Like ``get``, but a miss everywhere asks ``loader`` first. A loader is batch-shaped,
         like every loader here: it gets a list of keys (one, here) and returns a mapping
@@ -85,7 +108,9 @@ class Cache(BaseCache):
             value = probe(key, L1_MISS)
             if value is not L1_MISS:
                 return value
-        return run(self._flow_get(key, loader, ttl, l1_checked=True)).get(key, default)
+        safety = self._safety(fail_safe_max_age, soft_timeout, hard_timeout)
+        flow = self._flow_get(key, loader, ttl, l1_checked=True, safety=safety)
+        return run(flow).get(key, default)
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` (write-through: the origin if it can store, then every level,
@@ -121,6 +146,9 @@ class Cache(BaseCache):
         prefix: str | None = None,
         key_self: Callable[[Any], Any] | None = None,
         skip_self: bool = False,
+        fail_safe_max_age: float | None = UNSET,
+        soft_timeout: float | None = UNSET,
+        hard_timeout: float | None = UNSET,
     ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Cache a function's results: ``@cache.cached(ttl=60)``.
 
@@ -147,12 +175,15 @@ class Cache(BaseCache):
         instance first: ``Repo.load.invalidate(repo, 42)``.
         """
 
+        self._safety(fail_safe_max_age, soft_timeout, hard_timeout)  # checked once, here
+        safety = _given(fail_safe_max_age, soft_timeout, hard_timeout)
+
         def wrap(fn: Callable[..., T], build: KeyBuilder) -> Callable[..., T]:
             def wrapper(*args: Any, **kwargs: Any) -> T:
                 cache_key = build(args, kwargs)
                 try:
                     return self.get_or_load(  # type: ignore[no-any-return]
-                        cache_key, lambda keys: {cache_key: fn(*args, **kwargs)}, ttl
+                        cache_key, lambda keys: {cache_key: fn(*args, **kwargs)}, ttl, **safety
                     )
                 except OriginError as exc:  # the function's own exception, unwrapped
                     raise own_error(exc) from None

@@ -118,6 +118,10 @@ class Tier(ABC):
     sizing: Sizing | None = None
     #: the dataclass of this kind's options (the constructor's keywords, the URL's query)
     Options: ClassVar[type[TierOptions]]
+    #: how long an entry stays readable through ``get_stale_many`` after it expires, in
+    #: seconds: the hierarchy sets it to ``fail_safe_max_age``, so that a value can be
+    #: served when its reload fails. 0: an expired entry is gone.
+    stale_for: float = 0.0
 
     def __init__(self, *, name: str | None = None, ttl: float | None = None) -> None:
         if ttl is not None and not ttl > 0:
@@ -178,6 +182,15 @@ class Tier(ABC):
     @abstractmethod
     def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         """Live entries for the keys that are present; absent keys are left out."""
+
+    def get_stale_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        """Entries for the keys present, expired ones included as long as they expired
+        less than ``stale_for`` seconds ago (never remembered misses): the fail-safe's
+        last resort. A tier that keeps nothing past expiry answers nothing."""
+        return {}
+
+    async def aget_stale_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        return self.get_stale_many(keys)
 
     @abstractmethod
     def write(self, prepared: Prepared) -> None:
@@ -246,7 +259,9 @@ class CommandTier(Tier):
     transport_errors: ClassVar[tuple[type[BaseException], ...]] = (OSError,)
 
     @abstractmethod
-    def read_steps(self, keys: Sequence[str]) -> Steps[dict[str, Entry]]: ...
+    def read_steps(self, keys: Sequence[str], stale: bool = False) -> Steps[dict[str, Entry]]:
+        """The entries of ``keys``; with ``stale``, expired ones within ``stale_for`` too."""
+        ...
 
     @abstractmethod
     def write_steps(self, prepared: Prepared) -> Steps[None]: ...
@@ -330,6 +345,16 @@ class CommandTier(Tier):
         if not keys:
             return {}
         return await self.adrive(self.read_steps(keys))
+
+    def get_stale_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        if not keys or not self.stale_for:
+            return {}
+        return self.drive(self.read_steps(keys, stale=True))
+
+    async def aget_stale_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        if not keys or not self.stale_for:
+            return {}
+        return await self.adrive(self.read_steps(keys, stale=True))
 
     def write(self, prepared: Prepared) -> None:
         self.drive(self.write_steps(prepared))

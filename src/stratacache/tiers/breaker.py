@@ -59,8 +59,14 @@ class CircuitBreaker:
         reset_after: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[str, str, str], None] | None = None,
+        probe: Callable[[], object] | None = None,
     ) -> None:
         self.tier = tier
+        #: asks the store once, raising when it cannot answer. Given, the half-open probe
+        #: runs on a background thread and every caller keeps skipping the store until
+        #: it answers: no caller ever waits out a timeout on a store still down. Without
+        #: one, the first caller after ``reset_after`` is the probe.
+        self.probe = probe
         self.stats = stats
         self.failures = failures
         self.reset_after = reset_after
@@ -79,7 +85,14 @@ class CircuitBreaker:
             return
         with self._lock:
             if self.state is OPEN and self.clock() - self._opened_at >= self.reset_after:
-                self._move(HALF_OPEN, "probing the store with one call")
+                if self.probe is not None:
+                    self._probing = True
+                    self._move(HALF_OPEN, "probing the store in the background")
+                    threading.Thread(
+                        target=self._run_probe, name=f"stratacache-probe-{self.tier}", daemon=True
+                    ).start()
+                else:
+                    self._move(HALF_OPEN, "probing the store with one call")
             if self.state is HALF_OPEN and not self._probing:
                 self._probing = True
                 return
@@ -107,6 +120,15 @@ class CircuitBreaker:
             self.abandoned()
             raise
         self.succeeded()
+
+    def _run_probe(self) -> None:
+        assert self.probe is not None
+        try:
+            self.probe()
+        except Exception as exc:  # whatever the probe raised, the store did not answer
+            self.failed(exc)
+        else:
+            self.succeeded()
 
     def succeeded(self) -> None:
         if self.state is CLOSED:

@@ -450,7 +450,7 @@ class MemcachedTier(RemoteTier):
 
     # ------------------------------------------------------------------ operations
 
-    def read_steps(self, keys: Sequence[str]) -> Steps[dict[str, Entry]]:
+    def read_steps(self, keys: Sequence[str], stale: bool = False) -> Steps[dict[str, Entry]]:
         now = self._clock()
         if now >= self._generation_due:
             yield from self._refresh_generation()
@@ -472,12 +472,12 @@ class MemcachedTier(RemoteTier):
                 raise self._no_answer("read", [self._failed(server, exc, "read")]) from None
             if server.down_until != _UP:
                 self._server_ok(server)
-            return self._found(keys, (blob,))
+            return self._found(keys, (blob,), stale)
         all_names = names.names(keys)
         merged: dict[str, bytes] = {}
         for part in (yield from self._per_server(self._ring.group(all_names), _gets, "read")):
             merged.update(part)
-        return self._found(keys, [merged.get(name) for name in all_names])
+        return self._found(keys, [merged.get(name) for name in all_names], stale)
 
     def write_steps(self, prepared: Prepared) -> Steps[None]:
         yield from self._current_names()

@@ -307,6 +307,10 @@ class MemoryTier(LocalTier):
         #: remembered "not found": key -> monotonic expiry (kept apart so that the hit path
         #: never has to test for it)
         self.negative: dict[str, float] = {}
+        #: refresh-ahead (set by the cache): each entry's refresh point, a fraction of its
+        #: lifetime after it was stored; the cache's reader starts a reload past it
+        self.refresh_fraction: float | None = None
+        self.refresh_at: dict[str, float] = {}
         # The C writer takes the speedups' own lock directly; it works as threading.Lock.
         self.lock: Any = _accel.speedups.Lock() if _accel.speedups is not None else threading.Lock()
         #: keys hit since the policy last heard of them (see the module docstring)
@@ -361,6 +365,10 @@ class MemoryTier(LocalTier):
         # victim) is dropped again with the other victims, as the C writer does.
         resident = key in self.data or self.negative.pop(key, None) is not None
         self.data[key] = (value, mono_expires)
+        fraction = self.refresh_fraction
+        if fraction is not None and mono_expires != NEVER:
+            now = self.clock()
+            self.refresh_at[key] = now + fraction * (mono_expires - now)
         self._admit(key, weight, resident)
 
     def _admit(self, key: str, weight: int, resident: bool | None = None) -> None:
@@ -373,9 +381,12 @@ class MemoryTier(LocalTier):
             victims = self.policy.on_update(key, weight)
         else:
             victims = self.policy.on_insert(key, weight)
+        refresh_at = self.refresh_at
         for victim in victims:
             if data.pop(victim, None) is None:  # type: ignore[call-overload]
                 negative.pop(victim, None)  # type: ignore[call-overload]
+            if refresh_at:
+                refresh_at.pop(victim, None)  # type: ignore[call-overload]
             if victim != key:
                 self.stats.evictions += 1
 
@@ -391,6 +402,8 @@ class MemoryTier(LocalTier):
             self.policy.on_remove(key)
 
     def _remove(self, key: str) -> None:
+        if self.refresh_at:
+            self.refresh_at.pop(key, None)
         if self.data.pop(key, None) is not None or self.negative.pop(key, None) is not None:
             self.policy.on_remove(key)
 
@@ -421,8 +434,23 @@ class MemoryTier(LocalTier):
         if expired:
             with self.lock:
                 self.drain()
+                # An expired value is kept for the fail-safe's window (stale_for).
                 for key in expired:
-                    self.remove_if_expired(key, now)
+                    self.remove_if_expired(key, now - self.stale_for)
+        return found
+
+    def get_stale_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        if not self.stale_for:
+            return {}
+        now = self.clock()
+        wall_now = self.wall_clock()
+        oldest = now - self.stale_for
+        found: dict[str, Entry] = {}
+        data = self.data
+        for key in keys:
+            item = data.get(key)
+            if item is not None and item[1] > oldest:
+                found[key] = Entry(item[0], _to_wall(item[1], now, wall_now))
         return found
 
     def prepare(self, entries: Mapping[str, Entry]) -> Prepared:
@@ -469,6 +497,7 @@ class MemoryTier(LocalTier):
             del self.buffer[:]
             self.data.clear()
             self.negative.clear()
+            self.refresh_at.clear()
             self.policy.clear()
 
     def close(self) -> None:

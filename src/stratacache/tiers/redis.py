@@ -183,7 +183,7 @@ class RedisFamilyTier(RemoteTier):
 
     # -- operations
 
-    def read_steps(self, keys: Sequence[str]) -> Steps[dict[str, Entry]]:
+    def read_steps(self, keys: Sequence[str], stale: bool = False) -> Steps[dict[str, Entry]]:
         try:
             if len(keys) == 1:  # GET: a little cheaper than an MGET of one, on both clients
                 name = self._names.name(keys[0])
@@ -200,7 +200,7 @@ class RedisFamilyTier(RemoteTier):
                 self._corrupt(keys[0], "the name holds a non-string value (WRONGTYPE)")
                 return {}
             raise
-        return self._found(keys, blobs)
+        return self._found(keys, blobs, stale)
 
     def write_steps(self, prepared: Prepared) -> Steps[None]:
         sets, deletes = self._plan(prepared)

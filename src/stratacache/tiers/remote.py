@@ -42,6 +42,7 @@ from ..config import NetworkOptions, redact
 from ..entry import NEVER
 from ..errors import CacheError, ConfigurationError, TierUnavailableError
 from ..keys import HASH_MARKER, KeyRules, storage_key
+from ..steps import drive
 from .base import DOWN, RECOVERED, Prepared, logger
 from .breaker import CircuitBreaker
 from .shared import SharedTier
@@ -54,6 +55,10 @@ __all__ = [
     "parse_location",
     "split_url",
 ]
+
+
+#: what the circuit breaker's probe reads: any key does; this one is nobody's
+_PROBE_KEY = "stratacache:breaker-probe"
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -218,6 +223,7 @@ class RemoteTier(SharedTier):
                 reset_after=options.breaker_reset,
                 clock=clock,
                 on_change=self._breaker_moved,
+                probe=self._probe,
             )
         self.ttl_grace = float(options.ttl_grace)
         self._secrets = tuple(s for s in secrets if s)
@@ -229,6 +235,12 @@ class RemoteTier(SharedTier):
             self.breaker.tier = name
         if self.permits is not None:
             self.permits.tier = name
+
+    def _probe(self) -> None:
+        """One read, past the breaker (which is what asks): does the store answer?"""
+        if self.closed:
+            raise TierUnavailableError(self.name, "closed")
+        drive(self.read_steps([_PROBE_KEY]), self.perform, self.transport_errors, self.unavailable)
 
     def _breaker_moved(self, before: str, after: str, why: str) -> None:
         # One subject for "this level is down", shared with the hierarchy's skipped-level
@@ -257,7 +269,9 @@ class RemoteTier(SharedTier):
         rejected keys, so an older value cannot outlive a refused newer one, and entries
         that expired before they could be written)."""
         now = self._wall_clock()
-        grace = self.ttl_grace
+        # The store keeps an entry past its expiry: ttl_grace (clocks differ a little) and
+        # the fail-safe's window (an expired value may still be served when a load fails).
+        grace = self.ttl_grace + self.stale_for
         name = self._names.name
         sets: list[tuple[str, bytes, float]] = []
         deletes = [name(key) for key in prepared.rejected]

@@ -76,11 +76,16 @@ class SharedTier(CommandTier):
 
     # -- reads
 
-    def _found(self, keys: Sequence[str], blobs: Iterable[Any]) -> dict[str, Entry]:
-        """The live entries among ``blobs`` (aligned with ``keys``; None = absent)."""
+    def _found(
+        self, keys: Sequence[str], blobs: Iterable[Any], stale: bool = False
+    ) -> dict[str, Entry]:
+        """The live entries among ``blobs`` (aligned with ``keys``; None = absent); with
+        ``stale``, the values that expired less than ``stale_for`` ago too."""
         found: dict[str, Entry] = {}
         decode = self.codec.decode
         now = self._wall_clock()
+        if stale:
+            now -= self.stale_for
         for key, blob in zip(keys, blobs, strict=True):
             if blob is None:
                 continue
@@ -89,7 +94,7 @@ class SharedTier(CommandTier):
             except PayloadError as exc:
                 self._corrupt(key, exc.reason)
                 continue
-            if entry.expires_at > now:
+            if entry.expires_at > now and not (stale and entry.negative):
                 found[key] = entry
         return found
 
