@@ -9,6 +9,10 @@ remote levels by URL (``redis://...``, ``redis+cluster://...``, ``memcached://..
 ``--origin-latency`` adds a delay to every origin query, standing in for the network
 round trip to a real database server; without it a local SQLite query is so cheap that
 caching it would prove little.
+
+``--chaos`` breaks things on a schedule while the workload runs (L2's Redis paused, then
+the origin failing) with the fail-safe on, and reports per phase what callers saw; see
+:mod:`stratacache.cli.chaos`.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ from ..origin import Origin, SQLOrigin
 from ..tiers.base import Tier
 from ..tiers.memory import MemoryTier
 from ..tiers.sqlite import SQLiteTier
+from . import chaos as _chaos
 
 __all__ = ["demo_command", "run_demo"]
 
@@ -100,28 +105,53 @@ def create_users_db(path: Path, count: int, seed: int) -> None:
         conn.close()
 
 
-def zipf_keys(keys: int, requests: int, skew: float, rng: random.Random) -> list[int]:
-    """``requests`` key ids drawn from a Zipf(skew) distribution over ``keys`` ids; the
-    popularity ranks are shuffled so hot ids are scattered."""
+def zipf_sampler(keys: int, skew: float, rng: random.Random) -> Callable[[int], list[int]]:
+    """A function drawing ``n`` key ids from a Zipf(skew) distribution over ``keys`` ids;
+    the popularity ranks are shuffled so hot ids are scattered."""
     weights = [1.0 / (rank**skew) for rank in range(1, keys + 1)]
     cumulative = list(itertools.accumulate(weights))
     ids = list(range(keys))
     rng.shuffle(ids)
-    return rng.choices(ids, cum_weights=cumulative, k=requests)
+
+    def draw(n: int) -> list[int]:
+        return rng.choices(ids, cum_weights=cumulative, k=n)
+
+    return draw
+
+
+def zipf_keys(keys: int, requests: int, skew: float, rng: random.Random) -> list[int]:
+    """``requests`` key ids drawn from a Zipf(skew) distribution over ``keys`` ids."""
+    return zipf_sampler(keys, skew, rng)(requests)
 
 
 def build_levels(
-    data_dir: Path, l1_size: int, l2_size: int, l2_url: str | None, l3_url: str | None
+    data_dir: Path,
+    l1_size: int,
+    l2_size: int,
+    l2_url: str | None,
+    l3_url: str | None,
+    *,
+    ttl: float | None = None,
+    l2_options: Mapping[str, Any] | None = None,
 ) -> list[Tier]:
-    levels: list[Tier] = [MemoryTier(l1_size, ttl=300.0)]
+    """L1 (memory), L2 (``l2_url``, else a SQLite file) and an optional L3. ``ttl``
+    replaces every level's (300 s in L1, 3600 s below); ``l2_options`` go to a remote L2."""
+    levels: list[Tier] = [MemoryTier(l1_size, ttl=ttl or 300.0)]
+    shared_ttl = ttl or 3600.0
     if l2_url:
-        levels.append(tier_from_url(l2_url, name="L2", namespace="demo", ttl=3600.0))
+        levels.append(
+            tier_from_url(
+                l2_url, name="L2", namespace="demo", ttl=shared_ttl, **dict(l2_options or {})
+            )
+        )
     else:
         levels.append(
-            SQLiteTier(data_dir / "l2-cache.db", namespace="demo", max_entries=l2_size, ttl=3600.0)
+            SQLiteTier(
+                data_dir / "l2-cache.db", namespace="demo", max_entries=l2_size, ttl=shared_ttl
+            )
         )
     if l3_url:
-        levels.append(tier_from_url(l3_url, name="L3", namespace="demo", ttl=3600.0))
+        levels.append(tier_from_url(l3_url, name="L3", namespace="demo", ttl=shared_ttl))
     return levels
 
 
@@ -139,19 +169,49 @@ def run_demo(
     l2_url: str | None = None,
     l3_url: str | None = None,
     progress: bool = True,
+    chaos: _chaos.ChaosPlan | None = None,
 ) -> dict[str, Any]:
+    """Run the workload and return the report. With ``chaos``, the run lasts the plan's
+    duration instead of ``requests`` requests, and the report gains a ``chaos`` object."""
     rng = random.Random(seed)
     db_path = data_dir / "origin-users.db"
     create_users_db(db_path, keys, seed)
-    origin = DelayedOrigin(
+    delayed = DelayedOrigin(
         SQLOrigin(f"sqlite:///{db_path}", "users", key_column="id", key_prefix="user:"),
         origin_latency,
     )
-    levels = build_levels(data_dir, l1_size, l2_size, l2_url, l3_url)
-    cache = Cache(levels, origin, measure_l1_latency=True, rng=random.Random(seed))
+    if chaos is None:
+        origin: Origin = delayed
+        levels = build_levels(data_dir, l1_size, l2_size, l2_url, l3_url)
+        cache = Cache(levels, origin, measure_l1_latency=True, rng=random.Random(seed))
+    else:
+        origin = _chaos.FailingOrigin(delayed)
+        levels = build_levels(
+            data_dir,
+            l1_size,
+            l2_size,
+            l2_url,
+            l3_url,
+            ttl=chaos.ttl,
+            l2_options=chaos.l2_options if l2_url else None,
+        )
+        cache = Cache(
+            levels,
+            origin,
+            measure_l1_latency=True,
+            rng=random.Random(seed),
+            fail_safe_max_age=_chaos.FAIL_SAFE_MAX_AGE,
+            soft_timeout=_chaos.SOFT_TIMEOUT,
+            hard_timeout=_chaos.HARD_TIMEOUT,
+        )
     try:
         cache.clear()  # a previous run's L2 would make this one look better than it is
         cache.reset_stats()
+        if chaos is not None:
+            assert isinstance(origin, _chaos.FailingOrigin)
+            return _run_chaos(
+                cache, origin, chaos, keys, skew, write_ratio, rng, origin_latency, progress
+            )
         workload = zipf_keys(keys, requests, skew, rng)
         reads = writes = errors = 0
         started = time.perf_counter()
@@ -175,7 +235,130 @@ def run_demo(
         elapsed = time.perf_counter() - started
         return _report(cache.stats(), reads, writes, errors, elapsed, origin_latency)
     finally:
+        if chaos is not None:
+            chaos.pauser.release()  # resume a paused L2 first: closing must not wait on it
         cache.close()
+
+
+_WARM_BATCH = 1000
+_DRAW_BATCH = 8192
+
+
+def _run_chaos(
+    cache: Cache,
+    origin: _chaos.FailingOrigin,
+    plan: _chaos.ChaosPlan,
+    keys: int,
+    skew: float,
+    write_ratio: float,
+    rng: random.Random,
+    origin_latency: float,
+    progress: bool,
+) -> dict[str, Any]:
+    """The chaos run: warm every key, then run the workload through the plan's phases,
+    pausing and resuming L2 and failing the origin at their boundaries."""
+    # A service that has been up for a while has its working set cached: load every key
+    # once, so that the origin's failure meets keys with a last value to serve. The
+    # statistics start after this.
+    if progress:
+        click.echo(f"chaos: warming {keys:,} keys (each loaded once)...", err=True)
+    warm_started = time.perf_counter()
+    for first in range(0, keys, _WARM_BATCH):
+        warm = [f"user:{i}" for i in range(first, min(keys, first + _WARM_BATCH))]
+        cache.get_many(warm, soft_timeout=None, hard_timeout=None)
+    warm_s = time.perf_counter() - warm_started
+    cache.reset_stats()
+    if progress:
+        click.echo(f"chaos: warmed in {warm_s:.1f} s; {_chaos.schedule_text(plan)}", err=True)
+
+    draw = zipf_sampler(keys, skew, rng)
+    phases = plan.phases
+    rows: list[dict[str, Any]] = []
+    reads = writes = errors = 0
+    first_error: str | None = None
+    with _chaos_progress(progress, plan.duration) as show:
+        started = time.monotonic()
+        index = 0
+        phase = phases[0]
+        phase_end = started + phase.end
+        before = cache.stats()
+        requests_in = errors_in = write_errors_in = 0
+        show(phase.name, 0.0)
+        batch: list[int] = []
+        position = 0
+        while True:
+            if position == len(batch):
+                batch, position = draw(_DRAW_BATCH), 0
+                now = time.monotonic()
+                show(phase.name, now - started)
+            else:
+                now = time.monotonic()
+            if now >= phase_end:
+                after = cache.stats()
+                rows.append(
+                    _chaos.phase_row(
+                        phase,
+                        before,
+                        after,
+                        requests=requests_in,
+                        caller_errors=errors_in,
+                        write_errors=write_errors_in,
+                    )
+                )
+                before = after
+                requests_in = errors_in = write_errors_in = 0
+                index += 1
+                if index == len(phases):
+                    break
+                phase = phases[index]
+                phase_end = started + phase.end
+                _enter(phase, plan.pauser, origin)
+                show(phase.name, now - started)
+            key = f"user:{batch[position]}"
+            position += 1
+            requests_in += 1
+            writing = rng.random() < write_ratio
+            try:
+                if writing:
+                    writes += 1
+                    profile = cache.get(key)
+                    if isinstance(profile, dict):
+                        try:
+                            cache.set(key, {**profile, "score": rng.randrange(1000)})
+                        except Exception:
+                            write_errors_in += 1
+                            raise
+                else:
+                    reads += 1
+                    cache.get(key)
+            except Exception as exc:  # any exception that reaches a caller counts
+                errors += 1
+                errors_in += 1
+                if first_error is None:
+                    first_error = f"{type(exc).__name__}: {exc}"
+        elapsed = time.monotonic() - started
+    report = _report(cache.stats(), reads, writes, errors, elapsed, origin_latency)
+    report["chaos"] = _chaos.summarize(
+        plan,
+        rows,
+        warmed_keys=keys,
+        warm_s=round(warm_s, 3),
+        origin_refused=origin.refused,
+        first_error=first_error,
+    )
+    return report
+
+
+def _enter(phase: _chaos.Phase, pauser: _chaos.Pauser, origin: _chaos.FailingOrigin) -> None:
+    """What starts with ``phase``."""
+    if phase.name == _chaos.L2_PAUSED:
+        pauser.pause(phase.seconds)
+    elif phase.name == _chaos.L2_RESUMED:
+        pauser.resume()
+    elif phase.name == _chaos.ORIGIN_FAILING:
+        origin.fail_for(phase.seconds)
+    elif phase.name == _chaos.RECOVERED:
+        origin.recover()
 
 
 def _rounded(us: float | None) -> float | None:
@@ -256,6 +439,36 @@ class _progress:
             self._progress.stop()
 
 
+@contextmanager
+def _chaos_progress(enabled: bool, seconds: float) -> Iterator[Callable[[str, float], None]]:
+    """A rich progress bar over the run's seconds, naming the current phase (or nothing):
+    yields ``show(phase, elapsed)``."""
+    if not enabled:
+        yield lambda phase, elapsed: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    progress = Progress(
+        TextColumn("chaos: {task.description:<15}"),
+        BarColumn(),
+        TextColumn("{task.completed:4.1f} / {task.total:.1f} s"),
+        console=Console(stderr=True),
+        transient=False,
+    )
+    task = progress.add_task("", total=seconds)
+
+    def show(phase: str, elapsed: float) -> None:
+        progress.update(task, description=phase, completed=min(elapsed, seconds))
+
+    progress.start()
+    try:
+        yield show
+        progress.update(task, completed=seconds)
+    finally:
+        progress.stop()
+
+
 def _print_table(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -321,11 +534,13 @@ def _directory(path: Path | None) -> Iterator[Path]:
 
 _POSITIVE = click.IntRange(min=1)
 _NON_NEGATIVE = click.FloatRange(min=0.0)
+_SECONDS = click.FloatRange(min=0.0, min_open=True)
+_CHAOS_OPTIONS = ("chaos_duration", "chaos_pause", "chaos_origin_failure")
 
 
 # Every option shows its default: --help is where a user learns what a bare run does.
 @click.command("demo", context_settings={"show_default": True})
-@click.option("--requests", default=50_000, type=_POSITIVE)
+@click.option("--requests", default=50_000, type=_POSITIVE, help="ignored with --chaos")
 @click.option(
     "--keys", default=100_000, type=_POSITIVE, help="user profiles in the origin database"
 )
@@ -334,9 +549,10 @@ _NON_NEGATIVE = click.FloatRange(min=0.0)
 )
 @click.option(
     "--write-ratio",
-    default=0.05,
     type=click.FloatRange(0.0, 1.0),
-    help="share of requests that update a profile",
+    show_default="0.05; 0 with --chaos",
+    help="share of requests that update a profile (writes go through to the origin, so "
+    "they fail while --chaos has it down)",
 )
 @click.option("--l1-size", default=5_000, type=_POSITIVE, help="L1 (in-process) entries")
 @click.option(
@@ -363,26 +579,93 @@ _NON_NEGATIVE = click.FloatRange(min=0.0)
     type=click.Path(file_okay=False, path_type=Path),
     help="where the origin database and the L2 file live (default: a temp dir)",
 )
+@click.option(
+    "--chaos",
+    is_flag=True,
+    help="with the fail-safe on, pause L2 and then fail the origin during the run, and "
+    "report per phase what callers saw. L2 is a redis-server the demo starts (needs "
+    "redis-server on PATH), or the Redis 6.2+ of --l2, paused with CLIENT PAUSE ... ALL: "
+    "every client of that server waits, for --chaos-pause seconds even if the demo is "
+    "interrupted",
+)
+@click.option(
+    "--chaos-duration",
+    default=12.0,
+    type=_SECONDS,
+    metavar="SECONDS",
+    help="how long a --chaos run lasts",
+)
+@click.option(
+    "--chaos-pause", default=3.0, type=_SECONDS, metavar="SECONDS", help="how long L2 is paused"
+)
+@click.option(
+    "--chaos-origin-failure",
+    default=2.0,
+    type=_SECONDS,
+    metavar="SECONDS",
+    help="how long the origin fails",
+)
 @click.option("--json", "as_json", is_flag=True, help="print only one JSON object on stdout")
+@click.pass_context
 def demo_command(
+    ctx: click.Context,
+    /,
     origin_latency: float,
+    write_ratio: float | None,
     l2_url: str | None,
     l3_url: str | None,
     data_dir: Path | None,
+    chaos: bool,
+    chaos_duration: float,
+    chaos_pause: float,
+    chaos_origin_failure: float,
     as_json: bool,
     **workload: Any,
 ) -> None:
     """Run a Zipf workload through L1 -> L2 -> SQLite origin and report per level."""
     # The other options (sizes, skew, seed...) are run_demo's own arguments, passed as they are.
+    phases: list[_chaos.Phase] = []
+    if chaos:
+        # Checked before anything is created or started.
+        phases = _chaos.plan_phases(chaos_duration, chaos_pause, chaos_origin_failure)
+        spare = chaos_duration - chaos_pause - chaos_origin_failure
+        if spare < _chaos.MIN_SPARE:
+            raise click.UsageError(
+                f"--chaos-duration must leave at least {_chaos.MIN_SPARE:g}s besides "
+                f"--chaos-pause and --chaos-origin-failure (for the healthy, resumed and "
+                f"recovered phases); it leaves {spare:g}s"
+            )
+        _chaos.check_l2_url(l2_url)
+        if l2_url is None:
+            _chaos.find_redis_server()
+    else:
+        given = [
+            "--" + name.replace("_", "-")
+            for name in _CHAOS_OPTIONS
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only work(s) with --chaos")
+    if write_ratio is None:
+        write_ratio = 0.0 if chaos else 0.05
+    progress = sys.stderr.isatty() or not as_json
     try:
-        with _directory(data_dir) as directory:
+        with ExitStack() as stack:
+            directory = stack.enter_context(_directory(data_dir))
+            plan: _chaos.ChaosPlan | None = None
+            if chaos:
+                target = stack.enter_context(_chaos.chaos_l2(l2_url))
+                plan = _chaos.ChaosPlan(phases, target.pauser, target.describe())
+                l2_url = target.url
             report = run_demo(
                 **workload,
+                write_ratio=write_ratio,
                 origin_latency=origin_latency / 1000.0,
                 l2_url=l2_url,
                 l3_url=l3_url,
                 data_dir=directory,
-                progress=sys.stderr.isatty() or not as_json,
+                progress=progress,
+                chaos=plan,
             )
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
@@ -395,3 +678,5 @@ def demo_command(
         for url in (l2_url, l3_url):
             if url:
                 click.echo(f"remote level: {redact(url)}")
+        if "chaos" in report:
+            _chaos.print_chaos(report["chaos"])
