@@ -43,6 +43,8 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import importlib
+import inspect
 import pstats
 import sys
 import time
@@ -66,7 +68,7 @@ from tests.servers import MemcachedServer, RedisCluster, RedisServer  # noqa: E4
 
 from before import DEFAULT_REV, load_before, verify  # noqa: E402
 from stratacache import AsyncCache, Cache  # noqa: E402
-from stratacache.config import tier_from_url  # noqa: E402
+from stratacache.config import SCHEMES, tier_from_url  # noqa: E402
 from stratacache.entry import Entry  # noqa: E402
 from stratacache.tiers.remote import RemoteTier  # noqa: E402
 
@@ -215,7 +217,9 @@ class Level:
         if before is not None:
             # Its own namespace: the envelope format changed, each tier reads what it wrote.
             self.before_tier = before.config.tier_from_url(
-                self.url, namespace="bench-before", **self.before_options
+                self.url,
+                namespace="bench-before",
+                **accepted_by(before, self.url, self.before_options),
             )
             self.before_tier.set_many({key: before.Entry(VALUE) for key in self.keys})
             verify(before)  # again: building the tier imported its module just now
@@ -240,6 +244,43 @@ class Level:
         self.tier.close()
         if self.before_tier is not None:
             self.before_tier.close()
+
+
+def accepted_by(package: ModuleType, url: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of ``options`` that ``package``'s tier for ``url`` takes.
+
+    ``before_options`` are written for one revision, but ``--before`` takes any: a keyword
+    a revision's tier does not know makes it refuse to build at all (4dda6b0's memcached
+    tier and ``async_workers``, which only c1bdaeb's had). Such a keyword is left out, so
+    that revision runs with its own default, and said on stderr so the table is read
+    knowing it."""
+    scheme = SCHEMES[url.split("://", 1)[0].lower()]
+    module = importlib.import_module(package.__name__ + scheme.module.removeprefix("stratacache"))
+    tier_class = getattr(module, scheme.tier)
+    spec = getattr(tier_class, "Options", None)
+    if spec is not None and hasattr(spec, "accepted"):
+        known = set(spec.accepted())
+    else:
+        # Before the options dataclasses (c1bdaeb): the constructors' own keywords, down
+        # the classes for as long as each passes **options on to its base.
+        known = set()
+        for cls in tier_class.__mro__:
+            if "__init__" not in vars(cls):
+                continue
+            params = inspect.signature(cls.__init__).parameters.values()
+            known |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+        else:
+            return dict(options)
+    dropped = sorted(set(options) - known)
+    if dropped:
+        print(
+            f"note: {package.__name__}.{scheme.tier} takes no {', '.join(dropped)}: "
+            "left at that revision's default",
+            file=sys.stderr,
+        )
+    return {name: value for name, value in options.items() if name in known}
 
 
 class RedisLevel(Level):
@@ -318,7 +359,8 @@ class ClusterLevel(Level):
 class MemcachedLevel(Level):
     name = "memcached"
     # The current tier's async face is its own asyncio client (max_connections, default);
-    # the old one ran pymemcache in a thread pool, here as wide as the raw side's.
+    # c1bdaeb's ran pymemcache in a thread pool, here as wide as the raw side's. Later
+    # revisions have the asyncio client and no such keyword (accepted_by leaves it out).
     before_options: ClassVar[Mapping[str, Any]] = {"async_workers": POOL}
 
     def __init__(self, servers: list[MemcachedServer], before: ModuleType | None = None) -> None:
