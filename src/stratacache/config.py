@@ -96,6 +96,16 @@ def seconds(owner: str, name: str, value: Any, *, finite: bool = False, zero: bo
         raise ConfigurationError(f"{owner}: {name} must be {kind} {bound}{why}, got {value!r}")
 
 
+def breaker_options(owner: str, failures: Any, reset: Any) -> None:
+    """A circuit breaker's two options (network tiers, and SQLite's write breaker)."""
+    if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:
+        raise ConfigurationError(
+            f"{owner}: breaker_failures must be an int >= 0 (0: no circuit breaker), "
+            f"got {failures!r}"
+        )
+    seconds(owner, "breaker_reset", reset, finite=True, zero=False)
+
+
 # ----------------------------------------------------------------------------- options
 
 
@@ -208,17 +218,7 @@ class SQLiteOptions(SharedOptions):
         super().__post_init__()
         positive_int(self.owner, "max_entries", self.max_entries)
         seconds(self.owner, "busy_timeout", self.busy_timeout, finite=True)
-        # As NetworkOptions validates its own two breaker options.
-        if (
-            isinstance(self.breaker_failures, bool)
-            or not isinstance(self.breaker_failures, int)
-            or self.breaker_failures < 0
-        ):
-            raise ConfigurationError(
-                f"{self.owner}: breaker_failures must be an int >= 0 (0: no circuit "
-                f"breaker), got {self.breaker_failures!r}"
-            )
-        seconds(self.owner, "breaker_reset", self.breaker_reset, finite=True, zero=False)
+        breaker_options(self.owner, self.breaker_failures, self.breaker_reset)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -247,16 +247,7 @@ class NetworkOptions(SharedOptions):
         super().__post_init__()
         if self.pool_timeout is not None:
             seconds(self.owner, "pool_timeout", self.pool_timeout, finite=True, zero=False)
-        if (
-            isinstance(self.breaker_failures, bool)
-            or not isinstance(self.breaker_failures, int)
-            or self.breaker_failures < 0
-        ):
-            raise ConfigurationError(
-                f"{self.owner}: breaker_failures must be an int >= 0 (0: no circuit "
-                f"breaker), got {self.breaker_failures!r}"
-            )
-        seconds(self.owner, "breaker_reset", self.breaker_reset, finite=True, zero=False)
+        breaker_options(self.owner, self.breaker_failures, self.breaker_reset)
         seconds(self.owner, "ttl_grace", self.ttl_grace)
         seconds(self.owner, "connect_timeout", self.connect_timeout, finite=True, zero=False)
         seconds(self.owner, "socket_timeout", self.socket_timeout, finite=True, zero=False)

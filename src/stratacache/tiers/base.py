@@ -207,6 +207,29 @@ class Tier(ABC):
     def close(self) -> None:
         self.closed = True
 
+    def _breaker_moved(self, before: str, after: str, why: str) -> None:
+        """A circuit breaker's transition, logged (the breaker's ``on_change``)."""
+        self._log_breaker("circuit breaker", before, after, why)
+
+    def _log_breaker(self, which: str, before: str, after: str, why: str, note: str = "") -> None:
+        # One subject for "this level is down", shared with the hierarchy's skipped-level
+        # line: an outage reads as one line per interval, not one per transition. The
+        # probe cycle (open -> half-open -> open, every breaker_reset) is routine.
+        if after == "half-open":
+            logger.debug("tier %s (%s): %s half-open: %s", self.name, self.kind, which, why)
+            return
+        self.warnings.warning(
+            DOWN if after == "open" else RECOVERED,
+            "tier %s (%s): %s %s -> %s: %s%s",
+            self.name,
+            self.kind,
+            which,
+            before,
+            after,
+            why,
+            note if after == "open" else "",
+        )
+
     # -- the async face
 
     @abstractmethod

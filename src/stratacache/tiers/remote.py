@@ -43,7 +43,7 @@ from ..entry import NEVER
 from ..errors import CacheError, ConfigurationError, TierUnavailableError
 from ..keys import HASH_MARKER, KeyRules, storage_key
 from ..steps import drive
-from .base import DOWN, RECOVERED, Prepared, logger
+from .base import Prepared
 from .breaker import CircuitBreaker
 from .shared import SharedTier
 
@@ -241,23 +241,6 @@ class RemoteTier(SharedTier):
         if self.closed:
             raise TierUnavailableError(self.name, "closed")
         drive(self.read_steps([_PROBE_KEY]), self.perform, self.transport_errors, self.unavailable)
-
-    def _breaker_moved(self, before: str, after: str, why: str) -> None:
-        # One subject for "this level is down", shared with the hierarchy's skipped-level
-        # line: an outage reads as one line per interval, not one per transition. The
-        # probe cycle (open -> half-open -> open, every breaker_reset) is routine.
-        if after == "half-open":
-            logger.debug("tier %s (%s): circuit breaker half-open: %s", self.name, self.kind, why)
-            return
-        self.warnings.warning(
-            DOWN if after == "open" else RECOVERED,
-            "tier %s (%s): circuit breaker %s -> %s: %s",
-            self.name,
-            self.kind,
-            before,
-            after,
-            why,
-        )
 
     def storage_name(self, key: str) -> str:
         """The name under which this tier stores ``key`` (for operators and tests)."""

@@ -44,8 +44,8 @@ from typing import Any, TypeVar
 from ..config import SQLiteOptions
 from ..entry import NEVER, Entry
 from ..errors import CacheClosedError, CacheError, ConfigurationError, TierUnavailableError
-from .base import DOWN, RECOVERED, Prepared, Steps, logger
-from .breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from .base import Prepared, Steps
+from .breaker import CLOSED, CircuitBreaker
 from .shared import SharedTier
 
 __all__ = ["SQLiteTier"]
@@ -413,22 +413,8 @@ class SQLiteTier(SharedTier):
         )
 
     def _breaker_moved(self, before: str, after: str, why: str) -> None:
-        # As RemoteTier._breaker_moved: one subject for "this level is down", shared with
-        # the hierarchy's skipped-level line; the probe cycle is routine (debug).
-        if after == HALF_OPEN:
-            logger.debug(
-                "tier %s (%s): write circuit breaker half-open: %s", self.name, self.kind, why
-            )
-            return
-        self.warnings.warning(
-            DOWN if after == OPEN else RECOVERED,
-            "tier %s (%s): write circuit breaker %s -> %s: %s%s",
-            self.name,
-            self.kind,
-            before,
-            after,
-            why,
-            " (writes only: reads go on)" if after == OPEN else "",
+        self._log_breaker(
+            "write circuit breaker", before, after, why, " (writes only: reads go on)"
         )
 
     # ------------------------------------------------------------------ operations
