@@ -155,7 +155,7 @@ class Hierarchy:
         ]
         level_rules.check_ttls(self.rules)
         self.origin = origin
-        self.write_policy = make_write_policy(write)
+        self.write_policy = make_write_policy(write, origin)
         self.negative_ttl = negative_ttl
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
@@ -906,7 +906,11 @@ class Hierarchy:
         every level first, so a value no level can hold raises ValueTooLargeError before
         any I/O; the write is marked in the fence, so reads in flight do not fill over
         it; the levels are written bottom-up, so no upper level ever holds what the level
-        below lacks."""
+        below lacks. Write-around writes the origin and invalidates the levels instead
+        (see :meth:`_write_around`)."""
+        if not self.write_policy.writes_levels:
+            yield from self._write_around(items)
+            return
         prepared = self.prepare_levels(self.entries_for(items, ttl))
         self.fence.mark(items)
         origin = self.origin
@@ -925,6 +929,28 @@ class Hierarchy:
             if stored is not None:
                 prepared = self._prepare_stored(items, stored, ttl)
         yield from self._write_levels(prepared, range(len(self.levels) - 1, -1, -1))
+
+    def _write_around(self, items: Mapping[str, Any]) -> Flow:
+        """Write-around: store in the origin only, then drop the keys from every level
+        as :meth:`invalidate` does (a level that is down owes the delete). No level is
+        written, so nothing is encoded and any value the origin takes is fine. The fence
+        is marked before the origin is touched: a read that loaded the old value
+        meanwhile does not fill it back (and :meth:`invalidate` marks it again)."""
+        origin = self.origin
+        if origin is None or not origin.writable:  # refused when the cache was built
+            raise ConfigurationError("write='around' needs an origin that can store")
+        self.fence.mark(items)
+        try:
+            yield OriginStore(origin, items)
+        except ConfigurationError:
+            raise
+        except Exception as exc:
+            self.origin_stats.errors += 1
+            raise OriginError(
+                f"writing {len(items)} key(s) to the origin failed, no level was changed: {exc!r}"
+            ) from exc
+        self.origin_stats.stores += len(items)
+        yield from self.invalidate(list(items))
 
     def _prepare_stored(
         self, items: Mapping[str, Any], stored: Mapping[str, Any], ttl: float | None
