@@ -34,6 +34,7 @@ __all__ = [
     "CacheError",
     "ConfigurationError",
     "InvalidKeyError",
+    "JournalError",
     "KeyTooLongError",
     "LoadTimeoutError",
     "OriginError",
@@ -42,6 +43,7 @@ __all__ = [
     "TierUnavailableError",
     "TransientError",
     "ValueTooLargeError",
+    "WriteBehindFullError",
 ]
 
 
@@ -104,3 +106,26 @@ class PoolTimeoutError(TierUnavailableError):
     """Every connection of a tier's pool stayed busy for ``pool_timeout`` seconds. The
     level is skipped for this call, but the store is not taken for down: the circuit
     breaker does not count it."""
+
+
+class WriteBehindFullError(CacheError):
+    """The write-behind queue holds ``max_pending`` keys already: the write was refused,
+    and nothing of it was journaled."""
+
+    def __init__(self, name: str, pending: int, limit: int, adding: int) -> None:
+        super().__init__(
+            f"write-behind queue {name!r} is full: {pending} keys are waiting for the "
+            f"origin, the limit is max_pending={limit}, and this call would add {adding} "
+            "more; nothing of it was written. Raise max_pending, slow the writes down, or "
+            "check the origin (it is not keeping up, or it is failing: see the queue's "
+            "stats.retries and stats.lag_seconds)"
+        )
+        self.name = name
+        self.pending = pending
+        self.limit = limit
+        self.adding = adding
+
+
+class JournalError(CacheError):
+    """The write-behind journal could not be written or synced (the ``OSError`` is the
+    ``__cause__``): a disk full, read-only, or failing."""
