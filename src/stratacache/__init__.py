@@ -10,6 +10,7 @@ from .errors import (
     CacheError,
     ConfigurationError,
     InvalidKeyError,
+    JournalError,
     KeyTooLongError,
     LoadTimeoutError,
     OriginError,
@@ -18,6 +19,7 @@ from .errors import (
     TierUnavailableError,
     TransientError,
     ValueTooLargeError,
+    WriteBehindFullError,
 )
 from .hierarchy.aio import AsyncCache
 from .hierarchy.sync import Cache
@@ -52,6 +54,7 @@ __all__ = [
     "ConfigurationError",
     "Entry",
     "InvalidKeyError",
+    "JournalError",
     "KeyTooLongError",
     "LevelSnapshot",
     "LoadTimeoutError",
@@ -70,6 +73,7 @@ __all__ = [
     "TierUnavailableError",
     "TransientError",
     "ValueTooLargeError",
+    "WriteBehindFullError",
     "__version__",
     "register_type",
 ]

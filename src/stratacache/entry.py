@@ -7,6 +7,12 @@ injected clock.
 
 ``negative`` marks a remembered "not found": the origin had no row for the key, and the
 hierarchy may answer that without asking again until the entry expires.
+
+``version`` orders the writes of one key across processes (0: unknown, older than any
+numbered write); a shared level never replaces an entry with one of a lower version (see
+:mod:`stratacache.coherence`). ``tags`` name groups the entry belongs to, and
+``written_at`` is the wall-clock time its value was read from the source of truth: an
+entry written before one of its tags was invalidated reads as expired.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ class Entry(NamedTuple):
     value: Any
     expires_at: float = NEVER
     negative: bool = False
+    version: int = 0
+    tags: tuple[str, ...] = ()
+    written_at: float = 0.0
 
     def remaining(self, now: float) -> float:
         """Seconds left at wall-clock time ``now`` (may be negative; ``inf`` for no expiry)."""

@@ -158,6 +158,12 @@ class LevelStats(_Counters):  # type: ignore[misc]
     unencodable: int  # loaded values its serializer could not encode (not stored)
     writes: int
     evictions: int
+    #: writes and fills a shared level did not take: it held a newer version, a write
+    #: held the key, or the fill's lease was lost (see stratacache.hierarchy.claims)
+    refused: int
+    #: entries read that were older than a version this process saw written (an
+    #: envelope copied back, a level a write could not reach): read as misses
+    outdated: int
 
     def __init__(self, name: str, kind: str) -> None:
         self.name = name
@@ -191,10 +197,13 @@ class LevelStats(_Counters):  # type: ignore[misc]
             skipped=self.skipped,
             pool_waits=self.pool_waits,
             pool_timeouts=self.pool_timeouts,
+            refused=self.refused,
+            outdated=self.outdated,
         )
 
     def reset(self) -> None:
-        self.skipped = self.pool_waits = self.pool_timeouts = 0
+        self.skipped = self.pool_waits = self.pool_timeouts = self.refused = 0
+        self.outdated = 0
         self.hits = self.misses = self.errors = self.corrupt = 0
         self.too_large = self.unencodable = self.writes = self.evictions = 0
         self.latency.reset()
@@ -240,6 +249,8 @@ class LevelSnapshot:
     #: (also counted in errors)
     pool_waits: int = 0
     pool_timeouts: int = 0
+    refused: int = 0
+    outdated: int = 0
 
     @property
     def miss_rate(self) -> float:
@@ -264,6 +275,14 @@ class CacheStats:
     load_timeouts: int = 0
     #: background reloads started before expiry (refresh_ahead, XFetch)
     early_refreshes: int = 0
+    #: keys another process loaded while this one waited on its lease (no origin load)
+    lease_waits: int = 0
+    #: writes that waited for another process's write lock on a key
+    lock_waits: int = 0
+    #: the invalidation bus (see stratacache.coherence), when the cache has one
+    bus: dict[str, Any] = field(default_factory=dict)
+    #: the write-behind queue (see stratacache.behind), under write="behind"
+    write_behind: dict[str, Any] = field(default_factory=dict)
 
     @property
     def amat_us(self) -> float:
@@ -307,6 +326,8 @@ class CacheStats:
                     "skipped": s.skipped,
                     "pool_waits": s.pool_waits,
                     "pool_timeouts": s.pool_timeouts,
+                    "refused": s.refused,
+                    "outdated": s.outdated,
                 }
                 for s in self.levels
             ],
@@ -321,4 +342,8 @@ class CacheStats:
             "stale_served": self.stale_served,
             "load_timeouts": self.load_timeouts,
             "early_refreshes": self.early_refreshes,
+            "lease_waits": self.lease_waits,
+            "lock_waits": self.lock_waits,
+            "bus": dict(self.bus),
+            "write_behind": dict(self.write_behind),
         }

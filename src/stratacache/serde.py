@@ -4,16 +4,24 @@ Every value a shared tier (SQLite file, Redis, memcached) holds is one envelope:
 
     offset  size  field
     0       2     magic b"SC"
-    2       1     format version (3)
+    2       1     format version (4)
     3       1     serializer id (1 msgpack, 2 json, 3 pickle)
     4       1     flags (bit 0: zstd-compressed, bit 1: negative entry, bit 2: signed)
     5       1     signing key id (0 when unsigned)
     6       8     expires_at, float64 wall-clock seconds (0.0 = never; finite)
-    14      2     key length (bytes of the UTF-8 key)
-    16      4     payload length
-    20      k     the original key, UTF-8
-    20+k    p     payload (compressed when flag 0 is set)
+    14      8     version, uint64 little-endian (0 = unknown: older than any numbered write)
+    22      2     key length (bytes of the UTF-8 key)
+    24      2     tags length (0 = no tags)
+    26      4     payload length
+    30      k     the original key, UTF-8
+    30+k    t     tags: msgpack ``[written_at, [tag, ...]]`` (only when tags length > 0)
+    30+k+t  p     payload (compressed when flag 0 is set)
     end     32    HMAC-SHA256 over every byte before it (only when signed)
+
+The version sits at a fixed offset so that a store can compare it without decoding the
+rest (the Redis tier's compare-and-set script reads those 8 bytes). It is signed with the
+rest of the header: a replayed envelope cannot claim to be newer than it is. Format 3
+envelopes (no version, no tags) read as corrupt misses: the cache reloads them.
 
 Why carry the key: a shared tier may hash long keys, and anyone with write access to the
 store can put bytes under any name. Comparing the stored key on read means two keys that
@@ -111,11 +119,13 @@ __all__ = [
 ]
 
 MAGIC = b"SC"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 FLAG_COMPRESSED = 0x01
 FLAG_NEGATIVE = 0x02
 FLAG_SIGNED = 0x04
-_HEADER = struct.Struct("<2sBBBBdHI")
+_HEADER = struct.Struct("<2sBBBBdQHHI")
+#: where the version field starts (see the table above)
+VERSION_OFFSET = 14
 HEADER_SIZE = _HEADER.size
 SIGNATURE_SIZE = 32
 #: The longest key an envelope can carry (its length field is 16 bits), in UTF-8 bytes.
@@ -923,6 +933,21 @@ class _Zstd:
 DEFAULT_MAX_VALUE_SIZE = 1024 * 1024
 
 
+_TAGS = msgspec.msgpack.Encoder()
+_TAGS_DECODER = msgspec.msgpack.Decoder(tuple[float, tuple[str, ...]])
+
+
+def _read_tags(data: memoryview) -> tuple[float, tuple[str, ...]]:
+    """``(written_at, tags)`` from an envelope's tags block."""
+    try:
+        written_at, tags = _TAGS_DECODER.decode(data)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"the tags block does not decode: {exc}") from exc
+    if not math.isfinite(written_at):
+        raise PayloadError(f"tag write time {written_at!r} is not a finite time")
+    return written_at, tags
+
+
 class Codec:
     """Turns entries into envelopes and back, for one tier's configuration.
 
@@ -997,6 +1022,12 @@ class Codec:
             flags |= FLAG_SIGNED
             key_id = signer.current
         expires = 0.0 if entry.expires_at == NEVER else entry.expires_at
+        tags = _TAGS.encode([entry.written_at, entry.tags]) if entry.tags else b""
+        if len(tags) > 0xFFFF:
+            raise SerializationError(
+                f"the tags of key {key!r} take {len(tags)} bytes encoded; an entry's tags "
+                "may take at most 65535: use fewer or shorter tags"
+            )
         header = _HEADER.pack(
             MAGIC,
             FORMAT_VERSION,
@@ -1004,10 +1035,12 @@ class Codec:
             flags,
             key_id,
             expires,
+            entry.version,
             len(key_bytes),
+            len(tags),
             len(payload),
         )
-        body = b"".join((header, key_bytes, payload))
+        body = b"".join((header, key_bytes, tags, payload))
         if signer is not None:
             body += signer.sign(body, self.context)
         return body
@@ -1020,9 +1053,18 @@ class Codec:
         total = len(view)
         if total < HEADER_SIZE:
             raise PayloadError(f"{total} bytes is shorter than the {HEADER_SIZE}-byte header")
-        (magic, fmt, serializer_id, flags, key_id, expires, key_len, payload_len) = (
-            _HEADER.unpack_from(view)
-        )
+        (
+            magic,
+            fmt,
+            serializer_id,
+            flags,
+            key_id,
+            expires,
+            version,
+            key_len,
+            tags_len,
+            payload_len,
+        ) = _HEADER.unpack_from(view)
         if magic != MAGIC:
             raise PayloadError("not a stratacache envelope (bad magic)")
         if fmt != FORMAT_VERSION:
@@ -1034,7 +1076,9 @@ class Codec:
         if not math.isfinite(expires):  # "never" is 0.0; NaN would compare as expired
             raise PayloadError(f"expiry {expires!r} is not a finite time")
         signed = bool(flags & FLAG_SIGNED)
-        expected = HEADER_SIZE + key_len + payload_len + (SIGNATURE_SIZE if signed else 0)
+        expected = (
+            HEADER_SIZE + key_len + tags_len + payload_len + (SIGNATURE_SIZE if signed else 0)
+        )
         if expected != total:
             raise PayloadError(
                 f"length mismatch: header announces {expected} bytes, buffer has {total}"
@@ -1062,11 +1106,16 @@ class Codec:
                 f"{self.serializer.name} ({self.serializer.id})"
             )
         expires_at = NEVER if expires == 0.0 else expires
+        tags: tuple[str, ...] = ()
+        written_at = 0.0
+        if tags_len:
+            written_at, tags = _read_tags(view[key_end : key_end + tags_len])
+            key_end += tags_len
         negative = bool(flags & FLAG_NEGATIVE)
         if negative:
             if payload_len:
                 raise PayloadError("negative entry with a payload")
-            return Entry(None, expires_at, True)
+            return Entry(None, expires_at, True, version, tags, written_at)
         # A view, not a copy: the serializers read any buffer.
         payload: bytes | memoryview = view[key_end : key_end + payload_len]
         if flags & FLAG_COMPRESSED:
@@ -1082,4 +1131,4 @@ class Codec:
             raise PayloadError(
                 f"{self.serializer.name} could not decode the payload: {exc}"
             ) from exc
-        return Entry(value, expires_at)
+        return Entry(value, expires_at, False, version, tags, written_at)

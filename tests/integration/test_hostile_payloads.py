@@ -91,7 +91,7 @@ class _SQLiteRaw:
 
     def put(self, name: str, blob: bytes) -> None:
         self.conn.execute(
-            "INSERT OR REPLACE INTO stratacache_entries VALUES (?, ?, ?, NULL, 0)",
+            "INSERT OR REPLACE INTO stratacache_entries VALUES (?, ?, ?, NULL, 0, 0)",
             (*self._row(name), blob),
         )
 
@@ -186,6 +186,7 @@ def envelope(
     sign_with: bytes | None = None,
     context: bytes = b"",
     signature: bytes | None = None,
+    version: int = 0,
 ) -> bytes:
     """An envelope built field by field, with any field wrong on purpose."""
     raw_key = key.encode()
@@ -199,7 +200,9 @@ def envelope(
         flags,
         key_id,
         expires,
+        version,
         len(raw_key) if key_len is None else key_len,
+        0,  # no tags
         len(payload) if payload_len is None else payload_len,
     )
     body = header + raw_key + payload

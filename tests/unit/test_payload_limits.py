@@ -25,7 +25,7 @@ def compressed_envelope(key: str, frame: bytes) -> bytes:
     template = bytearray(Codec().encode(key, Entry("x")))
     header = template[:HEADER_SIZE]
     header[4] |= 0x01
-    header[16:20] = struct.pack("<I", len(frame))
+    header[26:30] = struct.pack("<I", len(frame))
     return bytes(header) + key.encode() + frame
 
 

@@ -62,7 +62,7 @@ def test_a_key_too_long_for_the_envelope_raises_serialization_error() -> None:
         (lambda b: b + b"extra", "length mismatch"),
         (lambda b: b[:4] + b"\x80" + b[5:], "unknown flags"),
         # a huge payload length in the header must not make us read or allocate anything
-        (lambda b: b[:16] + struct.pack("<I", 0xFFFFFFFF) + b[20:], "length mismatch"),
+        (lambda b: b[:26] + struct.pack("<I", 0xFFFFFFFF) + b[30:], "length mismatch"),
         (lambda b: b[:3] + b"\x02" + b[4:], "serializer id 2"),
         (lambda b: b[:-3] + b"\xc1\xc1\xc1", "could not decode"),
     ],
@@ -145,7 +145,7 @@ def test_forged_pickle_gadget_never_runs(tmp_path: Path) -> None:
     forger = Codec("pickle", signer=Signer({1: b"attacker-key-0123456789"}, 1))
     forged = forger.encode("k", Entry("placeholder"))
     header_end = HEADER_SIZE + 1
-    body = forged[:16] + struct.pack("<I", len(gadget)) + forged[20:header_end] + gadget
+    body = forged[:26] + struct.pack("<I", len(gadget)) + forged[30:header_end] + gadget
     forged = body + forger.signer.sign(body)  # type: ignore[union-attr]
     with pytest.raises(PayloadError, match="bad signature"):
         codec.decode("k", forged)
@@ -176,7 +176,7 @@ def test_decompression_bomb_is_refused() -> None:
     codec = Codec(compress_threshold=0, max_value_size=100_000)
     template = codec.encode("k", Entry("x" * 200))
     header = bytearray(template[:HEADER_SIZE])
-    header[16:20] = struct.pack("<I", len(bomb))
+    header[26:30] = struct.pack("<I", len(bomb))
     header[4] |= 0x01
     with pytest.raises(PayloadError, match="limit"):
         codec.decode("k", bytes(header) + b"k" + bomb)
@@ -188,7 +188,7 @@ def test_truncated_compression_frame_is_refused() -> None:
     header = bytearray(blob[:HEADER_SIZE])
     payload = blob[HEADER_SIZE + 1 :]
     cut = payload[: len(payload) // 2]
-    header[16:20] = struct.pack("<I", len(cut))
+    header[26:30] = struct.pack("<I", len(cut))
     with pytest.raises(PayloadError, match="zstd"):
         codec.decode("k", bytes(header) + b"k" + cut)
 
@@ -197,3 +197,25 @@ def test_signer_repr_never_shows_secrets() -> None:
     signer = Signer({1: KEY_A}, 1)
     assert "0123456789" not in repr(signer)
     assert "0123456789" not in repr(Codec(signer=signer).signer)
+
+
+def test_version_and_tags_round_trip_and_are_signed() -> None:
+    codec = Codec(signer=KEY_A)
+    entry = Entry({"a": 1}, 2e9, False, 41, ("user:1", "team:2"), 1.7e9)
+    assert codec.decode("k", codec.encode("k", entry)) == entry
+    plain = Codec().encode("k", Entry("v"))
+    assert Codec().decode("k", plain).version == 0
+    # the version is part of the signed header: raising it breaks the signature
+    blob = bytearray(codec.encode("k", entry))
+    blob[14:22] = struct.pack("<Q", 99)
+    with pytest.raises(PayloadError, match="bad signature"):
+        codec.decode("k", bytes(blob))
+
+
+def test_a_corrupt_tags_block_is_refused() -> None:
+    codec = Codec()
+    blob = bytearray(codec.encode("k", Entry("v", tags=("t",), written_at=5.0)))
+    start = HEADER_SIZE + 1  # after the one-byte key
+    blob[start] = 0xC1  # never valid msgpack
+    with pytest.raises(PayloadError, match="tags block"):
+        codec.decode("k", bytes(blob))

@@ -55,7 +55,7 @@ def test_a_signed_row_copied_to_another_namespace_is_a_miss(
     with sqlite3.connect(tmp_path / "l2.db") as conn:
         conn.execute(
             "INSERT INTO stratacache_entries SELECT 'admins', key, value, expires_at, "
-            "written_at FROM stratacache_entries WHERE namespace = 'prices'"
+            "written_at, version FROM stratacache_entries WHERE namespace = 'prices'"
         )
     assert admins.get_many(["alice"]) == {}
     assert admins.stats.corrupt == 1

@@ -605,6 +605,28 @@ _CHAOS_OPTIONS = ("chaos_duration", "chaos_pause", "chaos_origin_failure")
     metavar="SECONDS",
     help="how long the origin fails",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(min=2),
+    metavar="N",
+    help="run N worker processes (each with its own L1) over one L2 and one origin, reading "
+    "and writing the same keys; report per process the stale reads and the invalidation "
+    "latency",
+)
+@click.option(
+    "--seconds",
+    default=5.0,
+    type=_SECONDS,
+    help="how long a --processes run lasts",
+)
+@click.option(
+    "--write-policy",
+    type=click.Choice(["through", "behind", "around"]),
+    default="through",
+    help="what set does: write the origin then every level (through), every level and a "
+    "durable journal the origin is fed from (behind), or the origin then invalidate every "
+    "level (around)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print only one JSON object on stdout")
 @click.pass_context
 def demo_command(
@@ -619,10 +641,23 @@ def demo_command(
     chaos_duration: float,
     chaos_pause: float,
     chaos_origin_failure: float,
+    processes: int | None,
+    seconds: float,
+    write_policy: str,
     as_json: bool,
     **workload: Any,
 ) -> None:
     """Run a Zipf workload through L1 -> L2 -> SQLite origin and report per level."""
+    if processes is not None:
+        if chaos:
+            raise click.UsageError("--processes and --chaos are separate runs; pick one")
+        _run_processes_command(
+            processes, seconds, write_policy, write_ratio, l2_url, data_dir, as_json, workload
+        )
+        return
+    for name in ("seconds", "write_policy"):
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+            raise click.UsageError(f"--{name.replace('_', '-')} only works with --processes")
     # The other options (sizes, skew, seed...) are run_demo's own arguments, passed as they are.
     phases: list[_chaos.Phase] = []
     if chaos:
@@ -680,3 +715,39 @@ def demo_command(
                 click.echo(f"remote level: {redact(url)}")
         if "chaos" in report:
             _chaos.print_chaos(report["chaos"])
+
+
+def _run_processes_command(
+    processes: int,
+    seconds: float,
+    write_policy: str,
+    write_ratio: float | None,
+    l2_url: str | None,
+    data_dir: Path | None,
+    as_json: bool,
+    workload: dict[str, Any],
+) -> None:
+    from .processes import print_processes, run_processes
+
+    try:
+        with _directory(data_dir) as directory:
+            # one more user than the workload reads: the invalidation probe
+            create_users_db(directory / "origin-users.db", workload["keys"] + 1, workload["seed"])
+            report = run_processes(
+                processes=processes,
+                seconds=seconds,
+                write_policy=write_policy,
+                keys=workload["keys"],
+                skew=workload["skew"],
+                write_ratio=0.2 if write_ratio is None else write_ratio,
+                l1_size=workload["l1_size"],
+                seed=workload["seed"],
+                data_dir=directory,
+                l2_url=l2_url,
+            )
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        print_processes(report, click.echo)

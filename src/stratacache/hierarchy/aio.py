@@ -85,15 +85,32 @@ class AsyncCache(BaseCache):
         values = await arun(self._flow_get(key, loader, ttl, l1_checked=True, safety=safety))
         return values.get(key, default)
 
-    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+    async def set(
+        self, key: str, value: Any, ttl: float | None = None, *, tags: Iterable[str] | None = None
+    ) -> None:
         writer = self._local_writer
         if writer is not None and not self._closed:
-            writer(key, value, ttl)
+            if tags is None:
+                writer(key, value, ttl)
+            else:
+                writer(key, value, ttl, tags=tags)
             return
-        await arun(self._flow_set(key, value, ttl))
+        await arun(self._flow_set(key, value, ttl, tags))
 
-    async def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> None:
-        await arun(self._flow_set_many(items, ttl))
+    async def set_many(
+        self,
+        items: Mapping[str, Any],
+        ttl: float | None = None,
+        *,
+        tags: Iterable[str] | None = None,
+    ) -> None:
+        await arun(self._flow_set_many(items, ttl, tags))
+
+    async def invalidate_tag(self, tag: str) -> None:
+        await arun(self._flow_invalidate_tags([tag]))
+
+    async def invalidate_tags(self, tags: Iterable[str]) -> None:
+        await arun(self._flow_invalidate_tags(tags))
 
     async def delete(self, key: str) -> None:
         await arun(self._flow_delete([key]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -13,6 +14,7 @@ from types import MethodType
 from typing import Any
 
 from ..config import tier_from_url
+from ..entry import Entry
 from ..errors import CacheClosedError, ConfigurationError, OriginError
 from ..keys import validate_items, validate_key, validate_keys
 from ..metrics import CacheStats
@@ -23,8 +25,9 @@ from .calls import CallKeys
 from .flow import Flow, Hierarchy, Loader
 from .front import Front, Reader, Writer
 from .refresh import Refresh, refreshing_reader
-from .rules import check_ttl
+from .rules import check_tags, check_ttl
 from .safety import UNSET, Safety
+from .wiring import AUTO, make_bus, make_write_behind
 from .write import WritePolicy
 
 __all__ = ["L1_MISS", "BaseCache", "KeyBuilder", "key_builder", "own_error"]
@@ -54,6 +57,13 @@ class BaseCache:
         hard_timeout: float | None = None,
         refresh_ahead: float | None = None,
         xfetch_beta: float | None = None,
+        bus: Any = AUTO,
+        leases: bool = True,
+        lease_ttl: float = 3.0,
+        lock_ttl: float = 2.0,
+        journal: str | os.PathLike[str] | None = None,
+        journal_fsync: str = "always",
+        max_pending_writes: int = 100_000,
     ) -> None:
         safety = Safety(fail_safe_max_age, soft_timeout, hard_timeout)
         refresh = Refresh.checked(refresh_ahead, xfetch_beta)
@@ -87,11 +97,33 @@ class BaseCache:
             wall_clock=wall_clock,
             rng=rng,
             safety=safety,
+            leases=leases,
+            lease_ttl=lease_ttl,
+            lock_ttl=lock_ttl,
         )
+        hierarchy = self._hierarchy
+        if hierarchy.write_policy.defers_origin:
+            hierarchy.behind = make_write_behind(
+                hierarchy.origin,
+                journal,
+                fsync=journal_fsync,
+                max_pending=max_pending_writes,
+                name="cache",
+            )
+        elif journal is not None:
+            raise ConfigurationError(
+                f"journal= is the write-behind queue's directory; it needs write='behind' "
+                f"(this cache writes {hierarchy.write_policy.name!r})"
+            )
+        try:
+            hierarchy.announce = make_bus(bus, hierarchy)
+        except BaseException:
+            if hierarchy.behind is not None:
+                hierarchy.behind.close()
+            raise
         self._refresh = refresh
         self._closed = False
         top = built[0]
-        hierarchy = self._hierarchy
         self._front: Front | None = (
             Front(top, hierarchy.rules[0], hierarchy.rng, timed=measure_l1_latency)
             if isinstance(top, MemoryTier)
@@ -152,7 +184,10 @@ class BaseCache:
         if front is not None and hierarchy.misses_stay_local():
             self._local_miss = front.local_miss
             if hierarchy.sets_stay_local():
-                self._local_writer = front.writer()
+                index = hierarchy.tags
+                self._local_writer = front.writer(
+                    lambda key, tags: index.index_local({key: Entry(None, tags=tags)})
+                )
         self._bind_get()
 
     def _bind_get(self) -> None:
@@ -251,15 +286,20 @@ class BaseCache:
         self._check_open()
         return self._hierarchy.read(validate_keys(keys, "get_many"), safety=safety)
 
-    def _flow_set(self, key: str, value: Any, ttl: float | None) -> Flow:
+    def _flow_set(self, key: str, value: Any, ttl: float | None, tags: Any = None) -> Flow:
         self._check_open()
         check_ttl(ttl)
-        return self._hierarchy.write({validate_key(key): value}, ttl)
+        return self._hierarchy.write({validate_key(key): value}, ttl, check_tags(tags))
 
-    def _flow_set_many(self, items: Mapping[str, Any], ttl: float | None) -> Flow:
+    def _flow_set_many(self, items: Mapping[str, Any], ttl: float | None, tags: Any = None) -> Flow:
         self._check_open()
         check_ttl(ttl)
-        return self._hierarchy.write(validate_items(items, "set_many"), ttl)
+        return self._hierarchy.write(validate_items(items, "set_many"), ttl, check_tags(tags))
+
+    def _flow_invalidate_tags(self, tags: Iterable[str]) -> Flow:
+        self._check_open()
+        checked = check_tags(list(tags))
+        return self._hierarchy.invalidate_tags(checked)
 
     def _flow_delete(self, keys: Iterable[str], method: str = "delete_many") -> Flow:
         self._check_open()

@@ -21,7 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 
-__all__ = ["WriteFence"]
+__all__ = ["SeenVersions", "WriteFence"]
 
 
 class WriteFence:
@@ -64,3 +64,33 @@ class WriteFence:
                 return set(keys)
             written = self._written
             return {key for key in keys if written.get(key, 0) > epoch}
+
+
+class SeenVersions:
+    """The highest write version this process has seen per key (its own writes, and
+    other processes' announced on the bus), bounded like the fence. A shared level that
+    answers an older version than that (an envelope copied back, or a level a write could
+    not reach) is not believed: the read goes on as a miss and reloads."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, int] = OrderedDict()
+
+    def saw(self, keys: Iterable[str], versions: Iterable[int]) -> None:
+        with self._lock:
+            seen = self._seen
+            for key, version in zip(keys, versions, strict=False):
+                if version > seen.get(key, 0):
+                    seen[key] = version
+                    seen.move_to_end(key)
+            while len(seen) > self.limit:
+                seen.popitem(last=False)
+
+    def older(self, key: str, version: int) -> bool:
+        known = self._seen.get(key)
+        return known is not None and version < known
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seen.clear()

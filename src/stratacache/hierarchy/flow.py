@@ -34,11 +34,12 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from ..entry import Entry
+from ..behind import DELETED
+from ..entry import NEVER, Entry
 from ..errors import (
     ConfigurationError,
     LoadTimeoutError,
@@ -50,13 +51,17 @@ from ..errors import (
 from ..metrics import CacheStats, OriginStats
 from ..origin import Origin
 from ..stampede import Flight, Read, ReadFlights, SingleFlight
-from ..tiers.base import DOWN, DROPPED, Prepared, Tier
+from ..tiers.base import DOWN, DROPPED, FILL, Prepared, Tier
+from ..tiers.shared import LEASE, SharedTier
 from . import rules as level_rules
 from .background import Background
-from .fence import WriteFence
+from .claims import Coordinator, Lease
+from .fence import SeenVersions, WriteFence
 from .ops import (
     AwaitLoad,
+    Blocking,
     Detach,
+    JournalWrite,
     LevelClear,
     LevelClose,
     LevelDelete,
@@ -75,6 +80,7 @@ from .ops import (
 from .recovery import PendingRepairs
 from .rules import LevelRule
 from .safety import Safety
+from .tags import TagIndex, tag_key
 from .write import WritePolicy, make_write_policy
 
 __all__ = ["Flow", "Hierarchy", "Loader"]
@@ -83,6 +89,23 @@ logger = logging.getLogger("stratacache")
 
 Loader = Callable[[list[str]], Any]
 Flow = Generator[Op, Any, Any]
+
+
+class Announcer(Protocol):
+    """Where the flow tells other processes what changed (see :mod:`stratacache.coherence`):
+    non-blocking, never raises."""
+
+    def publish_keys(self, keys: Sequence[str], versions: Sequence[int] | None = None) -> None: ...
+
+    def publish_clear(self) -> None: ...
+
+    def publish_tags(self, tags: Sequence[str], at: float) -> None: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def stats(self) -> Any: ...
+
 
 NO_SAFETY = Safety()
 
@@ -105,6 +128,8 @@ class _Load:
     #: running in the background (it settles their flights when it lands)
     stale: set[str] = field(default_factory=set)
     detached: set[str] = field(default_factory=set)
+    #: the leases this read took on the shared level for the keys it loads
+    leases: list[Lease] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +153,9 @@ class Hierarchy:
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         safety: Safety | None = None,
+        leases: bool = True,
+        lease_ttl: float = 3.0,
+        lock_ttl: float = 2.0,
     ) -> None:
         if not levels:
             raise ConfigurationError("a cache needs at least one level")
@@ -176,6 +204,26 @@ class Hierarchy:
         self.stale_served = 0  # values the fail-safe served (per caller and key)
         self.load_timeouts = 0  # reads that gave up at hard_timeout with nothing stale
         self.early_refreshes = 0  # background reloads started by refresh-ahead or XFetch
+        #: the first shared level that can coordinate processes (see :mod:`.claims`)
+        self.coordinator: Coordinator | None = None
+        for index, level in enumerate(self.levels):
+            if isinstance(level, SharedTier) and level.coordinates:
+                self.coordinator = Coordinator(
+                    level,
+                    index,
+                    lease_ttl=lease_ttl,
+                    lock_ttl=lock_ttl,
+                    failed=self._level_failed,
+                    believed=self._believed,
+                )
+                break
+        self.leases = leases
+        #: tells other processes what this one wrote (the invalidation bus; None: nobody)
+        self.announce: Announcer | None = None
+        #: the durable queue of write="behind" (see stratacache.behind)
+        self.behind: Any = None
+        self.tags = TagIndex()
+        self.seen = SeenVersions()
 
     def misses_stay_local(self) -> bool:
         """True when a miss can be answered by the only level alone: no origin and no
@@ -189,6 +237,8 @@ class Hierarchy:
     def sets_stay_local(self) -> bool:
         """True when ``set`` touches nothing but the only level, itself in-process."""
         if len(self.levels) != 1 or not self.levels[0].local:
+            return False
+        if self.behind is not None or self.announce is not None:
             return False
         origin_written = self.origin is not None and self.origin.writable
         return not (self.write_policy.writes_origin and origin_written)
@@ -286,6 +336,8 @@ class Hierarchy:
                         reads.abandon(mine)
                         raise
                     reads.complete(mine, entries)
+            if entries and not level.local:
+                entries = yield from self._believed(level, entries)
             stats = level.stats
             stats.hits += len(entries)
             stats.misses += asked - len(entries)
@@ -412,6 +464,8 @@ class Hierarchy:
                     )
                 else:
                     entries = yield from self._read_led(level, reads, mine)
+            if entries and not level.local:
+                entries = yield from self._believed(level, entries)
             if not entries:
                 continue
             found.update(entries)
@@ -423,6 +477,83 @@ class Hierarchy:
         for index, entries in promote:
             yield from self._promote(index, entries, epoch)
         return found
+
+    def _believed(self, level: Tier, entries: Mapping[str, Entry]) -> Flow:
+        """What a shared level answered, less entries older than a write this process
+        saw (see :class:`.fence.SeenVersions`) and entries one of whose tags was
+        invalidated after they were written (see :mod:`.tags`)."""
+        seen = self.seen
+        outdated = [key for key, entry in entries.items() if seen.older(key, entry.version)]
+        if outdated:
+            level.stats.outdated += len(outdated)
+            level.warnings.warning(
+                "outdated",
+                "level %s (%s) answered %d key(s) (first %.200r) with a version older than "
+                "one this process saw written (replayed, or a write that missed the "
+                "level): read as misses",
+                level.name,
+                level.kind,
+                len(outdated),
+                outdated[0],
+            )
+            entries = {k: e for k, e in entries.items() if k not in outdated}
+        if self.tags.used and entries:
+            entries = yield from self._without_tag_stale(entries)
+        return entries
+
+    def _without_tag_stale(self, entries: Mapping[str, Entry]) -> Flow:
+        """``entries`` less those written before one of their tags was invalidated
+        (see :mod:`.tags`); reads the invalidation times this process does not know."""
+        tagged = [entry for entry in entries.values() if entry.tags]
+        if not tagged:
+            return entries
+        tags = self.tags
+        unknown = tags.unknown({tag for entry in tagged for tag in entry.tags})
+        if unknown:
+            yield from self._read_tag_times(unknown)
+        return {key: e for key, e in entries.items() if not (e.tags and tags.stale(e))}
+
+    def _read_tag_times(self, unknown: list[str]) -> Flow:
+        times = dict.fromkeys(unknown, 0.0)  # never invalidated, unless a level says so
+        by_key = {tag_key(tag): tag for tag in unknown}
+        for level in reversed(self.levels):
+            if level.local:
+                continue
+            try:
+                found: Mapping[str, Entry] = yield LevelGet(level, list(by_key))
+            except TransientError as exc:
+                self._level_failed(level, "tag read", exc)
+                continue
+            for key, entry in found.items():
+                if isinstance(entry.value, int | float):
+                    tag = by_key[key]
+                    times[tag] = max(times[tag], float(entry.value))
+        self.tags.learn(times)
+
+    def invalidate_tags(self, tags: Sequence[str]) -> Flow:
+        """Every entry carrying one of ``tags`` and written before now reads as a miss,
+        in every level and every process (see :mod:`.tags`)."""
+        tags = list(dict.fromkeys(tags))
+        at = self.wall_clock()
+        self.tags.used = True
+        self.tags.invalidated(tags, at)
+        stamps = {tag_key(tag): at for tag in tags}
+        versions, _ = yield from self._versions(list(stamps), lock=False)
+        per_level: list[dict[str, Entry]] = [
+            {}
+            if level.local
+            else {k: Entry(v, NEVER, False, versions.get(k, 0)) for k, v in stamps.items()}
+            for level in self.levels
+        ]
+        yield from self._write_levels(
+            self.prepare_levels(per_level), range(len(self.levels) - 1, -1, -1)
+        )
+        dropped = self.tags.local_keys(tags)
+        if dropped:
+            self.fence.mark(dropped)
+            yield from self._drop_local(dropped)
+        if self.announce is not None:
+            self.announce.publish_tags(tags, at)
 
     def refresh(self, keys: Sequence[str]) -> Flow:
         """Reload ``keys`` ahead of their expiry (refresh-ahead, XFetch), in the
@@ -459,12 +590,13 @@ class Hierarchy:
                 continue
             expiries = level_rules.expiries(upper, now, cap=entry.expires_at, rng=self.rng)
             for level_index, expiry in enumerate(expiries):
-                per_level[level_index][key] = Entry(entry.value, expiry, entry.negative)
-        yield from self._write_levels(
-            self._prepare_some(per_level + [{}] * (len(self.levels) - index)),
-            range(index - 1, -1, -1),
-            owed=False,
-        )
+                per_level[level_index][key] = entry._replace(expires_at=expiry)
+        if self.tags.used:
+            self.tags.index_local({k: e for k, e in entries.items() if e.tags})
+        prepared = self._prepare_some(per_level + [{}] * (len(self.levels) - index))
+        for item in prepared:
+            item.mode = FILL  # a copy: never over a newer value a shared level has
+        yield from self._write_levels(prepared, range(index - 1, -1, -1), owed=False)
         yield from self._unfill_raced(per_level[0] if per_level else {}, epoch)
 
     def _load(self, missing: list[str], how: _Load, values: dict[str, Any]) -> Flow:
@@ -516,10 +648,13 @@ class Hierarchy:
                         values[key] = entry.value
                 flights.complete(answered, values)
                 flights.coalesced += len(answered)
+            if led and self.leases and self.coordinator is not None:
+                led = yield from self._leased(led, how, values)
             if led:
                 by_key = {f.key: f for f in led}
                 values.update((yield from self._load_now(list(by_key), how, by_key)))
         except Exception as exc:
+            yield from self._release_leases(how)
             flights.fail(self._attached(led, how), exc)
             raise
         except BaseException:
@@ -530,6 +665,38 @@ class Hierarchy:
         if led:
             flights.complete(self._attached(led, how), values, how.stale)
         return values
+
+    def _leased(self, led: list[Flight], how: _Load, values: dict[str, Any]) -> Flow:
+        """Take leases on the shared level for the keys about to be loaded (see
+        :mod:`.claims`): keys another process was loading are taken from its fill
+        (promoted, and their flights settled) instead of loaded again. Returns the
+        flights still to load."""
+        coordinator = self.coordinator
+        assert coordinator is not None
+        lease = yield from coordinator.lease([f.key for f in led])
+        how.leases.append(lease)
+        if not lease.filled:
+            return led
+        flights = self.single_flight
+        answered = [f for f in led if f.key in lease.filled]
+        found = {k: e.value for k, e in lease.filled.items() if not e.negative}
+        values.update(found)
+        coordinator.level.stats.hits += len(lease.filled)
+        if coordinator.index > 0:
+            yield from self._promote(coordinator.index, lease.filled, how.epoch)
+        flights.complete(answered, found)
+        flights.coalesced += len(answered)
+        return [f for f in led if f.key not in lease.filled]
+
+    def _release_leases(self, how: _Load) -> Flow:
+        """A load failed: give its leases back, so other processes stop waiting for a
+        fill that will not come."""
+        coordinator = self.coordinator
+        if coordinator is None:
+            return
+        for lease in how.leases:
+            yield from coordinator.release(sorted(lease.granted), lease.token, LEASE)
+            lease.granted.clear()
 
     @staticmethod
     def _attached(led: list[Flight], how: _Load) -> list[Flight]:
@@ -570,6 +737,8 @@ class Hierarchy:
                         served.update(loaded.values)
                         continue
                 loaded = self._accepted(loaded, group)
+                if self.behind is not None:
+                    loaded = self._with_pending(loaded, group)
             except LoadTimeoutError:
                 raise
             except ConfigurationError:
@@ -590,10 +759,24 @@ class Hierarchy:
                 else:
                     not_found.append(key)
         stats.found += len(loaded_entries)
-        yield from self._fill(loaded_entries, not_found, how.ttl, how.epoch)
+        yield from self._fill(loaded_entries, not_found, how)
         if served:
             return {**loaded_entries, **served}
         return loaded_entries
+
+    def _with_pending(self, loaded: Mapping[str, Any], group: list[str]) -> Mapping[str, Any]:
+        """Under write-behind the origin may not have this process's last writes yet:
+        what the queue still holds for a key wins over what the origin answered."""
+        pending = self.behind.pending(group)
+        if not pending:
+            return loaded
+        merged = dict(loaded)
+        for key, value in pending.items():
+            if value is DELETED:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return merged
 
     def _load_error(self, exc: BaseException, group: list[str]) -> OriginError:
         hint = ""
@@ -675,7 +858,7 @@ class Hierarchy:
             loaded = self._accepted(done.result(), group)
             found = {key: loaded[key] for key in group if key in loaded}
             self.origin_stats.found += len(found)
-            yield from self._fill(found, [k for k in group if k not in loaded], how.ttl, how.epoch)
+            yield from self._fill(found, [k for k in group if k not in loaded], how)
         except BaseException as exc:
             single_flight.fail(flights, exc)
             raise
@@ -773,30 +956,65 @@ class Hierarchy:
                 f"waited for: {cause!r}"
             ) from cause
 
-    def _fill(
-        self, found: Mapping[str, Any], not_found: Sequence[str], ttl: float | None, epoch: int
-    ) -> Flow:
+    def _fill(self, found: Mapping[str, Any], not_found: Sequence[str], how: _Load) -> Flow:
         """Store freshly loaded values (and remembered misses) in every level, except for
-        keys written since the read began (see :mod:`.fence`)."""
+        keys written since the read began (see :mod:`.fence`). Shared levels take them as
+        fills (see :class:`~stratacache.tiers.base.Prepared`): keys under this read's
+        lease carry it, the rest go in only where nothing newer is."""
+        epoch = how.epoch
         written = self.fence.changed_since([*found, *not_found], epoch)
         if written:
             found = {k: v for k, v in found.items() if k not in written}
             not_found = [k for k in not_found if k not in written]
         if not found and not (not_found and self.negative_ttl):
+            yield from self._release_leases(how)
             return
-        per_level = self.entries_for(found, ttl)
+        lease = how.leases[-1] if how.leases else None
+        version = lease.version if lease is not None else 0
+        per_level = self.entries_for(found, how.ttl, version=version)
         if not_found and self.negative_ttl:
             now = self.wall_clock()
             for key in not_found:
                 expiries = level_rules.expiries(self.rules, now, ttl=self.negative_ttl)
                 for level_index, expiry in enumerate(expiries):
-                    per_level[level_index][key] = Entry(None, expiry, True)
-        yield from self._write_levels(
-            self._prepare_some(per_level), range(len(self.levels) - 1, -1, -1), owed=False
-        )
-        yield from self._unfill_raced(per_level[0], epoch)
+                    per_level[level_index][key] = Entry(None, expiry, True, version)
+        if lease is not None and lease.granted:
+            leased = [
+                {k: e for k, e in entries.items() if k in lease.granted} for entries in per_level
+            ]
+            rest = [
+                {k: e for k, e in entries.items() if k not in lease.granted}
+                for entries in per_level
+            ]
+            settled = yield from self._write_fill(leased, lease.token)
+            lease.granted.difference_update(settled)
+            per_level = rest
+        yield from self._write_fill(per_level, None)
+        yield from self._release_leases(how)  # keys left without a fill (not found)
+        yield from self._unfill_raced([*found, *(not_found if self.negative_ttl else ())], epoch)
 
-    def _unfill_raced(self, filled: Mapping[str, Entry], epoch: int) -> Flow:
+    def _write_fill(self, per_level: list[dict[str, Entry]], token: str | None) -> Flow:
+        """Write a fill; returns the keys whose lease (``token``) the fill settled on the
+        shared level (stored, or refused because the lease was lost). Any other key of
+        the lease (too large for that level, not encodable, the level down) still holds
+        it and is released by the caller, so nobody waits for a fill that never comes."""
+        if not any(per_level):
+            return set()
+        prepared = self._prepare_some(per_level)
+        for item in prepared:
+            item.mode = FILL
+        coordinator = self.coordinator
+        if token is not None and coordinator is not None:
+            prepared[coordinator.index].token = token
+        errors = coordinator.level.stats.errors if coordinator is not None else 0
+        refused = yield from self._write_levels(
+            prepared, range(len(self.levels) - 1, -1, -1), owed=False
+        )
+        if coordinator is None or coordinator.level.stats.errors != errors:
+            return set()
+        return set(prepared[coordinator.index].items) | refused
+
+    def _unfill_raced(self, filled: Collection[str], epoch: int) -> Flow:
         """A write that raced with the fill we just made may have been overwritten by it:
         drop those keys again, so the next read loads what the write left."""
         raced = self.fence.changed_since(filled, epoch) if filled else set()
@@ -805,14 +1023,25 @@ class Hierarchy:
 
     # ------------------------------------------------------------------ writes
 
-    def entries_for(self, items: Mapping[str, Any], ttl: float | None) -> list[dict[str, Entry]]:
-        """Per level, the entries to store for ``items`` with expiries that agree."""
+    def entries_for(
+        self,
+        items: Mapping[str, Any],
+        ttl: float | None,
+        *,
+        version: int = 0,
+        versions: Mapping[str, int] | None = None,
+        tags: tuple[str, ...] = (),
+    ) -> list[dict[str, Entry]]:
+        """Per level, the entries to store for ``items`` with expiries that agree,
+        stamped with ``versions[key]`` (else ``version``) and carrying ``tags``."""
         now = self.wall_clock()
+        written = now if tags else 0.0
         per_level: list[dict[str, Entry]] = [{} for _ in self.levels]
         for key, value in items.items():
             expiries = level_rules.expiries(self.rules, now, ttl=ttl, rng=self.rng)
+            stamp = versions.get(key, version) if versions else version
             for level_index, expiry in enumerate(expiries):
-                per_level[level_index][key] = Entry(value, expiry)
+                per_level[level_index][key] = Entry(value, expiry, False, stamp, tags, written)
         return per_level
 
     def prepare_levels(self, per_level: list[dict[str, Entry]]) -> list[Prepared]:
@@ -882,9 +1111,12 @@ class Hierarchy:
         what is already true, and whatever the level kept is a cached value like any
         other. Owing deletes for them made a level that came back after an outage drop
         every key read meanwhile (4,763 of them after a 10 s pause under load)."""
+        refused: set[str] = set()
         for index in order:
             level = self.levels[index]
             item = prepared[index]
+            if refused:
+                item = self._without(item, refused, delete=owed)
             if not item.items and not item.rejected:
                 continue
             level.stats.too_large += sum(1 for size in item.rejected.values() if size)
@@ -893,15 +1125,42 @@ class Hierarchy:
                     self.repairs[index].add([*item.items, *item.rejected])
                 continue
             try:
-                yield LevelWrite(level, item)
+                kept = yield LevelWrite(level, item)
             except TransientError as exc:
                 self._level_failed(level, "write" if owed else "fill", exc)
                 if owed:  # it may still hold an older value for these keys
                     self.repairs[index].add([*item.items, *item.rejected])
             else:
                 level.stats.writes += len(item.items)
+                if kept:
+                    # A newer version is there, a write holds the key, or the fill's
+                    # lease was lost: the levels above must not keep this value either.
+                    level.stats.writes -= len(kept)
+                    level.stats.refused += len(kept)
+                    refused.update(kept)
+        return refused
 
-    def write(self, items: Mapping[str, Any], ttl: float | None) -> Flow:
+    @staticmethod
+    def _without(item: Prepared, refused: set[str], *, delete: bool) -> Prepared:
+        """``item`` less the keys a lower level refused; with ``delete``, the level drops
+        them instead (it may hold an older value of a key written elsewhere since)."""
+        if not refused.intersection(item.items):
+            return item
+        kept = Prepared(
+            {k: v for k, v in item.items.items() if k not in refused},
+            dict(item.rejected),
+            item.versions,
+            item.mode,
+            item.token,
+        )
+        if delete:
+            for key in refused.intersection(item.items):
+                kept.rejected[key] = DROPPED
+        return kept
+
+    def write(
+        self, items: Mapping[str, Any], ttl: float | None, tags: tuple[str, ...] = ()
+    ) -> Flow:
         """``set``, as the write policy says (see :mod:`.write`). Entries are encoded for
         every level first, so a value no level can hold raises ValueTooLargeError before
         any I/O; the write is marked in the fence, so reads in flight do not fill over
@@ -911,24 +1170,75 @@ class Hierarchy:
         if not self.write_policy.writes_levels:
             yield from self._write_around(items)
             return
-        prepared = self.prepare_levels(self.entries_for(items, ttl))
-        self.fence.mark(items)
+        self.prepare_levels(self.entries_for(items, ttl, tags=tags))  # refuse what fits nowhere
         origin = self.origin
-        if self.write_policy.writes_origin and origin is not None and origin.writable:
-            try:
-                stored = yield OriginStore(origin, items)
-            except ConfigurationError:
-                raise
-            except Exception as exc:
-                self.origin_stats.errors += 1
-                raise OriginError(
-                    f"writing {len(items)} key(s) to the origin failed, no level was changed: "
-                    f"{exc!r}"
-                ) from exc
-            self.origin_stats.stores += len(items)
-            if stored is not None:
-                prepared = self._prepare_stored(items, stored, ttl)
+        to_origin = self.write_policy.writes_origin and origin is not None and origin.writable
+        versions, token = yield from self._versions(list(items), lock=to_origin)
+        epoch = self.fence.mark(items)
+        try:
+            prepared = self.prepare_levels(
+                self.entries_for(items, ttl, versions=versions, tags=tags)
+            )
+            if self.coordinator is not None and token is not None:
+                prepared[self.coordinator.index].token = token  # its write frees the lock
+            if to_origin:
+                assert origin is not None
+                try:
+                    stored = yield OriginStore(origin, items)
+                except ConfigurationError:
+                    raise
+                except Exception as exc:
+                    self.origin_stats.errors += 1
+                    raise OriginError(
+                        f"writing {len(items)} key(s) to the origin failed, no level was "
+                        f"changed: {exc!r}"
+                    ) from exc
+                self.origin_stats.stores += len(items)
+                if stored is not None:
+                    prepared = self._prepare_stored(items, stored, ttl, versions, token, tags)
+            elif self.behind is not None:
+                yield JournalWrite(self.behind, items)
+        except BaseException:
+            if self.coordinator is not None:
+                yield from self.coordinator.release(list(items), token)
+            raise
+        if tags:
+            self.tags.used = True
+            self.tags.index_local(dict.fromkeys(items, Entry(None, tags=tags)))
         yield from self._write_levels(prepared, range(len(self.levels) - 1, -1, -1))
+        if token is not None and self.coordinator is not None:
+            unwritten = list(prepared[self.coordinator.index].rejected)
+            yield from self.coordinator.release(unwritten, token)  # not settled by a write
+        yield from self._settle_write(list(items), epoch, versions)
+
+    def _versions(self, keys: list[str], *, lock: bool) -> Flow:
+        """Versions for a write of ``keys`` from the shared level (with their write lock
+        when the write goes to the origin; see :mod:`.claims`): ``(versions, token)``;
+        nothing when there is no shared level to agree through."""
+        if self.coordinator is None:
+            return {}, None
+        return (yield from self.coordinator.versions(keys, lock=lock))
+
+    def _settle_write(self, keys: list[str], epoch: int, versions: Mapping[str, int]) -> Flow:
+        """After a write reached the levels: tell the other processes (their in-process
+        levels drop the keys), and drop from this process's own in-process levels the
+        keys written again since ``epoch`` (another thread's write, or another process's
+        announced by the bus, may have landed in between: the level below has the newer
+        value, which the next read finds)."""
+        numbers = [versions.get(key, 0) for key in keys]
+        if versions:
+            self.seen.saw(keys, numbers)
+        announce = self.announce
+        if announce is not None:
+            announce.publish_keys(keys, numbers)
+        raced = self.fence.changed_since(keys, epoch)
+        if raced:
+            yield from self._drop_local(sorted(raced))
+
+    def _drop_local(self, keys: Sequence[str]) -> Flow:
+        for level in self.levels:
+            if level.local:
+                yield LevelDelete(level, keys)
 
     def _write_around(self, items: Mapping[str, Any]) -> Flow:
         """Write-around: store in the origin only, then drop the keys from every level
@@ -953,7 +1263,13 @@ class Hierarchy:
         yield from self.invalidate(list(items))
 
     def _prepare_stored(
-        self, items: Mapping[str, Any], stored: Mapping[str, Any], ttl: float | None
+        self,
+        items: Mapping[str, Any],
+        stored: Mapping[str, Any],
+        ttl: float | None,
+        versions: Mapping[str, int],
+        token: str | None,
+        tags: tuple[str, ...] = (),
     ) -> list[Prepared]:
         """The levels keep what the origin says it holds (its defaults, column types and
         triggers applied), not the caller's values. The origin has been written by now, so
@@ -961,7 +1277,9 @@ class Hierarchy:
         answer leaves out (it does not hold it), are dropped from that level instead, and
         the next read loads them."""
         held = {key: stored[key] for key in items if key in stored}
-        prepared = self._prepare_some(self.entries_for(held, ttl))
+        prepared = self._prepare_some(self.entries_for(held, ttl, versions=versions, tags=tags))
+        if self.coordinator is not None and token is not None:
+            prepared[self.coordinator.index].token = token
         for item in prepared:
             for key in items:
                 if key not in item.items and key not in item.rejected:
@@ -982,23 +1300,36 @@ class Hierarchy:
             except TransientError as exc:
                 self._level_failed(level, "invalidate", exc)
                 self.repairs[index].add(keys)
+        if self.announce is not None:
+            self.announce.publish_keys(keys)
 
     def delete(self, keys: Sequence[str]) -> Flow:
-        """Remove from the origin, then from every level."""
+        """Remove from the origin, then from every level. With a shared level the delete
+        holds the keys' write locks, like a write (see :mod:`.claims`): a write of the
+        same key in another process lands wholly before or wholly after it."""
         keys = list(dict.fromkeys(keys))
+        token = None
+        if self.origin is not None and self.coordinator is not None and self.behind is None:
+            _, token = yield from self.coordinator.versions(keys, lock=True)
         self.fence.mark(keys)
-        if self.origin is not None:
-            try:
-                yield OriginDelete(self.origin, keys)
-            except ConfigurationError:
-                raise
-            except Exception as exc:
-                self.origin_stats.errors += 1
-                raise OriginError(
-                    f"deleting {len(keys)} key(s) from the origin failed: {exc!r}"
-                ) from exc
-            self.origin_stats.deletes += len(keys)
-        yield from self.invalidate(keys)
+        try:
+            if self.behind is not None:  # queued behind the writes of the same keys
+                yield JournalWrite(self.behind, {}, keys)
+            elif self.origin is not None:
+                try:
+                    yield OriginDelete(self.origin, keys)
+                except ConfigurationError:
+                    raise
+                except Exception as exc:
+                    self.origin_stats.errors += 1
+                    raise OriginError(
+                        f"deleting {len(keys)} key(s) from the origin failed: {exc!r}"
+                    ) from exc
+                self.origin_stats.deletes += len(keys)
+            yield from self.invalidate(keys)
+        finally:
+            if token is not None and self.coordinator is not None:
+                yield from self.coordinator.release(keys, token)
 
     def clear(self) -> Flow:
         self.fence.mark_all()
@@ -1011,6 +1342,39 @@ class Hierarchy:
                 self.repairs[index].overflow()
             else:
                 self.repairs[index].done((), cleared=True)
+        if self.announce is not None:
+            self.announce.publish_clear()
+
+    # ------------------------------------------------------------------ other processes
+
+    def dropped_elsewhere(self, keys: Sequence[str], versions: Sequence[int] = ()) -> None:
+        """Another process wrote, deleted or invalidated ``keys`` (the bus said so, with
+        the versions written): the in-process levels drop them, and fills in flight here
+        do not put them back. Called on the bus's thread; in-process levels are
+        thread-safe."""
+        self.fence.mark(keys)
+        if any(versions):
+            self.seen.saw(keys, versions)
+        for level in self.levels:
+            if level.local:
+                level.delete_many(keys)
+
+    def tags_elsewhere(self, tags: Sequence[str], at: float) -> None:
+        """Another process invalidated ``tags`` at wall-clock time ``at``."""
+        self.tags.invalidated(tags, at)
+        for level in self.levels:
+            if level.local:
+                level.delete_many(self.tags.local_keys(tags))
+
+    def reset_local(self) -> None:
+        """Messages may have been missed (a gap, a reconnect, a receiver that fell
+        behind): the in-process levels drop everything rather than serve stale data."""
+        self.fence.mark_all()
+        self.tags.reset()
+        self.seen.clear()
+        for level in self.levels:
+            if level.local:
+                level.clear()
 
     # ------------------------------------------------------------------ misc
 
@@ -1058,6 +1422,10 @@ class Hierarchy:
             stale_served=self.stale_served,
             load_timeouts=self.load_timeouts,
             early_refreshes=self.early_refreshes,
+            lease_waits=self.coordinator.lease_waits if self.coordinator else 0,
+            lock_waits=self.coordinator.lock_waits if self.coordinator else 0,
+            bus=self.announce.stats.snapshot() if self.announce is not None else {},
+            write_behind=self.behind.stats.snapshot() if self.behind is not None else {},
         )
 
     def reset_stats(self) -> None:
@@ -1066,13 +1434,20 @@ class Hierarchy:
         self.origin_stats.reset()
         self.single_flight.coalesced = 0
         self.stale_served = self.load_timeouts = self.early_refreshes = 0
+        if self.coordinator is not None:
+            self.coordinator.lease_waits = self.coordinator.lock_waits = 0
 
     def close(self) -> Flow:
         """Close every level, then the origin; closing goes on past a failure, and the
         first failure is raised at the end."""
         self.background.close()
         errors: list[BaseException] = []
-        closers: list[Op] = [LevelClose(level) for level in self.levels]
+        closers: list[Op] = []
+        if self.behind is not None:  # first: it still needs the origin
+            closers.append(Blocking(self.behind.close))
+        if self.announce is not None:
+            closers.append(Blocking(self.announce.close))
+        closers += [LevelClose(level) for level in self.levels]
         if self.origin is not None:
             closers.append(OriginClose(self.origin))
         for op in closers:

@@ -28,12 +28,12 @@ from ..entry import MISSING, NEVER
 from ..errors import ValueTooLargeError
 from ..keys import validate_key
 from ..tiers.memory import MemoryTier
-from .rules import LevelRule, check_ttl
+from .rules import LevelRule, check_tags, check_ttl
 
 __all__ = ["Front", "Reader", "Writer"]
 
 Reader = Callable[..., Any]  # get(key, default=MISSING)
-Writer = Callable[[str, Any, float | None], None]  # put(key, value, ttl=None)
+Writer = Callable[..., None]  # put(key, value, ttl=None, *, tags=None)
 Slow = Callable[[str, Any], Any]
 
 
@@ -131,9 +131,11 @@ class Front:
 
     # ------------------------------------------------------------------ writes
 
-    def writer(self) -> Writer:
-        """A ``put(key, value, ttl=None)`` for a cache whose only level is this one: the
-        rule's lifetime, weight and size checks, and the policy's events, bound once."""
+    def writer(self, tagged: Callable[[str, tuple[str, ...]], None] | None = None) -> Writer:
+        """A ``put(key, value, ttl=None, *, tags=None)`` for a cache whose only level is
+        this one: the rule's lifetime, weight and size checks, and the policy's events,
+        bound once. ``tagged(key, tags)`` hears of the tags of each tagged put (a call
+        with keywords takes the Python path)."""
         store = self.store
         stats = store.stats
         rule = self.rule
@@ -145,10 +147,14 @@ class Front:
         put_entry = store.put
         now = store.clock
 
-        def put(key: str, value: Any, ttl: float | None = None) -> None:
+        def put(key: str, value: Any, ttl: float | None = None, *, tags: Any = None) -> None:
             if type(key) is not str or not key:
                 validate_key(key)
             check_ttl(ttl)
+            if tags is not None:
+                checked = check_tags(tags)
+                if checked and tagged is not None:
+                    tagged(key, checked)
             lifetime = rule.lifetime(ttl, rng)
             expires = NEVER if lifetime is None else now() + lifetime
             weight = 1

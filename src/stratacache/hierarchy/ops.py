@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import methodcaller
@@ -21,17 +22,19 @@ from ..metrics import LatencyHistogram
 from ..origin import Origin, call_async, call_sync
 from ..stampede import Flight, Read, ReadFlights, SingleFlight
 from ..steps import adrive, drive
-from ..tiers.base import Prepared, Tier
+from ..tiers.base import CommandTier, Prepared, Tier
 from .background import Background, log_failure
 
 __all__ = [
     "AwaitLoad",
     "Detach",
+    "JournalWrite",
     "LevelClear",
     "LevelClose",
     "LevelDelete",
     "LevelGet",
     "LevelGetStale",
+    "LevelRun",
     "LevelWrite",
     "LoadCall",
     "LoadPending",
@@ -39,6 +42,7 @@ __all__ = [
     "OriginClose",
     "OriginDelete",
     "OriginStore",
+    "Pause",
     "Spawn",
     "WaitFlights",
     "WaitReads",
@@ -111,6 +115,68 @@ class LevelDelete(Op):
 
     async def arun(self) -> Any:
         return await self.tier.adelete_many(self.keys)
+
+
+@dataclass
+class LevelRun(Op):
+    """Run one of a tier's own operations (a generator of its commands, like a claim on
+    a shared level) through the tier's sync or async transport."""
+
+    tier: CommandTier
+    steps: Generator[Any, Any, Any]
+
+    def run(self) -> Any:
+        return self.tier.drive(self.steps)
+
+    async def arun(self) -> Any:
+        return await self.tier.adrive(self.steps)
+
+
+@dataclass
+class JournalWrite(Op):
+    """Hand ``items`` (and ``deletes``) to the write-behind queue: a durable journal,
+    so disk I/O and, under the default policy, an fsync; the async face runs it on a
+    thread."""
+
+    behind: Any
+    items: Mapping[str, Any]
+    deletes: Sequence[str] = ()
+
+    def run(self) -> Any:
+        if self.items:
+            self.behind.submit(self.items)
+        if self.deletes:
+            self.behind.submit_deletes(self.deletes)
+
+    async def arun(self) -> Any:
+        await asyncio.to_thread(self.run)
+
+
+@dataclass
+class Blocking(Op):
+    """A call that may block for a while (closing the bus or the write-behind queue):
+    inline in sync code, on a thread in async code."""
+
+    call: Callable[[], Any]
+
+    def run(self) -> Any:
+        return self.call()
+
+    async def arun(self) -> Any:
+        return await asyncio.to_thread(self.call)
+
+
+@dataclass
+class Pause(Op):
+    """Wait ``seconds`` (a claim someone else holds: look again shortly)."""
+
+    seconds: float
+
+    def run(self) -> Any:
+        time.sleep(self.seconds)
+
+    async def arun(self) -> Any:
+        await asyncio.sleep(self.seconds)
 
 
 @dataclass

@@ -58,6 +58,19 @@ def check_ttl(ttl: object) -> None:
         raise ConfigurationError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
 
 
+def check_tags(tags: object) -> tuple[str, ...]:
+    """A call's ``tags``: an iterable of non-empty strings (not one string), or None."""
+    if tags is None:
+        return ()
+    if isinstance(tags, str | bytes) or not hasattr(tags, "__iter__"):
+        raise ConfigurationError(f"tags is a list of strings, e.g. tags=['user:1'], got {tags!r}")
+    checked = tuple(dict.fromkeys(tags))
+    for tag in checked:
+        if not isinstance(tag, str) or not tag:
+            raise ConfigurationError(f"each tag is a non-empty str, got {tag!r}")
+    return checked
+
+
 def _fmt(ttl: float) -> str:
     return f"{ttl:g}s"
 

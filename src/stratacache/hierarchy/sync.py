@@ -53,7 +53,7 @@ class Cache(BaseCache):
             self.get = self._slow_get  # type: ignore[method-assign]
         writer = self._local_writer
         if writer is not None:
-            self.set = writer  # type: ignore[method-assign, assignment]
+            self.set = writer  # type: ignore[method-assign]
         else:
             self.__dict__.pop("set", None)
 
@@ -112,13 +112,30 @@ class Cache(BaseCache):
         flow = self._flow_get(key, loader, ttl, l1_checked=True, safety=safety)
         return run(flow).get(key, default)
 
-    def set(self, key: str, value: Any, ttl: float | None = None) -> None:
-        """Store ``value`` (write-through: the origin if it can store, then every level,
-        before returning). ``ttl`` bounds the lifetime at every level."""
-        run(self._flow_set(key, value, ttl))
+    def set(
+        self, key: str, value: Any, ttl: float | None = None, *, tags: Iterable[str] | None = None
+    ) -> None:
+        """Store ``value`` as the write policy says (write-through: the origin if it can
+        store, then every level, before returning). ``ttl`` bounds the lifetime at every
+        level; ``tags`` name groups that :meth:`invalidate_tag` drops at once."""
+        run(self._flow_set(key, value, ttl, tags))
 
-    def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> None:
-        run(self._flow_set_many(items, ttl))
+    def set_many(
+        self,
+        items: Mapping[str, Any],
+        ttl: float | None = None,
+        *,
+        tags: Iterable[str] | None = None,
+    ) -> None:
+        run(self._flow_set_many(items, ttl, tags))
+
+    def invalidate_tag(self, tag: str) -> None:
+        """Every entry set with ``tag`` before now reads as a miss from now on, at every
+        level and in every process (the origin is untouched)."""
+        run(self._flow_invalidate_tags([tag]))
+
+    def invalidate_tags(self, tags: Iterable[str]) -> None:
+        run(self._flow_invalidate_tags(tags))
 
     def delete(self, key: str) -> None:
         """Remove ``key`` from the origin and from every level."""

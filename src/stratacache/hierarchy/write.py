@@ -17,10 +17,18 @@ drives the flow, so neither module needs the other:
 
 ``through`` and ``cache`` refuse a value that fits no level before anything is written;
 ``around`` writes no level, so any value the origin takes is fine (keys are still
-checked). Write-around drops the keys from this process's levels only: the copies other
-processes keep in their own in-process L1 stay until they expire, until the invalidation
-bus (to come) tells those processes too. Write-behind (a durable queue drained to the
-origin) would be a further value of these fields.
+checked). Every write, delete and invalidation is announced on the invalidation bus
+(:mod:`stratacache.coherence`), so other processes drop their in-process copies too.
+
+* ``behind``: ``set`` writes every level and appends the write to a durable local
+  journal (see :mod:`stratacache.behind`), then returns; a background flusher stores the
+  queued writes in the origin in batches, coalescing each key to its last value and
+  keeping each key's order, retrying with backoff while the origin fails. A ``delete``
+  is queued behind the writes of its keys. Loads see the queue: a key whose write has
+  not reached the origin yet answers with the queued value. The queue is bounded
+  (``max_pending_writes``): a full queue raises ``WriteBehindFullError`` before anything
+  is written. ``close()`` flushes; a crash leaves the journal, replayed at the next
+  start.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_ONLY",
     "WRITE_AROUND",
+    "WRITE_BEHIND",
     "WRITE_THROUGH",
     "WritePolicy",
     "make_write_policy",
@@ -50,12 +59,18 @@ class WritePolicy:
     #: ``set`` writes the levels; False: it invalidates them instead (write-around), and
     #: then it needs an origin that can store
     writes_levels: bool = True
+    #: ``set`` hands the origin's write to a durable queue (write-behind): the levels and
+    #: the journal hold it when ``set`` returns, the origin a little later
+    defers_origin: bool = False
 
 
 WRITE_THROUGH = WritePolicy("through", writes_origin=True)
 CACHE_ONLY = WritePolicy("cache", writes_origin=False)
 WRITE_AROUND = WritePolicy("around", writes_origin=True, writes_levels=False)
-_POLICIES = {policy.name: policy for policy in (WRITE_THROUGH, CACHE_ONLY, WRITE_AROUND)}
+WRITE_BEHIND = WritePolicy("behind", writes_origin=False, defers_origin=True)
+_POLICIES = {
+    policy.name: policy for policy in (WRITE_THROUGH, CACHE_ONLY, WRITE_AROUND, WRITE_BEHIND)
+}
 
 
 def make_write_policy(write: str | WritePolicy, origin: Origin | None = None) -> WritePolicy:
@@ -70,6 +85,12 @@ def make_write_policy(write: str | WritePolicy, origin: Origin | None = None) ->
             raise ConfigurationError(
                 f"unknown write policy {write!r}; accepted: {', '.join(_POLICIES)}"
             ) from None
+    if policy.defers_origin and (origin is None or not origin.writable):
+        raise ConfigurationError(
+            f"write={policy.name!r} queues writes for the origin, and this cache has no "
+            "origin that can store; give it one (CallableOrigin(load, store) or SQLOrigin), "
+            "or use write='cache'"
+        )
     if not policy.writes_levels:
         if not policy.writes_origin:
             raise ConfigurationError(

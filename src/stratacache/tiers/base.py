@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, TypeVar
 
@@ -78,7 +78,17 @@ class Prepared:
 
     items: dict[str, Any] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
+    #: the version of each item's entry (shared tiers: the store compares them)
+    versions: dict[str, int] = field(default_factory=dict)
+    #: WRITE replaces an entry of the same or an older version (a ``set``); FILL stores
+    #: only where no newer entry is and no write holds the key (a load, a promotion)
+    mode: str = "write"
+    #: the lease (FILL) or write lock (WRITE) this write settles, on the level that gave it
+    token: str | None = None
 
+
+WRITE: Final = "write"
+FILL: Final = "fill"
 
 #: the size ``Prepared.rejected`` gives a key that is deleted for another reason than its
 #: size (the origin's answer to a write left it out): not counted as too large
@@ -193,9 +203,11 @@ class Tier(ABC):
         return self.get_stale_many(keys)
 
     @abstractmethod
-    def write(self, prepared: Prepared) -> None:
+    def write(self, prepared: Prepared) -> Collection[str] | None:
         """Store what ``prepare`` produced (rejected keys are not written and are deleted,
-        so an older value cannot outlive the refused newer one)."""
+        so an older value cannot outlive the refused newer one). Returns the keys the
+        store refused to change (it holds a newer version, a write holds the key, the
+        fill's lease was lost): None or empty when it took everything."""
 
     @abstractmethod
     def delete_many(self, keys: Sequence[str]) -> None: ...
@@ -236,7 +248,7 @@ class Tier(ABC):
     async def aget_many(self, keys: Sequence[str]) -> dict[str, Entry]: ...
 
     @abstractmethod
-    async def awrite(self, prepared: Prepared) -> None: ...
+    async def awrite(self, prepared: Prepared) -> Collection[str] | None: ...
 
     @abstractmethod
     async def adelete_many(self, keys: Sequence[str]) -> None: ...
@@ -259,8 +271,8 @@ class LocalTier(Tier):
     async def aget_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         return self.get_many(keys)
 
-    async def awrite(self, prepared: Prepared) -> None:
-        self.write(prepared)
+    async def awrite(self, prepared: Prepared) -> Collection[str] | None:
+        return self.write(prepared)
 
     async def adelete_many(self, keys: Sequence[str]) -> None:
         self.delete_many(keys)
@@ -287,7 +299,7 @@ class CommandTier(Tier):
         ...
 
     @abstractmethod
-    def write_steps(self, prepared: Prepared) -> Steps[None]: ...
+    def write_steps(self, prepared: Prepared) -> Steps[Collection[str] | None]: ...
 
     @abstractmethod
     def delete_steps(self, keys: Sequence[str]) -> Steps[None]: ...
@@ -379,11 +391,11 @@ class CommandTier(Tier):
             return {}
         return await self.adrive(self.read_steps(keys, stale=True))
 
-    def write(self, prepared: Prepared) -> None:
-        self.drive(self.write_steps(prepared))
+    def write(self, prepared: Prepared) -> Collection[str] | None:
+        return self.drive(self.write_steps(prepared))
 
-    async def awrite(self, prepared: Prepared) -> None:
-        await self.adrive(self.write_steps(prepared))
+    async def awrite(self, prepared: Prepared) -> Collection[str] | None:
+        return await self.adrive(self.write_steps(prepared))
 
     def delete_many(self, keys: Sequence[str]) -> None:
         self.drive(self.delete_steps(keys))

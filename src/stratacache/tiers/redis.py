@@ -31,7 +31,7 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from operator import methodcaller
 from typing import Any, ClassVar
 
@@ -54,10 +54,12 @@ from ..config import RedisFamilyOptions, RedisOptions
 from ..entry import Entry
 from ..errors import CacheClosedError, CacheError, ConfigurationError
 from ..keys import KeyRules
-from .base import Prepared, Steps
+from .base import FILL, Prepared, Steps
 from .loops import LoopClients
 from .permits import Permits
+from .redis_scripts import CLAIM, COUNTER, LEASE_SUFFIX, LOCK_SUFFIX, PEEK, RELEASE, WRITE
 from .remote import Location, RemoteTier, chunks, milliseconds, split_url
+from .shared import LEASE, LOCK, VERSION, Claim
 
 __all__ = ["REDIS_ERRORS", "RedisFamilyTier", "RedisTier"]
 
@@ -121,6 +123,10 @@ class RedisFamilyTier(RemoteTier):
         self._make_client, make_async_client = self._client_makers(
             where, client_options, opts.retries
         )
+        # The URL for the invalidation bus over the same server (see stratacache.coherence),
+        # a closure too; None for a cluster (its pub/sub is the bus's own business).
+        bus_url = url.partition("?")[0]  # the query holds tier options, not the server's
+        self.bus_url: Callable[[], str] | None = None if "+cluster" in scheme else (lambda: bus_url)
         self._client: Any = None  # made on first use: a cache must start while Redis is down
         self._client_lock = threading.Lock()
         self._aclients = LoopClients(make_async_client)
@@ -202,7 +208,7 @@ class RedisFamilyTier(RemoteTier):
             raise
         return self._found(keys, blobs, stale)
 
-    def write_steps(self, prepared: Prepared) -> Steps[None]:
+    def write_steps(self, prepared: Prepared) -> Steps[Collection[str] | None]:
         sets, deletes = self._plan(prepared)
         if len(sets) == 1 and not deletes:
             name, blob, seconds = sets[0]
@@ -219,6 +225,7 @@ class RedisFamilyTier(RemoteTier):
                 return pipe.execute()
 
             yield pipelined
+        return None
 
     def delete_steps(self, keys: Sequence[str]) -> Steps[None]:
         if not keys:
@@ -317,6 +324,107 @@ class RedisTier(RedisFamilyTier):
     def _queue_unlink(self, pipe: Any, names: Sequence[str]) -> None:
         for chunk in chunks(names, _BATCH):
             pipe.unlink(*chunk)
+
+    # -- coordination (see :mod:`.shared` and :mod:`.redis_scripts`)
+
+    coordinates = True
+
+    def write_steps(self, prepared: Prepared) -> Steps[Collection[str] | None]:
+        """Every value through the compare-and-set script (one pipeline): a newer
+        version in the store, a lost lease or a write's lock refuses it."""
+        sets, deletes = self._plan(prepared)
+        if not sets and not deletes:
+            return []
+        name = self._names.name
+        by_name = {name(key): key for key in prepared.items}
+        versions = prepared.versions
+        mode = "fill" if prepared.mode == FILL else "write"
+        token = prepared.token or ""
+        calls = [
+            (
+                by_name[stored],
+                (
+                    WRITE,
+                    3,
+                    stored,
+                    stored + LEASE_SUFFIX,
+                    stored + LOCK_SUFFIX,
+                    blob,
+                    0 if seconds == math.inf else milliseconds(seconds),
+                    versions.get(by_name[stored], 0),
+                    mode,
+                    token,
+                ),
+            )
+            for stored, blob, seconds in sets
+        ]
+        if len(calls) == 1 and not deletes:
+            args = calls[0][1]
+            stored_one = yield lambda client: client.eval(*args)
+            return [] if stored_one else [calls[0][0]]
+
+        def pipelined(client: Any) -> Any:
+            pipe = client.pipeline(transaction=False)
+            for _, args in calls:
+                pipe.eval(*args)
+            self._queue_unlink(pipe, [*deletes, *(n + LEASE_SUFFIX for n in deletes)])
+            return pipe.execute()
+
+        replies = yield pipelined
+        return [key for (key, _), stored in zip(calls, replies, strict=False) if not stored]
+
+    def delete_steps(self, keys: Sequence[str]) -> Steps[None]:
+        # The lease goes with the value: a fill that was loading the old value is dropped.
+        if not keys:
+            return
+        names = self._names.names(keys)
+        names += [stored + LEASE_SUFFIX for stored in names]
+
+        def unlink(client: Any) -> Any:
+            pipe = client.pipeline(transaction=False)
+            self._queue_unlink(pipe, names)
+            return pipe.execute()
+
+        yield unlink
+
+    def claim_steps(
+        self, keys: Sequence[str], token: str, kind: str, ttl: float, *, over: bool = False
+    ) -> Steps[Claim]:
+        names = self._names.names(keys)
+        if kind == VERSION:
+            claims = names
+            extra: list[str] = []
+        else:
+            claims = [n + (LOCK_SUFFIX if kind == LOCK else LEASE_SUFFIX) for n in names]
+            extra = [] if kind == LOCK else [*(n + LOCK_SUFFIX for n in names), *names]
+        counter = f"{self.namespace}:{COUNTER}"
+        ms = max(1, milliseconds(ttl))
+        script_kind = "lease-over" if kind == LEASE and over else kind
+        reply = yield lambda client: client.eval(
+            CLAIM, len(claims) + 1, *claims, counter, token, ms, script_kind, *extra
+        )
+        held = {
+            keys[int(reply[i]) - 1]: (ttl if int(reply[i + 1]) < 0 else int(reply[i + 1]) / 1000)
+            for i in range(1, len(reply) - 1, 2)
+        }
+        if kind == LOCK:
+            return Claim([] if held else list(keys), held, int(reply[0]))
+        return Claim([key for key in keys if key not in held], held, int(reply[0]))
+
+    def release_steps(self, keys: Sequence[str], token: str, kind: str) -> Steps[None]:
+        suffix = LOCK_SUFFIX if kind == LOCK else LEASE_SUFFIX
+        claims = [n + suffix for n in self._names.names(keys)]
+        if claims:
+            yield lambda client: client.eval(RELEASE, len(claims), *claims, token)
+
+    def claimed_steps(self, keys: Sequence[str]) -> Steps[set[str]]:
+        if not keys:
+            return set()
+        pairs: list[str] = []
+        for stored in self._names.names(keys):
+            pairs += (stored + LEASE_SUFFIX, stored + LOCK_SUFFIX)
+        reply = yield lambda client: client.eval(PEEK, len(pairs), *pairs)
+        return {keys[int(index) - 1] for index in reply}
 
     def clear_steps(self) -> Steps[None]:
         pattern = self._scan_pattern

@@ -19,22 +19,54 @@ envelopes, so that no tier can get them subtly different:
   (a new serializer, a rotated key) are not the ones to judge it: the others may read it
   fine, and a delete that failed would fail a read that already had its answer. Expiry
   (server-side TTLs, the SQLite trim) reclaims what nobody reads.
+* **Coordination** (tiers whose ``coordinates`` is True: Redis, the SQLite file). The
+  processes sharing the store agree through it on three things, each one atomic in the
+  store (a Lua script, an SQLite transaction): a *version* counter that numbers every
+  write of the namespace; short-lived *claims* on keys, a write lock (``LOCK``: a write
+  holds the key from its version to its last level, so two writers of one key reach the
+  origin and the levels in the same order) or a lease (``LEASE``: the first process to
+  miss a key loads it, the others wait for its fill); and *conditional writes*: a write
+  never replaces a newer version, and a fill is dropped when its lease was lost or a
+  write holds the key (see :class:`~stratacache.tiers.base.Prepared`). A claim left by a
+  killed process expires by itself.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final
 
 from ..config import SharedOptions
 from ..entry import Entry
 from ..errors import ConfigurationError
 from ..keys import validate_namespace
 from ..serde import Codec, PayloadError
-from .base import CommandTier, Prepared
+from .base import CommandTier, Prepared, Steps
 
-__all__ = ["SharedTier"]
+__all__ = ["LEASE", "LOCK", "VERSION", "Claim", "SharedTier"]
+
+#: claim kinds: a write lock, a load lease, or no claim (versions only)
+LOCK: Final = "lock"
+LEASE: Final = "lease"
+VERSION: Final = "version"
+
+
+@dataclass
+class Claim:
+    """The answer to a claim: the keys granted, the keys someone else holds (with the
+    seconds their claim has left), and a version. For LOCK and VERSION the granted keys
+    get the versions ``version - len(granted) + 1 ... version`` in order; for LEASE,
+    ``version`` is the counter as it stood (a fill under the lease carries it)."""
+
+    granted: list[str] = field(default_factory=list)
+    held: dict[str, float] = field(default_factory=dict)
+    version: int = 0
+
+    def versions(self) -> dict[str, int]:
+        first = self.version - len(self.granted) + 1
+        return {key: first + offset for offset, key in enumerate(self.granted)}
 
 
 class SharedTier(CommandTier):
@@ -73,6 +105,29 @@ class SharedTier(CommandTier):
 
     def size_limit(self) -> int | None:
         return self.max_value_size
+
+    # -- coordination (see the module docstring); only where ``coordinates`` is True
+
+    #: this store offers versions, claims and conditional writes
+    coordinates: ClassVar[bool] = False
+
+    def claim_steps(
+        self, keys: Sequence[str], token: str, kind: str, ttl: float, *, over: bool = False
+    ) -> Steps[Claim]:
+        """Claim ``keys`` for ``ttl`` seconds under ``token``: LOCK is all or nothing (a
+        key someone holds grants none, and lists it in ``held``), LEASE is per key,
+        VERSION claims nothing and only takes versions. A LEASE is not granted on a key
+        that has a value stored (reported held: the caller reads it), unless ``over``:
+        the caller read that value and could not use it (corrupt, outdated)."""
+        raise NotImplementedError(f"{self.kind} tiers do not coordinate processes")
+
+    def release_steps(self, keys: Sequence[str], token: str, kind: str) -> Steps[None]:
+        """Give up the claims on ``keys`` that ``token`` still holds."""
+        raise NotImplementedError(f"{self.kind} tiers do not coordinate processes")
+
+    def claimed_steps(self, keys: Sequence[str]) -> Steps[set[str]]:
+        """The keys among ``keys`` that a lease or a lock holds right now."""
+        raise NotImplementedError(f"{self.kind} tiers do not coordinate processes")
 
     # -- reads
 
@@ -126,4 +181,5 @@ class SharedTier(CommandTier):
                 prepared.rejected[key] = len(blob)
                 continue
             prepared.items[key] = (blob, entry.expires_at)
+            prepared.versions[key] = entry.version
         return prepared

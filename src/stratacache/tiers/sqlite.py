@@ -44,9 +44,9 @@ from typing import Any, TypeVar
 from ..config import SQLiteOptions
 from ..entry import NEVER, Entry
 from ..errors import CacheClosedError, CacheError, ConfigurationError, TierUnavailableError
-from .base import Prepared, Steps
+from .base import FILL, Prepared, Steps
 from .breaker import CLOSED, CircuitBreaker
-from .shared import SharedTier
+from .shared import LEASE, LOCK, VERSION, Claim, SharedTier
 
 __all__ = ["SQLiteTier"]
 
@@ -57,13 +57,29 @@ CREATE TABLE IF NOT EXISTS stratacache_entries (
     value      BLOB NOT NULL,
     expires_at REAL,
     written_at REAL NOT NULL,
+    version    INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (namespace, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS stratacache_entries_expiry
     ON stratacache_entries (namespace, expires_at);
 CREATE INDEX IF NOT EXISTS stratacache_entries_age
     ON stratacache_entries (namespace, written_at);
+CREATE TABLE IF NOT EXISTS stratacache_claims (
+    namespace  TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    token      TEXT NOT NULL,
+    until      REAL NOT NULL,
+    PRIMARY KEY (namespace, key, kind)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stratacache_counters (
+    namespace  TEXT PRIMARY KEY,
+    value      INTEGER NOT NULL
+);
 """
+
+#: Files made before entries carried versions gain the column (0: older than any write).
+_ADD_VERSION = "ALTER TABLE stratacache_entries ADD COLUMN version INTEGER NOT NULL DEFAULT 0"
 
 T = TypeVar("T")
 
@@ -82,6 +98,10 @@ class _Read:
 
 
 _CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
+
+
+def _one(command: Command) -> Steps[Any]:
+    return (yield command)
 
 
 def _chunks(keys: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -314,6 +334,11 @@ class SQLiteTier(SharedTier):
                     conn.execute("PRAGMA synchronous=NORMAL")
                     conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
                     conn.executescript(_SCHEMA)
+                    columns = {
+                        row[1] for row in conn.execute("PRAGMA table_info(stratacache_entries)")
+                    }
+                    if "version" not in columns:
+                        conn.execute(_ADD_VERSION)
                     return conn
                 except sqlite3.OperationalError as exc:
                     busy = "locked" in str(exc) or "busy" in str(exc)
@@ -439,29 +464,64 @@ class SQLiteTier(SharedTier):
         stored = yield _Read(query)
         return self._found(keys, [stored.get(column) for column in columns], stale)
 
-    def write_steps(self, prepared: Prepared) -> Steps[None]:
+    def write_steps(self, prepared: Prepared) -> Steps[list[str]]:
         return self._writing(self._upsert_steps(prepared))
 
-    def _upsert_steps(self, prepared: Prepared) -> Steps[None]:
+    def _upsert_steps(self, prepared: Prepared) -> Steps[list[str]]:
+        """One transaction: each value is stored unless the file holds a newer version
+        of it, and a fill also needs its lease (when it has one) and no write's lock."""
         if not prepared.items and not prepared.rejected:
-            return
+            return []
         now = self._wall_clock()
+        versions = prepared.versions
         rows = [
-            (self.namespace, _column(key), blob, None if expires == NEVER else expires, now)
+            (
+                key,
+                (
+                    self.namespace,
+                    _column(key),
+                    blob,
+                    None if expires == NEVER else expires,
+                    now,
+                    versions.get(key, 0),
+                ),
+            )
             for key, (blob, expires) in prepared.items.items()
         ]
         rejected = [_column(key) for key in prepared.rejected]
+        fill = prepared.mode == FILL
+        token = prepared.token
+        namespace = self.namespace
 
-        def upsert(conn: sqlite3.Connection) -> None:
+        def upsert(conn: sqlite3.Connection) -> list[str]:
+            refused: list[str] = []
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(
-                    "INSERT INTO stratacache_entries "
-                    "(namespace, key, value, expires_at, written_at) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
-                    "expires_at = excluded.expires_at, written_at = excluded.written_at",
-                    rows,
-                )
+                for key, row in rows:
+                    column = row[1]
+                    if fill and not self._may_fill(conn, column, token, now):
+                        refused.append(key)
+                        continue
+                    before = conn.total_changes
+                    conn.execute(
+                        "INSERT INTO stratacache_entries "
+                        "(namespace, key, value, expires_at, written_at, version) "
+                        "VALUES (?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
+                        "expires_at = excluded.expires_at, written_at = excluded.written_at, "
+                        "version = excluded.version "
+                        "WHERE excluded.version >= stratacache_entries.version",
+                        row,
+                    )
+                    if conn.total_changes == before:
+                        refused.append(key)
+                    # a fill under an older lease would be older than this write; a
+                    # write settles its own lock
+                    conn.execute(
+                        "DELETE FROM stratacache_claims WHERE namespace = ? AND key = ? "
+                        "AND (kind = ? OR (kind = ? AND token = ?))",
+                        (namespace, column, LEASE, LOCK, token or ""),
+                    )
                 for chunk in _chunks(rejected):
                     self._delete_chunk(conn, chunk)
                 conn.execute("COMMIT")
@@ -471,18 +531,49 @@ class SQLiteTier(SharedTier):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            return refused
 
-        yield upsert
+        refused: list[str] = yield upsert
         self._writes_since_trim += len(rows)
         if self._writes_since_trim >= self._trim_every:
             self._writes_since_trim = 0
             yield from self._trim_steps()
+        return refused
+
+    def _filled(self, conn: sqlite3.Connection, column: str | bytes, now: float) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM stratacache_entries WHERE namespace = ? AND key = ? "
+            "AND (expires_at IS NULL OR expires_at > ?)",
+            (self.namespace, column, now),
+        ).fetchone()
+        return row is not None
+
+    def _may_fill(
+        self, conn: sqlite3.Connection, column: str | bytes, token: str | None, now: float
+    ) -> bool:
+        """A fill goes in only when no write holds the key and, under a lease, when
+        that lease is still its own."""
+        claims = dict(
+            conn.execute(
+                "SELECT kind, token FROM stratacache_claims "
+                "WHERE namespace = ? AND key = ? AND until > ?",
+                (self.namespace, column, now),
+            ).fetchall()
+        )
+        if LOCK in claims:
+            return False
+        return token is None or claims.get(LEASE) == token
 
     def _delete_chunk(self, conn: sqlite3.Connection, chunk: Sequence[str | bytes]) -> None:
+        # The lease goes with the value: a fill that was loading the old value is dropped.
         marks = ",".join("?" * len(chunk))
         conn.execute(
             f"DELETE FROM stratacache_entries WHERE namespace = ? AND key IN ({marks})",
             (self.namespace, *chunk),
+        )
+        conn.execute(
+            f"DELETE FROM stratacache_claims WHERE namespace = ? AND kind = ? AND key IN ({marks})",
+            (self.namespace, LEASE, *chunk),
         )
 
     def delete_steps(self, keys: Sequence[str]) -> Steps[None]:
@@ -503,9 +594,110 @@ class SQLiteTier(SharedTier):
         return self._writing(self._clear_steps())
 
     def _clear_steps(self) -> Steps[None]:
-        yield lambda conn: conn.execute(
-            "DELETE FROM stratacache_entries WHERE namespace = ?", (self.namespace,)
-        )
+        def clear(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM stratacache_entries WHERE namespace = ?", (self.namespace,))
+            conn.execute(
+                "DELETE FROM stratacache_claims WHERE namespace = ? AND kind = ?",
+                (self.namespace, LEASE),
+            )
+
+        yield clear
+
+    # ------------------------------------------------------------------ coordination
+
+    coordinates = True
+
+    def claim_steps(
+        self, keys: Sequence[str], token: str, kind: str, ttl: float, *, over: bool = False
+    ) -> Steps[Claim]:
+        columns = [_column(key) for key in keys]
+        namespace = self.namespace
+
+        def claim(conn: sqlite3.Connection) -> Claim:
+            now = self._wall_clock()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                answer = Claim(list(keys) if kind == VERSION else [])
+                if kind != VERSION:
+                    conn.execute(
+                        "DELETE FROM stratacache_claims WHERE namespace = ? AND until <= ?",
+                        (namespace, now),
+                    )
+                    for key, column in zip(keys, columns, strict=True):
+                        row = conn.execute(
+                            "SELECT MAX(until) FROM stratacache_claims WHERE namespace = ? "
+                            "AND key = ? AND (kind = ? OR kind = ?)",
+                            (namespace, column, kind, LOCK),
+                        ).fetchone()
+                        if row[0] is not None:
+                            answer.held[key] = max(0.0, row[0] - now)
+                        elif kind == LEASE and not over and self._filled(conn, column, now):
+                            answer.held[key] = 0.0  # filled since the caller missed it
+                        elif kind == LEASE:
+                            answer.granted.append(key)
+                    if kind == LOCK:
+                        answer.granted = [] if answer.held else list(keys)
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO stratacache_claims "
+                        "(namespace, key, kind, token, until) VALUES (?, ?, ?, ?, ?)",
+                        [
+                            (namespace, _column(key), kind, token, now + ttl)
+                            for key in answer.granted
+                        ],
+                    )
+                step = len(keys) if kind != LEASE else 0
+                conn.execute(
+                    "INSERT INTO stratacache_counters (namespace, value) VALUES (?, ?) "
+                    "ON CONFLICT (namespace) DO UPDATE SET value = value + excluded.value",
+                    (namespace, step if not (kind == LOCK and answer.held) else 0),
+                )
+                answer.version = conn.execute(
+                    "SELECT value FROM stratacache_counters WHERE namespace = ?", (namespace,)
+                ).fetchone()[0]
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return answer
+
+        answer: Claim = yield from self._writing(_one(claim))
+        return answer
+
+    def release_steps(self, keys: Sequence[str], token: str, kind: str) -> Steps[None]:
+        rows = [(self.namespace, _column(key), kind, token) for key in keys]
+
+        def release(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "DELETE FROM stratacache_claims WHERE namespace = ? AND key = ? AND kind = ? "
+                "AND token = ?",
+                rows,
+            )
+
+        if rows:
+            yield from self._writing(_one(release))
+
+    def claimed_steps(self, keys: Sequence[str]) -> Steps[set[str]]:
+        columns = {_column(key): key for key in keys}
+        namespace = self.namespace
+
+        def query(conn: sqlite3.Connection) -> set[str]:
+            now = self._wall_clock()
+            held: set[str] = set()
+            for chunk in _chunks(list(columns)):
+                marks = ",".join("?" * len(chunk))
+                held.update(
+                    columns[row[0]]
+                    for row in conn.execute(
+                        "SELECT key FROM stratacache_claims WHERE namespace = ? "
+                        f"AND until > ? AND key IN ({marks})",
+                        (namespace, now, *chunk),
+                    )
+                )
+            return held
+
+        held: set[str] = yield _Read(query)
+        return held
 
     def trim(self) -> int:
         """Drop expired rows, then the oldest-written beyond ``max_entries``. Returns the

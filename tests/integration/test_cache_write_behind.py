@@ -1,0 +1,149 @@
+"""write="behind" through the public Cache: nothing lost after kill -9, a bounded queue
+while the origin is down, reads that see queued writes, and order with deletes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stratacache import MISSING, Cache, CallableOrigin, MemoryTier, WriteBehindFullError
+from stratacache.origin import SQLOrigin
+
+SPAWN = mp.get_context("spawn")
+
+
+def make_origin_db(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE items (key TEXT PRIMARY KEY, value TEXT)")
+    conn.commit()
+    conn.close()
+    return f"sqlite:///{path}"
+
+
+def origin_rows(path: Path) -> dict[str, str]:
+    conn = sqlite3.connect(path)
+    rows = dict(conn.execute("SELECT key, value FROM items"))
+    conn.close()
+    return rows
+
+
+class DownOrigin(CallableOrigin):
+    """An origin whose writes fail while ``down`` is set (its reads work)."""
+
+    def __init__(self, origin: SQLOrigin) -> None:
+        super().__init__(origin.load_many, self._store, origin.delete_many)
+        self.origin = origin
+        self.down = threading.Event()
+        self.down.set()
+
+    def _store(self, items: Any) -> Any:
+        if self.down.is_set():
+            raise ConnectionError("the origin is down")
+        return self.origin.store_many(items)
+
+
+def _queue_then_wait(origin_url: str, level2: str, journal: str, count: int, q: Any) -> None:
+    origin = DownOrigin(SQLOrigin(origin_url, "items", value_column="value"))
+    cache = Cache(
+        [MemoryTier(1000), level2],
+        origin,
+        write="behind",
+        journal=journal,
+        max_pending_writes=count,
+    )
+    for i in range(count):
+        cache.set(f"k{i}", f"v{i}")
+    q.put(cache.stats().write_behind["depth"])
+    time.sleep(60)  # killed here, with everything queued
+
+
+def test_kill_9_with_10000_queued_writes_loses_nothing(tmp_path: Path) -> None:
+    origin_path = tmp_path / "origin.db"
+    origin_url = make_origin_db(origin_path)
+    level2 = f"sqlite:///{tmp_path}/l2.db"
+    journal = str(tmp_path / "journal")
+    q = SPAWN.Queue()
+    child = SPAWN.Process(target=_queue_then_wait, args=(origin_url, level2, journal, 10_000, q))
+    child.start()
+    depth = q.get(timeout=120)
+    assert depth == 10_000  # every write is queued, none reached the origin
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(timeout=30)
+    assert origin_rows(origin_path) == {}
+    # a new process starts on the same journal with the origin back: it replays
+    origin = SQLOrigin(origin_url, "items", value_column="value")
+    cache = Cache([MemoryTier(1000), level2], origin, write="behind", journal=journal)
+    cache.close()  # flushes
+    rows = origin_rows(origin_path)
+    assert len(rows) == 10_000
+    assert all(rows[f"k{i}"] == f"v{i}" for i in range(10_000))
+
+
+def test_origin_down_keeps_the_queue_bounded_and_drains_after(tmp_path: Path) -> None:
+    origin_path = tmp_path / "origin.db"
+    origin_url = make_origin_db(origin_path)
+    origin = DownOrigin(SQLOrigin(origin_url, "items", value_column="value"))
+    cache = Cache(
+        [MemoryTier(1000), f"sqlite:///{tmp_path}/l2.db"],
+        origin,
+        write="behind",
+        journal=tmp_path / "journal",
+        max_pending_writes=300,
+    )
+    accepted: dict[str, str] = {}
+    refused = 0
+    deadline = time.monotonic() + 2.0  # the origin stays down this long
+    i = 0
+    while time.monotonic() < deadline:
+        key, value = f"k{i % 1000}", f"v{i}"
+        try:
+            cache.set(key, value)
+            accepted[key] = value
+        except WriteBehindFullError as exc:
+            refused += 1
+            assert "max_pending=300" in str(exc)
+        assert cache.stats().write_behind["depth"] <= 300
+        i += 1
+    assert refused > 0
+    assert origin_rows(origin_path) == {}
+    # the cache answers with the queued values meanwhile, even after L1 lets them go
+    cache.levels[0].clear()
+    sample = next(iter(accepted))
+    assert cache.get(sample) == accepted[sample]
+    origin.down.clear()  # back
+    cache.close()
+    assert origin_rows(origin_path) == accepted
+
+
+def test_a_delete_is_queued_behind_the_writes_of_its_key(tmp_path: Path) -> None:
+    origin_path = tmp_path / "origin.db"
+    origin_url = make_origin_db(origin_path)
+    origin = DownOrigin(SQLOrigin(origin_url, "items", value_column="value"))
+    cache = Cache([MemoryTier(100)], origin, write="behind", journal=tmp_path / "j")
+    cache.set("a", "1")
+    cache.set("b", "2")
+    cache.delete("a")
+    cache.levels[0].clear()
+    assert cache.get("a") is MISSING  # the queued delete wins over the origin's answer
+    assert cache.get("b") == "2"
+    origin.down.clear()
+    cache.close()
+    assert origin_rows(origin_path) == {"b": "2"}
+
+
+def test_write_behind_needs_a_writable_origin(tmp_path: Path) -> None:
+    from stratacache import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="write='behind'"):
+        Cache([MemoryTier(10)], lambda keys: {}, write="behind", journal=tmp_path / "j")
+    with pytest.raises(ConfigurationError, match="journal="):
+        Cache([MemoryTier(10)], journal=tmp_path / "j")

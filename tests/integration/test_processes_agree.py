@@ -1,0 +1,357 @@
+"""Every process agrees: several real OS processes (spawned), each with its own L1, over a
+real Redis (started here) or the embedded SQLite file, and a SQLite origin.
+
+* invalidation reaches the other processes, quickly;
+* concurrent writers from several processes leave every level of every process agreeing
+  with the origin after quiescence;
+* N processes missing one key cost one origin load (a lease on the shared level);
+* a reload that started before a write in another process never puts the old value back;
+* the bus connection killed during conflicting writes: every process reads the last
+  value within the recovery delay plus 1 s;
+* a replayed older envelope is refused.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stratacache import Cache, MemoryTier
+from stratacache.origin import SQLOrigin
+from stratacache.tiers.redis import RedisTier
+
+from ..servers import RedisServer, redis_command
+
+SPAWN = mp.get_context("spawn")
+
+
+def make_origin_db(path: Path, keys: int = 0) -> str:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE items (key TEXT PRIMARY KEY, value TEXT)")
+    conn.executemany("INSERT INTO items VALUES (?, ?)", [(f"k{i}", "v0") for i in range(keys)])
+    conn.commit()
+    conn.close()
+    return f"sqlite:///{path}"
+
+
+def origin_rows(path: Path) -> dict[str, str]:
+    conn = sqlite3.connect(path)
+    rows = dict(conn.execute("SELECT key, value FROM items"))
+    conn.close()
+    return rows
+
+
+def shared_level(kind: str, tmp: Path, redis_url: str) -> str:
+    return redis_url if kind == "redis" else f"sqlite:///{tmp}/l2.db"
+
+
+def build(level2: str, origin_url: str, **options: Any) -> Cache:
+    origin = SQLOrigin(origin_url, "items", value_column="value")
+    return Cache([MemoryTier(10_000), level2], origin, **options)
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _writer(
+    level2: str, origin_url: str, worker: int, keys: int, seconds: float, q: Any, inbox: Any
+) -> None:
+    import random
+    import threading
+
+    cache = build(level2, origin_url)
+    stop = time.monotonic() + seconds
+    errors: list[str] = []
+
+    def loop(thread: int) -> None:
+        rng = random.Random(worker * 100 + thread)
+        n = 0
+        while time.monotonic() < stop:
+            key = f"k{rng.randrange(keys)}"
+            n += 1
+            try:
+                cache.set(key, f"w{worker}t{thread}n{n}")
+                if rng.random() < 0.5:
+                    cache.get(key)
+            except Exception as exc:  # reported to the parent, which fails the test
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=loop, args=(t,)) for t in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    q.put(("written", worker, errors[:3]))
+    # quiescence: the parent says when every writer is done, then this process reads
+    # every key through its own L1
+    assert inbox.get(timeout=120) == "read"
+    time.sleep(0.2)  # the bus's last messages
+    q.put({f"k{i}": cache.get(f"k{i}") for i in range(keys)})
+    cache.close()
+
+
+def _reader_after_quiescence(
+    level2: str, origin_url: str, keys: int, inbox: Any, outbox: Any, seconds: float
+) -> None:
+    cache = build(level2, origin_url)
+    # warm this process's L1 with whatever is there during the writes
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        for i in range(keys):
+            cache.get(f"k{i}")
+    assert inbox.get(timeout=120) == "read"
+    time.sleep(0.2)  # the bus's last messages
+    outbox.put({f"k{i}": cache.get(f"k{i}") for i in range(keys)})
+    cache.close()
+
+
+def _one_key_miss(level2: str, origin_url: str, counter: str, start: float, q: Any) -> None:
+    def load(keys: list[str]) -> dict[str, str]:
+        with open(counter, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.3)  # a slow origin: the others arrive while this loads
+        return {k: f"loaded:{k}" for k in keys}
+
+    cache = Cache([MemoryTier(100), level2], load)
+    time.sleep(max(0.0, start - time.time()))
+    q.put(cache.get("hot"))
+    cache.close()
+
+
+def _watch(level2: str, origin_url: str, key: str, ready: Any, q: Any, seconds: float) -> None:
+    cache = build(level2, origin_url)
+    cache.get(key)
+    ready.put("ready")
+    seen: dict[str, float] = {}
+    stop = time.time() + seconds
+    while time.time() < stop:
+        value = cache.get(key)
+        if value not in seen:
+            seen[value] = time.time()
+        time.sleep(0.0005)
+    q.put(seen)
+    cache.close()
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.fixture
+def redis_url() -> Any:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_a_write_reaches_the_l1_of_other_processes(
+    tmp_path: Path, redis_url: Any, kind: str
+) -> None:
+    origin_url = make_origin_db(tmp_path / "origin.db", keys=1)
+    level2 = shared_level(kind, tmp_path, redis_url.url)
+    ready, q = SPAWN.Queue(), SPAWN.Queue()
+    watchers = [
+        SPAWN.Process(target=_watch, args=(level2, origin_url, "k0", ready, q, 4.0))
+        for _ in range(2)
+    ]
+    for proc in watchers:
+        proc.start()
+    for _ in watchers:
+        assert ready.get(timeout=60) == "ready"
+    cache = build(level2, origin_url)
+    sent: dict[str, float] = {}
+    for i in range(20):
+        value = f"new{i}"
+        sent[value] = time.time()
+        cache.set("k0", value)
+        time.sleep(0.05)
+    results = [q.get(timeout=60) for _ in watchers]
+    for proc in watchers:
+        proc.join(timeout=30)
+    cache.close()
+    for seen in results:
+        missing = [v for v in sent if v not in seen]
+        # a watcher may skip a value that was overwritten before it looked; the last
+        # must arrive, and every value seen must arrive quickly
+        assert "new19" in seen, (seen, missing)
+        delays = [seen[v] - sent[v] for v in sent if v in seen]
+        assert len(delays) >= 15
+        assert max(delays) < 0.25, sorted(delays)[-3:]
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_concurrent_writers_in_several_processes_agree_with_the_origin(
+    tmp_path: Path, redis_url: Any, kind: str
+) -> None:
+    keys = 40
+    origin_path = tmp_path / "origin.db"
+    origin_url = make_origin_db(origin_path, keys=keys)
+    level2 = shared_level(kind, tmp_path, redis_url.url)
+    writer_q = [SPAWN.Queue() for _ in range(2)]
+    writer_in = [SPAWN.Queue() for _ in range(2)]
+    reader_in, reader_out = SPAWN.Queue(), SPAWN.Queue()
+    writers = [
+        SPAWN.Process(
+            target=_writer, args=(level2, origin_url, w, keys, 3.0, writer_q[w], writer_in[w])
+        )
+        for w in range(2)
+    ]
+    reader = SPAWN.Process(
+        target=_reader_after_quiescence,
+        args=(level2, origin_url, keys, reader_in, reader_out, 3.0),
+    )
+    for proc in [*writers, reader]:
+        proc.start()
+    for w, q in enumerate(writer_q):
+        tag, worker, errors = q.get(timeout=120)
+        assert tag == "written" and worker == w and errors == []
+    # every writer is done: the origin is the truth now
+    truth = origin_rows(origin_path)
+    local = build(level2, origin_url)
+    mine = {f"k{i}": local.get(f"k{i}") for i in range(keys)}
+    reader_in.put("read")
+    for inbox in writer_in:
+        inbox.put("read")
+    seen = [reader_out.get(timeout=60), *(q.get(timeout=60) for q in writer_q)]
+    for proc in [*writers, reader]:
+        proc.join(timeout=60)
+    local.close()
+    assert truth != {f"k{i}": "v0" for i in range(keys)}  # the writers did write
+    wrong = [{k: (got[k], truth[k]) for k in truth if got[k] != truth[k]} for got in [mine, *seen]]
+    assert wrong == [{}] * 4
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_four_processes_missing_one_key_cause_one_load(
+    tmp_path: Path, redis_url: Any, kind: str
+) -> None:
+    level2 = shared_level(kind, tmp_path, redis_url.url)
+    counter = str(tmp_path / "loads.txt")
+    Path(counter).write_text("")
+    q = SPAWN.Queue()
+    start = time.time() + 3.0  # every process is up and imported by then
+    procs = [
+        SPAWN.Process(target=_one_key_miss, args=(level2, "", counter, start, q)) for _ in range(4)
+    ]
+    for proc in procs:
+        proc.start()
+    answers = [q.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=30)
+    assert answers == ["loaded:hot"] * 4
+    loads = Path(counter).read_text().split()
+    assert len(loads) == 1, loads
+
+
+def test_a_reload_from_before_a_write_in_another_process_is_not_filled_back(
+    tmp_path: Path, redis_url: Any
+) -> None:
+    # B misses and loads v0 slowly; A's set(v1) lands meanwhile; B's fill must be dropped.
+    origin_path = tmp_path / "origin.db"
+    origin_url = make_origin_db(origin_path, keys=1)
+    slow = SQLOrigin(origin_url, "items", value_column="value")
+    loading = []
+
+    def slow_load(keys: list[str]) -> Any:
+        got = slow.load_many(keys)
+        loading.append(True)
+        time.sleep(0.3)
+        return got
+
+    b = Cache([MemoryTier(100), redis_url.url], slow_load)
+    a = build(redis_url.url, origin_url)
+    import threading
+
+    reader = threading.Thread(target=lambda: b.get("k0"))
+    reader.start()
+    while not loading:
+        time.sleep(0.005)
+    a.set("k0", "v1")
+    reader.join()
+    time.sleep(0.1)
+    fresh = build(redis_url.url, origin_url)
+    assert origin_rows(origin_path)["k0"] == "v1"
+    assert fresh.get("k0") == "v1"  # the shared level
+    assert b.get("k0") == "v1"  # and B's own L1
+    for cache in (a, b, fresh):
+        cache.close()
+
+
+def test_killing_the_bus_connection_during_conflicting_writes(
+    tmp_path: Path, redis_url: Any
+) -> None:
+    keys = 20
+    origin_path = tmp_path / "origin.db"
+    origin_url = make_origin_db(origin_path, keys=keys)
+    level2 = redis_url.url
+    writer_q = [SPAWN.Queue() for _ in range(2)]
+    writer_in = [SPAWN.Queue() for _ in range(2)]
+    reader_in, reader_out = SPAWN.Queue(), SPAWN.Queue()
+    writers = [
+        SPAWN.Process(
+            target=_writer, args=(level2, origin_url, w, keys, 3.0, writer_q[w], writer_in[w])
+        )
+        for w in range(2)
+    ]
+    reader = SPAWN.Process(
+        target=_reader_after_quiescence,
+        args=(level2, origin_url, keys, reader_in, reader_out, 3.0),
+    )
+    for proc in [*writers, reader]:
+        proc.start()
+    time.sleep(2.0)  # in the middle of the writes
+    for _ in range(3):
+        redis_command(*redis_url.address, "CLIENT", "KILL", "TYPE", "pubsub")
+        time.sleep(0.3)
+    for q in writer_q:
+        assert q.get(timeout=120)[0] == "written"
+    truth = origin_rows(origin_path)
+    time.sleep(1.0)  # the recovery delay of the bus's reconnect, plus margin
+    reader_in.put("read")
+    for inbox in writer_in:
+        inbox.put("read")
+    seen = [reader_out.get(timeout=60), *(q.get(timeout=60) for q in writer_q)]
+    for proc in [*writers, reader]:
+        proc.join(timeout=60)
+    wrong = [{k: (got[k], truth[k]) for k in truth if got[k] != truth[k]} for got in seen]
+    assert wrong == [{}] * 3
+
+
+def test_an_older_envelope_copied_back_is_refused(tmp_path: Path, redis_url: Any) -> None:
+    import redis
+
+    origin_path = tmp_path / "origin.db"
+    origin_url = make_origin_db(origin_path, keys=1)
+    secret = "stratacache-test-signing-key-0123"
+
+    def signed() -> Cache:
+        origin = SQLOrigin(origin_url, "items", value_column="value")
+        return Cache([MemoryTier(100), RedisTier(redis_url.url, signing_key=secret)], origin)
+
+    a = signed()
+    b = signed()  # another process's cache: it hears a's writes on the bus
+    a.set("k0", "balance:100")
+    raw = redis.Redis.from_url(redis_url.url)
+    name = a.levels[1].storage_name("k0")
+    old = raw.get(name)
+    a.set("k0", "balance:0")
+    assert a._hierarchy.announce.flush(2.0)
+    time.sleep(0.2)
+    raw.set(name, old)  # the replay: a validly signed envelope of the same key
+    assert b.get("k0") == "balance:0"
+    assert b.stats().levels[1].outdated >= 1
+    a.levels[0].clear()  # as if L1 had evicted it
+    assert a.get("k0") == "balance:0"
+    # the reload repaired the shared level with a newer version
+    fresh = signed()
+    assert fresh.get("k0") == "balance:0"
+    fresh.close()
+    raw.close()
+    a.close()
+    b.close()
