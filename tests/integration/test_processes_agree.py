@@ -355,3 +355,158 @@ def test_an_older_envelope_copied_back_is_refused(tmp_path: Path, redis_url: Any
     raw.close()
     a.close()
     b.close()
+
+
+def _tag_watcher(level2: str, origin_url: str, ready: Any, go: Any, q: Any) -> None:
+    cache = build(level2, origin_url)
+    assert cache.get("k0") == "tagged-0"  # in this process's L1 now
+    assert cache.get("k1") == "tagged-1"
+    assert cache.get("k2") == "plain-2"
+    ready.put("ready")
+    assert go.get(timeout=60) == "check"
+    time.sleep(0.2)
+    q.put({k: cache.get(k) for k in ("k0", "k1", "k2")})
+    cache.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_invalidate_tag_reaches_every_level_and_process(
+    tmp_path: Path, redis_url: Any, kind: str
+) -> None:
+    origin_path = tmp_path / "origin.db"
+    origin_url = make_origin_db(origin_path, keys=3)
+    level2 = shared_level(kind, tmp_path, redis_url.url)
+    writer = build(level2, origin_url)
+    writer.set("k0", "tagged-0", tags=["team:1"])
+    writer.set("k1", "tagged-1", tags=["team:1", "other"])
+    writer.set("k2", "plain-2")
+    ready, go, q = SPAWN.Queue(), SPAWN.Queue(), SPAWN.Queue()
+    watcher = SPAWN.Process(target=_tag_watcher, args=(level2, origin_url, ready, go, q))
+    watcher.start()
+    assert ready.get(timeout=60) == "ready"
+    # the origin changes behind the cache's back, then the tag is invalidated
+    conn = sqlite3.connect(origin_path)
+    conn.executemany(
+        "UPDATE items SET value = ? WHERE key = ?", [("fresh-0", "k0"), ("fresh-1", "k1")]
+    )
+    conn.execute("UPDATE items SET value = 'fresh-2' WHERE key = 'k2'")
+    conn.commit()
+    conn.close()
+    writer.invalidate_tag("team:1")
+    go.put("check")
+    seen = q.get(timeout=60)
+    watcher.join(timeout=30)
+    # tagged entries reload from the origin everywhere; the untagged one stays cached
+    assert seen == {"k0": "fresh-0", "k1": "fresh-1", "k2": "plain-2"}
+    assert {k: writer.get(k) for k in ("k0", "k1", "k2")} == seen
+    # a process that starts now reads the shared level: the stale entries read as misses
+    late = build(level2, origin_url)
+    assert late.get("k1") == "fresh-1"
+    # entries written after the invalidation carry the tag again and are served
+    writer.set("k0", "again-0", tags=["team:1"])
+    assert late.get("k0") == "again-0"
+    late.close()
+    writer.close()
+
+
+def test_tags_on_an_in_process_only_cache() -> None:
+    cache = Cache([MemoryTier(100)])
+    cache.set("a", 1, tags=["t"])
+    cache.set("b", 2)
+    cache.invalidate_tag("t")
+    assert cache.get("a", None) is None and cache.get("b") == 2
+    with pytest.raises(Exception, match="list of strings"):
+        cache.set("c", 3, tags="t")
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_clear_and_write_around_reach_other_processes(
+    tmp_path: Path, redis_url: Any, kind: str
+) -> None:
+    origin_path = tmp_path / "origin.db"
+    origin_url = make_origin_db(origin_path, keys=3)
+    level2 = shared_level(kind, tmp_path, redis_url.url)
+    ready, q = SPAWN.Queue(), SPAWN.Queue()
+    around = build(level2, origin_url, write="around")
+    watcher = SPAWN.Process(target=_watch, args=(level2, origin_url, "k1", ready, q, 2.5))
+    watcher.start()
+    assert ready.get(timeout=60) == "ready"
+    time.sleep(0.3)
+    around.set("k1", "around-1")  # the origin, then every level of every process
+    time.sleep(0.5)
+    around.clear()  # and clear() reaches every process too
+    seen = q.get(timeout=60)
+    watcher.join(timeout=30)
+    assert "around-1" in seen
+    assert origin_rows(origin_path)["k1"] == "around-1"
+    around.close()
+
+
+def _hold_lease_forever(level2: str, started: Any) -> None:
+    def load(keys: list[str]) -> dict[str, str]:
+        started.put("loading")
+        time.sleep(3600)  # killed with the lease held
+        return {}
+
+    Cache([MemoryTier(10), level2], load).get("orphan")
+
+
+def _stopped_writer(level2: str, origin_url: str, started: Any) -> None:
+    class Stuck(SQLOrigin):
+        def store_many(self, items: Any) -> Any:
+            started.put("locked")
+            time.sleep(3600)  # SIGSTOPped here, holding the write lock
+            return super().store_many(items)
+
+    Cache([MemoryTier(10), level2], Stuck(origin_url, "items", value_column="value")).set(
+        "k0", "never"
+    )
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_a_lease_left_by_a_killed_process_expires(
+    tmp_path: Path, redis_url: Any, kind: str
+) -> None:
+    level2 = shared_level(kind, tmp_path, redis_url.url)
+    started = SPAWN.Queue()
+    holder = SPAWN.Process(target=_hold_lease_forever, args=(level2, started))
+    holder.start()
+    assert started.get(timeout=60) == "loading"
+    assert holder.pid is not None
+    os.kill(holder.pid, 9)
+    holder.join(timeout=30)
+    loads: list[str] = []
+    cache = Cache([MemoryTier(10), level2], lambda keys: loads.extend(keys) or {"orphan": 1})
+    began = time.monotonic()
+    assert cache.get("orphan") == 1
+    waited = time.monotonic() - began
+    assert loads == ["orphan"]
+    assert waited < 3.0 + 1.0  # at most the lease's lifetime (3 s by default), then loads
+    cache.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_a_write_lock_held_by_a_stopped_process_expires(
+    tmp_path: Path, redis_url: Any, kind: str
+) -> None:
+    origin_path = tmp_path / "origin.db"
+    origin_url = make_origin_db(origin_path, keys=1)
+    level2 = shared_level(kind, tmp_path, redis_url.url)
+    started = SPAWN.Queue()
+    stopped = SPAWN.Process(target=_stopped_writer, args=(level2, origin_url, started))
+    stopped.start()
+    assert started.get(timeout=60) == "locked"
+    assert stopped.pid is not None
+    os.kill(stopped.pid, 19)  # SIGSTOP
+    try:
+        cache = build(level2, origin_url)
+        began = time.monotonic()
+        cache.set("k0", "mine")
+        waited = time.monotonic() - began
+        assert 0.5 < waited < 2.0 + 1.0  # waited for the lock, at most its lifetime
+        assert cache.stats().lock_waits == 1
+        assert cache.get("k0") == "mine" and origin_rows(origin_path)["k0"] == "mine"
+        cache.close()
+    finally:
+        os.kill(stopped.pid, 9)
+        stopped.join(timeout=30)

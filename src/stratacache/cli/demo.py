@@ -627,6 +627,12 @@ _CHAOS_OPTIONS = ("chaos_duration", "chaos_pause", "chaos_origin_failure")
     "durable journal the origin is fed from (behind), or the origin then invalidate every "
     "level (around)",
 )
+@click.option(
+    "--bus/--no-bus",
+    default=True,
+    help="with --processes: keep the invalidation bus on (the default) or turn it off, to "
+    "see the stale reads it prevents",
+)
 @click.option("--json", "as_json", is_flag=True, help="print only one JSON object on stdout")
 @click.pass_context
 def demo_command(
@@ -644,6 +650,7 @@ def demo_command(
     processes: int | None,
     seconds: float,
     write_policy: str,
+    bus: bool,
     as_json: bool,
     **workload: Any,
 ) -> None:
@@ -652,10 +659,10 @@ def demo_command(
         if chaos:
             raise click.UsageError("--processes and --chaos are separate runs; pick one")
         _run_processes_command(
-            processes, seconds, write_policy, write_ratio, l2_url, data_dir, as_json, workload
+            processes, seconds, write_policy, bus, write_ratio, l2_url, data_dir, as_json, workload
         )
         return
-    for name in ("seconds", "write_policy"):
+    for name in ("seconds", "write_policy", "bus"):
         if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
             raise click.UsageError(f"--{name.replace('_', '-')} only works with --processes")
     # The other options (sizes, skew, seed...) are run_demo's own arguments, passed as they are.
@@ -721,6 +728,7 @@ def _run_processes_command(
     processes: int,
     seconds: float,
     write_policy: str,
+    bus: bool,
     write_ratio: float | None,
     l2_url: str | None,
     data_dir: Path | None,
@@ -744,6 +752,7 @@ def _run_processes_command(
                 seed=workload["seed"],
                 data_dir=directory,
                 l2_url=l2_url,
+                bus=bus,
             )
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None

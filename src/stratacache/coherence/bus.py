@@ -39,10 +39,11 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from ..errors import CacheClosedError, ConfigurationError
 from ..logs import Throttle
+from ..metrics import LatencyHistogram
 from ..serde import Signer
 from .messages import BusMessageError, Message, decode, encode
 from .sqlite_transport import SQLiteTransport
@@ -165,6 +166,8 @@ class InvalidationBus:
         self.publisher: str = uuid.uuid4().hex
         self.epoch: int = secrets.randbits(63)
         self.stats = BusStats()
+        #: how long messages from other processes took to arrive (see _deliver)
+        self.delays = LatencyHistogram()
         self._warnings = Throttle(logger)
 
         self._lock = threading.Lock()
@@ -195,6 +198,17 @@ class InvalidationBus:
 
     def __repr__(self) -> str:
         return f"<InvalidationBus {self.name!r} publisher={self.publisher}>"
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters of :attr:`stats`, and the delivery delay of the messages
+        received (p50 and p99, in milliseconds; None before any)."""
+        delays = self.delays
+        p50, p99 = delays.quantile_us(0.5), delays.quantile_us(0.99)
+        return {
+            **self.stats.snapshot(),
+            "delay_p50_ms": None if p50 is None else p50 / 1000,
+            "delay_p99_ms": None if p99 is None else p99 / 1000,
+        }
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -572,6 +586,10 @@ class InvalidationBus:
             return
         if message.clear:
             self._call_reset()
+        if message.sent_at:
+            # sent to applied, on the wall clock (one host: one clock): what a message
+            # adds to an invalidation (the sender's batching delay not included)
+            self.delays.record(max(0, int((time.time() - message.sent_at) * 1e9)))
         if message.keys:
             try:
                 self.on_keys(list(message.keys), list(message.versions))

@@ -103,8 +103,7 @@ class Announcer(Protocol):
 
     def close(self) -> None: ...
 
-    @property
-    def stats(self) -> Any: ...
+    def snapshot(self) -> dict[str, Any]: ...
 
 
 NO_SAFETY = Safety()
@@ -483,7 +482,15 @@ class Hierarchy:
         saw (see :class:`.fence.SeenVersions`) and entries one of whose tags was
         invalidated after they were written (see :mod:`.tags`)."""
         seen = self.seen
-        outdated = [key for key, entry in entries.items() if seen.older(key, entry.version)]
+        outdated: list[str] = []
+        tagged = False
+        for key, entry in entries.items():
+            if seen.older(key, entry.version):
+                outdated.append(key)
+            if entry.tags:
+                tagged = True
+        if tagged:
+            self.tags.used = True  # from now on reads check tags and L1 indexes them
         if outdated:
             level.stats.outdated += len(outdated)
             level.warnings.warning(
@@ -1424,7 +1431,7 @@ class Hierarchy:
             early_refreshes=self.early_refreshes,
             lease_waits=self.coordinator.lease_waits if self.coordinator else 0,
             lock_waits=self.coordinator.lock_waits if self.coordinator else 0,
-            bus=self.announce.stats.snapshot() if self.announce is not None else {},
+            bus=self.announce.snapshot() if self.announce is not None else {},
             write_behind=self.behind.stats.snapshot() if self.behind is not None else {},
         )
 
