@@ -88,6 +88,11 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+#: how far into a payload the publisher id can be (the header, then the msgpack array's
+#: first element)
+_OWN_ID_WITHIN: Final = 64
+
+
 @dataclass(slots=True)
 class BusStats:
     """What a bus did. Each counter is written by one thread only (sender or receiver)."""
@@ -164,6 +169,7 @@ class InvalidationBus:
         self.max_lag = float(max_lag)
         self.name = name
         self.publisher: str = uuid.uuid4().hex
+        self._publisher_bytes = self.publisher.encode()
         self.epoch: int = secrets.randbits(63)
         self.stats = BusStats()
         #: how long messages from other processes took to arrive (see _deliver)
@@ -537,6 +543,11 @@ class InvalidationBus:
             )
 
     def _deliver(self, payload: bytes) -> None:
+        # Our own messages come back to us over Redis pub/sub: skip them before paying
+        # for the signature and the decoding. The publisher id (32 random hex digits)
+        # opens every message, so finding it near the start is finding ourselves.
+        if self._publisher_bytes in payload[:_OWN_ID_WITHIN]:
+            return
         try:
             message = decode(payload, self.signer, self.context)
         except BusMessageError as exc:

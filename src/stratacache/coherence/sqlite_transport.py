@@ -8,6 +8,10 @@ read from the shared WAL index, without touching the table, and changes only whe
 connection committed, so an idle receiver costs little (measured by
 ``benchmarks/bus_latency.py``). Only when it changed does the receiver read the rows past
 the last id it saw. A receiver starts at the newest row: there is no history to replay.
+On Linux a publisher also rings every receiver of the channel after its INSERT (see
+:mod:`.doorbell`), and receivers block until rung, reading the file every 0.1 s as a
+fallback: an idle or busy process then pays no polling wake-ups, and a message arrives
+as soon as the receiver's thread runs.
 
 Rows older than ``keep_seconds`` are trimmed by publishers (every 1,000 inserts or 10 s).
 A receiver that finds rows it had not read trimmed (the next id is not the one after the
@@ -30,6 +34,8 @@ from typing import Final
 
 from ..errors import ConfigurationError
 from ..logs import Throttle
+from . import doorbell
+from .doorbell import DOORBELL_SCHEMA, Bell, Ringer
 
 __all__ = ["SQLiteTransport"]
 
@@ -60,6 +66,9 @@ _READ: Final = (
 _TRIM_EVERY_INSERTS: Final = 1000
 _TRIM_EVERY_SECONDS: Final = 10.0
 _BACKOFF: Final = (0.05, 1.0)
+#: with a doorbell, how often the receiver reads the file anyway (a ring lost to a full
+#: socket buffer, a publisher that could not ring): 10 wake-ups a second
+FALLBACK_POLL: Final = 0.1
 
 
 def _open(path: Path, busy_timeout: float) -> sqlite3.Connection:
@@ -78,7 +87,7 @@ def _open(path: Path, busy_timeout: float) -> sqlite3.Connection:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-                conn.executescript(_SCHEMA)
+                conn.executescript(_SCHEMA + DOORBELL_SCHEMA)
                 return conn
             except sqlite3.OperationalError as exc:
                 busy = "locked" in str(exc) or "busy" in str(exc)
@@ -128,6 +137,11 @@ class SQLiteTransport:
         self._trimmed_at = time.monotonic()
         self._closed = False
         self._warnings = Throttle(logger)
+        # Woken by publishers where the platform allows (see .doorbell), the receiver
+        # then only polls as a fallback, every FALLBACK_POLL seconds.
+        self.doorbell = doorbell.available()
+        self._ringer: Ringer | None = None
+        self._bell: Bell | None = None
 
     def __repr__(self) -> str:
         return f"<SQLiteTransport {str(self.path)!r} channel={self.channel!r}>"
@@ -146,6 +160,11 @@ class SQLiteTransport:
                     (self.channel, now, payload),
                 )
                 self._inserts += 1
+                if self.doorbell:
+                    if self._ringer is None:
+                        self._ringer = Ringer(self.channel)
+                    bell = self._bell
+                    self._ringer.ring(conn, skip=bell.name if bell is not None else None)
                 mono = time.monotonic()
                 if (
                     self._inserts >= _TRIM_EVERY_INSERTS
@@ -228,13 +247,37 @@ class SQLiteTransport:
         ).fetchone()
         last_id = int(row[0])
         version = conn.execute("PRAGMA data_version").fetchone()[0]
+        bell = Bell(conn, self.channel) if self.doorbell else None
+        self._bell = bell
+        try:
+            self._read_loop(conn, deliver, reset, stop, bell, last_id, version)
+        finally:
+            self._bell = None
+            if bell is not None:
+                bell.close(conn)
+
+    def _read_loop(
+        self,
+        conn: sqlite3.Connection,
+        deliver: Callable[[bytes], None],
+        reset: Callable[[str], None],
+        stop: threading.Event,
+        bell: Bell | None,
+        last_id: int,
+        version: int,
+    ) -> None:
         self.ready.set()
         polled = time.monotonic()
         behind_after = self.keep_seconds / 2
-        wait = stop.wait
         execute = conn.execute
         interval = self.poll_interval
-        while not wait(interval):
+        while not stop.is_set():
+            if bell is not None:
+                bell.wait(FALLBACK_POLL)
+            elif stop.wait(interval):
+                return
+            if stop.is_set():
+                return
             now = time.monotonic()
             if now - polled > behind_after:
                 reset(f"fell behind: not polled for {now - polled:.1f} s")
@@ -256,12 +299,21 @@ class SQLiteTransport:
                 if len(rows) < 1000:
                     break
 
+    def wake(self) -> None:
+        """Make the receiver look at its stop event now (a closing bus)."""
+        bell = self._bell
+        if bell is not None:
+            bell.ring_self()
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._ringer is not None:
+                self._ringer.close()
+                self._ringer = None
 
 
 def _busy(exc: sqlite3.Error) -> bool:

@@ -35,11 +35,10 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ..behind import DELETED
-from ..entry import NEVER, Entry
+from ..entry import Entry
 from ..errors import (
     ConfigurationError,
     LoadTimeoutError,
@@ -52,21 +51,20 @@ from ..metrics import CacheStats, OriginStats
 from ..origin import Origin
 from ..stampede import Flight, Read, ReadFlights, SingleFlight
 from ..tiers.base import DOWN, DROPPED, FILL, Prepared, Tier
-from ..tiers.shared import LEASE, SharedTier
+from ..tiers.shared import SharedTier
 from . import rules as level_rules
+from .agreement import Agreement, Announcer
 from .background import Background
-from .claims import Coordinator, Lease
+from .claims import Coordinator
+from .failsafe import FailSafe
 from .fence import SeenVersions, WriteFence
 from .ops import (
-    AwaitLoad,
     Blocking,
-    Detach,
     JournalWrite,
     LevelClear,
     LevelClose,
     LevelDelete,
     LevelGet,
-    LevelGetStale,
     LevelWrite,
     LoadCall,
     LoadPending,
@@ -77,68 +75,21 @@ from .ops import (
     WaitFlights,
     WaitReads,
 )
+from .plan import Loader, _Load, _Stale
 from .recovery import PendingRepairs
 from .rules import LevelRule
 from .safety import Safety
-from .tags import TagIndex, tag_key
+from .tags import TagIndex
 from .write import WritePolicy, make_write_policy
 
 __all__ = ["Flow", "Hierarchy", "Loader"]
 
 logger = logging.getLogger("stratacache")
 
-Loader = Callable[[list[str]], Any]
 Flow = Generator[Op, Any, Any]
 
 
-class Announcer(Protocol):
-    """Where the flow tells other processes what changed (see :mod:`stratacache.coherence`):
-    non-blocking, never raises."""
-
-    def publish_keys(self, keys: Sequence[str], versions: Sequence[int] | None = None) -> None: ...
-
-    def publish_clear(self) -> None: ...
-
-    def publish_tags(self, tags: Sequence[str], at: float) -> None: ...
-
-    def close(self) -> None: ...
-
-    def snapshot(self) -> dict[str, Any]: ...
-
-
-NO_SAFETY = Safety()
-
-
-@dataclass(frozen=True, slots=True)
-class _Load:
-    """How a read loads what no level has: from ``loader`` (None: the registered
-    loaders, else the origin), filling with ``ttl``, fenced from ``epoch``; ``since``: the
-    single flight's ``settled`` when the read began (loads landed after it may have
-    filled the levels); ``top_missed``: the top level was looked at before that, by the
-    caller's L1 fast path."""
-
-    loader: Loader | None
-    ttl: float | None
-    epoch: int
-    since: int
-    top_missed: bool = False
-    safety: Safety = NO_SAFETY
-    #: keys answered with a stale value (the fail-safe), and keys whose load was left
-    #: running in the background (it settles their flights when it lands)
-    stale: set[str] = field(default_factory=set)
-    detached: set[str] = field(default_factory=set)
-    #: the leases this read took on the shared level for the keys it loads
-    leases: list[Lease] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class _Stale:
-    """What a load that outlived its wait answers with: the fail-safe's stale values."""
-
-    values: Mapping[str, Any]
-
-
-class Hierarchy:
+class Hierarchy(FailSafe, Agreement):
     """Levels (top first), an optional origin, and the rules between them."""
 
     def __init__(
@@ -477,91 +428,6 @@ class Hierarchy:
             yield from self._promote(index, entries, epoch)
         return found
 
-    def _believed(self, level: Tier, entries: Mapping[str, Entry]) -> Flow:
-        """What a shared level answered, less entries older than a write this process
-        saw (see :class:`.fence.SeenVersions`) and entries one of whose tags was
-        invalidated after they were written (see :mod:`.tags`)."""
-        seen = self.seen
-        outdated: list[str] = []
-        tagged = False
-        for key, entry in entries.items():
-            if seen.older(key, entry.version):
-                outdated.append(key)
-            if entry.tags:
-                tagged = True
-        if tagged:
-            self.tags.used = True  # from now on reads check tags and L1 indexes them
-        if outdated:
-            level.stats.outdated += len(outdated)
-            level.warnings.warning(
-                "outdated",
-                "level %s (%s) answered %d key(s) (first %.200r) with a version older than "
-                "one this process saw written (replayed, or a write that missed the "
-                "level): read as misses",
-                level.name,
-                level.kind,
-                len(outdated),
-                outdated[0],
-            )
-            entries = {k: e for k, e in entries.items() if k not in outdated}
-        if self.tags.used and entries:
-            entries = yield from self._without_tag_stale(entries)
-        return entries
-
-    def _without_tag_stale(self, entries: Mapping[str, Entry]) -> Flow:
-        """``entries`` less those written before one of their tags was invalidated
-        (see :mod:`.tags`); reads the invalidation times this process does not know."""
-        tagged = [entry for entry in entries.values() if entry.tags]
-        if not tagged:
-            return entries
-        tags = self.tags
-        unknown = tags.unknown({tag for entry in tagged for tag in entry.tags})
-        if unknown:
-            yield from self._read_tag_times(unknown)
-        return {key: e for key, e in entries.items() if not (e.tags and tags.stale(e))}
-
-    def _read_tag_times(self, unknown: list[str]) -> Flow:
-        times = dict.fromkeys(unknown, 0.0)  # never invalidated, unless a level says so
-        by_key = {tag_key(tag): tag for tag in unknown}
-        for level in reversed(self.levels):
-            if level.local:
-                continue
-            try:
-                found: Mapping[str, Entry] = yield LevelGet(level, list(by_key))
-            except TransientError as exc:
-                self._level_failed(level, "tag read", exc)
-                continue
-            for key, entry in found.items():
-                if isinstance(entry.value, int | float):
-                    tag = by_key[key]
-                    times[tag] = max(times[tag], float(entry.value))
-        self.tags.learn(times)
-
-    def invalidate_tags(self, tags: Sequence[str]) -> Flow:
-        """Every entry carrying one of ``tags`` and written before now reads as a miss,
-        in every level and every process (see :mod:`.tags`)."""
-        tags = list(dict.fromkeys(tags))
-        at = self.wall_clock()
-        self.tags.used = True
-        self.tags.invalidated(tags, at)
-        stamps = {tag_key(tag): at for tag in tags}
-        versions, _ = yield from self._versions(list(stamps), lock=False)
-        per_level: list[dict[str, Entry]] = [
-            {}
-            if level.local
-            else {k: Entry(v, NEVER, False, versions.get(k, 0)) for k, v in stamps.items()}
-            for level in self.levels
-        ]
-        yield from self._write_levels(
-            self.prepare_levels(per_level), range(len(self.levels) - 1, -1, -1)
-        )
-        dropped = self.tags.local_keys(tags)
-        if dropped:
-            self.fence.mark(dropped)
-            yield from self._drop_local(dropped)
-        if self.announce is not None:
-            self.announce.publish_tags(tags, at)
-
     def refresh(self, keys: Sequence[str]) -> Flow:
         """Reload ``keys`` ahead of their expiry (refresh-ahead, XFetch), in the
         background: keys already loading are left to that load, the others are claimed
@@ -673,38 +539,6 @@ class Hierarchy:
             flights.complete(self._attached(led, how), values, how.stale)
         return values
 
-    def _leased(self, led: list[Flight], how: _Load, values: dict[str, Any]) -> Flow:
-        """Take leases on the shared level for the keys about to be loaded (see
-        :mod:`.claims`): keys another process was loading are taken from its fill
-        (promoted, and their flights settled) instead of loaded again. Returns the
-        flights still to load."""
-        coordinator = self.coordinator
-        assert coordinator is not None
-        lease = yield from coordinator.lease([f.key for f in led])
-        how.leases.append(lease)
-        if not lease.filled:
-            return led
-        flights = self.single_flight
-        answered = [f for f in led if f.key in lease.filled]
-        found = {k: e.value for k, e in lease.filled.items() if not e.negative}
-        values.update(found)
-        coordinator.level.stats.hits += len(lease.filled)
-        if coordinator.index > 0:
-            yield from self._promote(coordinator.index, lease.filled, how.epoch)
-        flights.complete(answered, found)
-        flights.coalesced += len(answered)
-        return [f for f in led if f.key not in lease.filled]
-
-    def _release_leases(self, how: _Load) -> Flow:
-        """A load failed: give its leases back, so other processes stop waiting for a
-        fill that will not come."""
-        coordinator = self.coordinator
-        if coordinator is None:
-            return
-        for lease in how.leases:
-            yield from coordinator.release(sorted(lease.granted), lease.token, LEASE)
-            lease.granted.clear()
-
     @staticmethod
     def _attached(led: list[Flight], how: _Load) -> list[Flight]:
         """The flights this caller still settles: not those whose load it left running in
@@ -809,159 +643,6 @@ class Hierarchy:
                 f"'not found'); got {type(loaded).__qualname__}"
             )
         return loaded
-
-    # ------------------------------------------------------------------ fail-safe
-
-    def _overdue(
-        self, pending: Any, group: list[str], how: _Load, flights: Mapping[str, Flight] | None
-    ) -> Flow:
-        """A load outlived the read's first wait. With a stale value for every key,
-        leave it running (it lands in the background) and return None: the caller serves
-        the stale values. Otherwise wait on, up to ``hard_timeout``, and return the
-        answer; past that, leave it running and raise (or serve stale values)."""
-        safety = how.safety
-        waited = safety.first_wait or 0.0
-        if safety.fail_safe_max_age is not None:
-            stale = yield from self._stale(group, safety.fail_safe_max_age)
-            if len(stale) == len(group):
-                yield from self._detach(pending, group, how, flights)
-                self.stale_served += len(stale)
-                how.stale.update(stale)
-                return _Stale(stale)
-        hard = safety.hard_timeout
-        if hard is None or hard > waited:
-            try:
-                return (yield AwaitLoad(pending, None if hard is None else hard - waited))
-            except LoadPending:
-                pass
-        yield from self._detach(pending, group, how, flights)
-        return _Stale((yield from self._rescue(group, how, None)))
-
-    def _detach(
-        self, pending: Any, group: list[str], how: _Load, flights: Mapping[str, Flight] | None
-    ) -> Flow:
-        mine = [flights[key] for key in group if key in flights] if flights else []
-        how.detached.update(flight.key for flight in mine)
-
-        def land(done: Any) -> Flow:
-            return self._land(done, group, how, mine)
-
-        yield Detach(pending, land, self.background)
-
-    def _land(self, done: Any, group: list[str], how: _Load, flights: list[Flight]) -> Flow:
-        """The background end of a load a read stopped waiting for: fill the levels with
-        its answer and settle the flights (waiters and later callers get it)."""
-        single_flight = self.single_flight
-        try:
-            if done.cancelled():
-                single_flight.abandon(flights)
-                return
-            exc = done.exception()
-            if exc is not None:
-                self.origin_stats.errors += 1
-                error = exc if isinstance(exc, OriginError) else self._load_error(exc, group)
-                single_flight.fail(flights, error)
-                return
-            loaded = self._accepted(done.result(), group)
-            found = {key: loaded[key] for key in group if key in loaded}
-            self.origin_stats.found += len(found)
-            yield from self._fill(found, [k for k in group if k not in loaded], how)
-        except BaseException as exc:
-            single_flight.fail(flights, exc)
-            raise
-        single_flight.complete(flights, found)
-
-    def _rescue(self, group: list[str], how: _Load, error: OriginError | None) -> Flow:
-        """Stale values for ``group`` after its load failed with ``error`` (or was left
-        running: None); raises when a key has none to serve."""
-        safety = how.safety
-        stale: Mapping[str, Any] = {}
-        if safety.fail_safe_max_age is not None:
-            stale = yield from self._stale(group, safety.fail_safe_max_age)
-        lacking = [key for key in group if key not in stale]
-        if lacking:
-            if error is not None:
-                raise error from error.__cause__
-            self.load_timeouts += 1
-            raise LoadTimeoutError(
-                f"loading {len(group)} key(s) (first {group[0]!r}) took longer than "
-                f"hard_timeout={safety.hard_timeout}s, and no value of {lacking[0]!r} "
-                f"expired less than fail_safe_max_age={safety.fail_safe_max_age}s ago "
-                "could be served instead; the load goes on in the background and will "
-                "fill the cache"
-            )
-        self.stale_served += len(stale)
-        how.stale.update(stale)
-        return dict(stale)
-
-    def _stale(self, keys: list[str], max_age: float) -> Flow:
-        """The last values of ``keys`` that expired at most ``max_age`` seconds ago (or
-        are still live), from the first level that kept one; levels that are down are
-        skipped."""
-        oldest = self.wall_clock() - max_age
-        found: dict[str, Any] = {}
-        todo = keys
-        for level in self.levels:
-            if not level.stale_for:
-                continue
-            try:
-                entries: Mapping[str, Entry] = yield LevelGetStale(level, todo)
-            except TransientError as exc:
-                self._level_failed(level, "stale read", exc)
-                continue
-            for key, entry in entries.items():
-                if entry.expires_at >= oldest and not entry.negative:
-                    found[key] = entry.value
-            todo = [key for key in todo if key not in found]
-            if not todo:
-                break
-        return found
-
-    def _overdue_flights(self, late: list[Flight], how: _Load, values: dict[str, Any]) -> Flow:
-        """Waiters whose leader's load outlived their first wait: serve stale values for
-        what has one, wait on for the rest up to ``hard_timeout``, then give up. Returns
-        the flights still late (only without a hard timeout: they are taken over)."""
-        safety = how.safety
-        if safety.fail_safe_max_age is not None:
-            stale = yield from self._stale([f.key for f in late], safety.fail_safe_max_age)
-            if stale:
-                values.update(stale)
-                self.stale_served += len(stale)
-                late = [f for f in late if f.key not in stale]
-        if not late or safety.hard_timeout is None:
-            return late
-        waited = safety.first_wait or 0.0
-        if safety.hard_timeout > waited:
-            late = yield WaitFlights(self.single_flight, late, safety.hard_timeout - waited)
-        if late:
-            self.load_timeouts += 1
-            raise LoadTimeoutError(
-                f"the load of {late[0].key!r} that this read waited for took longer than "
-                f"hard_timeout={safety.hard_timeout}s and no value expired less than "
-                f"fail_safe_max_age={safety.fail_safe_max_age}s ago could be served instead"
-            )
-        return late
-
-    def _waited_for_failure(self, failed: list[Flight], how: _Load, values: dict[str, Any]) -> Flow:
-        """The loads these waiters waited for failed: serve stale values under the
-        fail-safe, else raise the failure chained to its root cause (the loader's own
-        exception), as the leader's OriginError does."""
-        stale: Mapping[str, Any] = {}
-        max_age = how.safety.fail_safe_max_age
-        if max_age is not None:
-            stale = yield from self._stale([f.key for f in failed], max_age)
-        for flight in failed:
-            if flight.key in stale:
-                values[flight.key] = stale[flight.key]
-                self.stale_served += 1
-                continue
-            cause = flight.error
-            if isinstance(cause, OriginError) and cause.__cause__ is not None:
-                cause = cause.__cause__
-            raise OriginError(
-                f"loading {flight.key!r} failed in the concurrent call this one "
-                f"waited for: {cause!r}"
-            ) from cause
 
     def _fill(self, found: Mapping[str, Any], not_found: Sequence[str], how: _Load) -> Flow:
         """Store freshly loaded values (and remembered misses) in every level, except for
@@ -1218,35 +899,6 @@ class Hierarchy:
             yield from self.coordinator.release(unwritten, token)  # not settled by a write
         yield from self._settle_write(list(items), epoch, versions)
 
-    def _versions(self, keys: list[str], *, lock: bool) -> Flow:
-        """Versions for a write of ``keys`` from the shared level (with their write lock
-        when the write goes to the origin; see :mod:`.claims`): ``(versions, token)``;
-        nothing when there is no shared level to agree through."""
-        if self.coordinator is None:
-            return {}, None
-        return (yield from self.coordinator.versions(keys, lock=lock))
-
-    def _settle_write(self, keys: list[str], epoch: int, versions: Mapping[str, int]) -> Flow:
-        """After a write reached the levels: tell the other processes (their in-process
-        levels drop the keys), and drop from this process's own in-process levels the
-        keys written again since ``epoch`` (another thread's write, or another process's
-        announced by the bus, may have landed in between: the level below has the newer
-        value, which the next read finds)."""
-        numbers = [versions.get(key, 0) for key in keys]
-        if versions:
-            self.seen.saw(keys, numbers)
-        announce = self.announce
-        if announce is not None:
-            announce.publish_keys(keys, numbers)
-        raced = self.fence.changed_since(keys, epoch)
-        if raced:
-            yield from self._drop_local(sorted(raced))
-
-    def _drop_local(self, keys: Sequence[str]) -> Flow:
-        for level in self.levels:
-            if level.local:
-                yield LevelDelete(level, keys)
-
     def _write_around(self, items: Mapping[str, Any]) -> Flow:
         """Write-around: store in the origin only, then drop the keys from every level
         as :meth:`invalidate` does (a level that is down owes the delete). No level is
@@ -1351,37 +1003,6 @@ class Hierarchy:
                 self.repairs[index].done((), cleared=True)
         if self.announce is not None:
             self.announce.publish_clear()
-
-    # ------------------------------------------------------------------ other processes
-
-    def dropped_elsewhere(self, keys: Sequence[str], versions: Sequence[int] = ()) -> None:
-        """Another process wrote, deleted or invalidated ``keys`` (the bus said so, with
-        the versions written): the in-process levels drop them, and fills in flight here
-        do not put them back. Called on the bus's thread; in-process levels are
-        thread-safe."""
-        self.fence.mark(keys)
-        if any(versions):
-            self.seen.saw(keys, versions)
-        for level in self.levels:
-            if level.local:
-                level.delete_many(keys)
-
-    def tags_elsewhere(self, tags: Sequence[str], at: float) -> None:
-        """Another process invalidated ``tags`` at wall-clock time ``at``."""
-        self.tags.invalidated(tags, at)
-        for level in self.levels:
-            if level.local:
-                level.delete_many(self.tags.local_keys(tags))
-
-    def reset_local(self) -> None:
-        """Messages may have been missed (a gap, a reconnect, a receiver that fell
-        behind): the in-process levels drop everything rather than serve stale data."""
-        self.fence.mark_all()
-        self.tags.reset()
-        self.seen.clear()
-        for level in self.levels:
-            if level.local:
-                level.clear()
 
     # ------------------------------------------------------------------ misc
 

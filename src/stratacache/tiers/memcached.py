@@ -8,6 +8,21 @@ about 1/n of the keys. A batch is grouped by server and each server gets one mul
 ``get`` (one ``set`` per distinct expiry second, one batch of ``delete``), in turn, over
 a plain pymemcache ``Client`` per server and thread.
 
+**Versions: compare-and-set.** An entry with a version (> 0) never replaces a newer one,
+whether written or filled (memcached has no leases or write locks here: a fill is held to
+the same rule as a write, and ``Prepared.token`` is ignored). Per server, one ``gets``
+fetches every such key with its cas unique; then, key by key, an absent key is stored with
+``add`` and a present one with ``cas`` on that unique, unless the stored entry's version is
+higher: that key is refused, and ``write`` returns it. A stored value that does not
+decode (not an envelope, forged, foreign) counts as version -1. An ``add`` or ``cas``
+that loses a race (someone stored the key since the ``gets``) sends that key round again,
+five attempts in all (``_CAS_ATTEMPTS``); a key still racing then is refused and deleted,
+so that no older value stays in its place. A versioned write thus costs, per server (the
+servers in turn), one ``gets`` plus one ``add`` or ``cas`` per key stored (pymemcache has
+no multi-key ``cas``): two round trips for one key, one for a key refused. Unversioned
+entries (version 0) keep the plain ``set``, one round trip, as before: they replace
+whatever is stored, a newer version included.
+
 Why not pymemcache's ``HashClient``: it hashes with a pure-Python murmur3 per key *and per
 server* (about 6 µs each, so 1.2 ms to route 100 keys over two servers), it throws away
 the answers of the healthy servers when one server of a batch fails, it deletes key by
@@ -65,8 +80,8 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, NamedTuple
 
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
@@ -75,6 +90,7 @@ from ..config import MemcachedOptions
 from ..entry import Entry
 from ..errors import CacheClosedError, ConfigurationError, PoolTimeoutError, TierUnavailableError
 from ..keys import KeyRules
+from ..serde import PayloadError
 from .base import DOWN, RECOVERED, Prepared, Steps
 from .loops import LoopClients
 from .memcached_client import AsyncMemcachedClient, PoolExhaustedError
@@ -85,6 +101,9 @@ __all__ = ["MemcachedTier"]
 _POINTS_PER_SERVER = 160
 _UP = -math.inf  # a server's down_until while it answers
 _THIRTY_DAYS = 30 * 24 * 3600  # above this memcached reads an expiry as a Unix time
+#: How many times a versioned key goes through gets, then add or cas, before it is
+#: refused: each failed round means another writer stored the key in between.
+_CAS_ATTEMPTS = 5
 #: Failures that mean the server cannot be reached: it is skipped for retry_interval.
 UNREACHABLE: tuple[type[BaseException], ...] = (OSError, MemcacheUnexpectedCloseError)
 #: Any failure of a call; the others (a SERVER_ERROR reply such as "out of memory") fail
@@ -163,6 +182,29 @@ class _Failed(Exception):
         super().__init__(label)
         self.label = label
         self.cause = cause
+
+
+class _Swap(NamedTuple):
+    """A versioned entry to compare-and-set: its storage name and cache key, the
+    envelope, memcached's exptime and the entry's version."""
+
+    name: str
+    key: str
+    blob: bytes
+    expire: int
+    version: int
+
+
+class _Writes:
+    """One server's part of a write: plain ``set`` batches by exptime (unversioned
+    entries), the compare-and-sets, and the names to delete."""
+
+    __slots__ = ("batches", "deletes", "swaps")
+
+    def __init__(self) -> None:
+        self.batches: dict[int, dict[str, bytes]] = {}
+        self.swaps: list[_Swap] = []
+        self.deletes: list[str] = []
 
 
 class _Ring:
@@ -479,21 +521,86 @@ class MemcachedTier(RemoteTier):
             merged.update(part)
         return self._found(keys, [merged.get(name) for name in all_names], stale)
 
-    def write_steps(self, prepared: Prepared) -> Steps[None]:
+    def write_steps(self, prepared: Prepared) -> Steps[Collection[str] | None]:
+        """Unversioned entries with a plain ``set``, versioned ones by compare-and-set
+        (see the module docstring); returns the keys refused."""
         yield from self._current_names()
-        sets, deletes = self._plan(prepared)
+        versions = prepared.versions
+        with self._generation_lock:  # no command inside: these names are _plan's
+            sets, deletes = self._plan(prepared)
+            name_of = self._names.name
+            versioned = {name_of(k): k for k in prepared.items if versions.get(k, 0) > 0}
         if not sets and not deletes:
-            return
+            return None
         now = self._wall_clock()
-        # Per server: {expiry: {name: envelope}} and the names to delete.
-        work: dict[_Server, tuple[dict[int, dict[str, bytes]], list[str]]] = {}
+        work: dict[_Server, _Writes] = {}
         server_of = self._ring.server
         for name, blob, seconds in sets:
-            batches = work.setdefault(server_of(name), ({}, []))[0]
-            batches.setdefault(_expiry(seconds, now), {})[name] = blob
+            server = server_of(name)
+            writes = work.get(server)
+            if writes is None:
+                writes = work[server] = _Writes()
+            expire = _expiry(seconds, now)
+            key = versioned.get(name)
+            if key is None:
+                writes.batches.setdefault(expire, {})[name] = blob
+            else:
+                writes.swaps.append(_Swap(name, key, blob, expire, versions[key]))
         for name in deletes:
-            work.setdefault(server_of(name), ({}, []))[1].append(name)
-        yield from self._per_server(work, _stores, "write")
+            work.setdefault(server_of(name), _Writes()).deletes.append(name)
+        refused: list[str] = []
+        for part in (yield from self._per_server(work, self._stores, "write")):
+            refused += part
+        return refused
+
+    def _stores(self, server: _Server, writes: _Writes) -> Steps[list[str]]:
+        """One server's part of a write; returns the keys refused."""
+        deletes = writes.deletes
+        for expire, values in writes.batches.items():
+            failed = yield (server, _set_many, (values, expire))
+            if failed:  # not stored: make sure no older value stays in its place
+                deletes = [*deletes, *failed]
+        refused: list[str] = []
+        if writes.swaps:
+            refused, lost = yield from self._swap_steps(server, writes.swaps)
+            deletes = [*deletes, *lost]
+        if deletes:
+            yield (server, _delete_many, deletes)
+        return refused
+
+    def _swap_steps(
+        self, server: _Server, swaps: list[_Swap]
+    ) -> Steps[tuple[list[str], list[str]]]:
+        """Compare-and-set ``swaps`` on ``server`` (see the module docstring). Returns
+        the keys refused and the names of those among them to delete (still racing after
+        the last attempt: what is stored may be older than the entry)."""
+        refused: list[str] = []
+        pending = swaps
+        for _ in range(_CAS_ATTEMPTS):
+            found = yield (server, _gets_many, [swap.name for swap in pending])
+            raced: list[_Swap] = []
+            for swap in pending:
+                current = found.get(swap.name)
+                if current is None:
+                    stored = yield (server, _add_new, swap)
+                elif self._stored_version(swap.key, current[0]) > swap.version:
+                    refused.append(swap.key)
+                    continue
+                else:
+                    stored = yield (server, _cas, (swap, current[1]))
+                if not stored:  # added, changed or gone since the gets: look again
+                    raced.append(swap)
+            if not raced:
+                return refused, []
+            pending = raced
+        return [*refused, *(swap.key for swap in pending)], [swap.name for swap in pending]
+
+    def _stored_version(self, key: str, blob: bytes) -> int:
+        """The version of the entry stored for ``key``; -1 when it does not decode."""
+        try:
+            return self.codec.decode(key, blob).version
+        except PayloadError:
+            return -1
 
     def delete_steps(self, keys: Sequence[str]) -> Steps[None]:
         if not keys:
@@ -556,6 +663,19 @@ def _add(client: Any, item: tuple[str, bytes]) -> Any:
     return client.add(item[0], item[1], noreply=False)
 
 
+def _gets_many(client: Any, names: list[str]) -> Any:
+    return client.gets_many(names)
+
+
+def _add_new(client: Any, swap: _Swap) -> Any:
+    return client.add(swap.name, swap.blob, expire=swap.expire, noreply=False)
+
+
+def _cas(client: Any, item: tuple[_Swap, bytes]) -> Any:
+    swap, unique = item
+    return client.cas(swap.name, swap.blob, unique, expire=swap.expire, noreply=False)
+
+
 def _incr(client: Any, name: str) -> Any:
     return client.incr(name, 1, noreply=False)
 
@@ -573,16 +693,6 @@ def _delete_many(client: Any, names: list[str]) -> Any:
 
 def _gets(server: _Server, names: list[str]) -> Command:
     return (server, _get_many, names)
-
-
-def _stores(server: _Server, work: tuple[dict[int, dict[str, bytes]], list[str]]) -> Steps[None]:
-    batches, deletes = work
-    for expire, values in batches.items():
-        failed = yield (server, _set_many, (values, expire))
-        if failed:  # not stored: make sure no older value stays in its place
-            deletes = [*deletes, *failed]
-    if deletes:
-        yield (server, _delete_many, deletes)
 
 
 def _deletes(server: _Server, names: list[str]) -> Command:

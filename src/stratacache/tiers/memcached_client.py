@@ -5,10 +5,10 @@ tier's async face has to run the sync ``Client`` in a thread pool: every async c
 a hop to a worker thread and back, and, worse, a burst of async callers queues *without
 any bound* behind a few threads that are all stuck on a server that stopped answering.
 This client speaks the protocol natively on the event loop instead. Its methods mirror the part of
-``pymemcache.client.base.Client`` the tier uses (``get``, ``get_many``, ``set_many``,
-``add``, ``incr``, ``delete_many``, ``close``) with the same names, arguments, return
-values and exception families, so tier code is written once as "a function of a client"
-and the async face merely awaits what the sync face returns.
+``pymemcache.client.base.Client`` the tier uses (``get``, ``get_many``, ``gets_many``,
+``set_many``, ``add``, ``cas``, ``incr``, ``delete_many``, ``close``) with the same names,
+arguments, return values and exception families, so tier code is written once as "a
+function of a client" and the async face merely awaits what the sync face returns.
 
 **A pool that waits, with a bound.** Each client owns at most ``max_connections``
 connections. A caller that finds all of them busy waits its turn (first come, first
@@ -31,7 +31,8 @@ read a wrong value. Error replies (``SERVER_ERROR`` ...) discard the connection 
 are rare, and reasoning about which of them leave the stream in step is not worth a
 reconnect. The one failure that is retried is a *pooled* connection that the server
 closed before saying a single byte (it restarted, or dropped the idle connection): the
-request is sent once more on a new connection. That is safe even for ``incr`` and ``add``:
+request is sent once more on a new connection. That is safe even for ``incr``, ``add``
+and ``cas``:
 a memcached that closes without replying has not executed anything that survives (it has
 no persistence), and a server that is really gone refuses the new connection.
 
@@ -72,7 +73,7 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Final, TypeVar
+from typing import Any, Final, Literal, TypeVar, overload
 
 from pymemcache.exceptions import (
     MemcacheClientError,
@@ -100,6 +101,7 @@ _STORED: Final = b"STORED\r\n"
 _NOT_STORED: Final = b"NOT_STORED\r\n"
 _DELETED: Final = b"DELETED\r\n"
 _NOT_FOUND: Final = b"NOT_FOUND\r\n"
+_EXISTS: Final = b"EXISTS\r\n"
 
 
 class _Stale(Exception):
@@ -218,6 +220,15 @@ class AsyncMemcachedClient:
             return {}
         return await self._request(b"get " + b" ".join(wanted) + b"\r\n", _values(wanted))
 
+    async def gets_many(self, names: Iterable[str]) -> dict[str, tuple[bytes, bytes]]:
+        """``(value, cas unique)`` for those ``names`` that are stored, in one ``gets``
+        request; the unique is the digits as bytes, as pymemcache returns it."""
+        wanted = {_encode(name): name for name in names}
+        if not wanted:
+            return {}
+        payload = b"gets " + b" ".join(wanted) + b"\r\n"
+        return await self._request(payload, _values(wanted, cas=True))
+
     async def set_many(
         self, values: dict[str, bytes], expire: int = 0, noreply: bool | None = None
     ) -> list[str]:
@@ -251,6 +262,26 @@ class AsyncMemcachedClient:
             await self._request(payload, _flushed)
             return True
         return (await self._request(payload, functools.partial(_stored, 1)))[0]
+
+    async def cas(
+        self,
+        name: str,
+        value: bytes,
+        cas: int | str | bytes,
+        expire: int = 0,
+        noreply: bool | None = None,
+    ) -> bool | None:
+        """Store ``value`` if ``name`` still has the unique ``cas`` (from ``gets_many``):
+        True if stored, False if it changed since, None if it is gone (True if noreply)."""
+        data = _data(value)
+        unique = b" " + _unique(cas)
+        ending = unique + (b" noreply\r\n" if noreply else b"\r\n")
+        line = _store_line(b"cas ", _encode(name), _number("expire", expire), len(data), ending)
+        payload = line + data + b"\r\n"
+        if noreply:
+            await self._request(payload, _flushed)
+            return True
+        return await self._request(payload, _swapped)
 
     async def incr(self, name: str, value: int, noreply: bool | None = False) -> int | None:
         """Add ``value`` to the counter ``name``: its new value, None if it is absent (or
@@ -433,9 +464,18 @@ class AsyncMemcachedClient:
 # ---------------------------------------------------------------------- replies
 
 
-def _values(wanted: dict[bytes, str]) -> Reply[dict[str, bytes]]:
-    async def read(connection: _Connection) -> dict[str, bytes]:
-        found: dict[str, bytes] = {}
+@overload
+def _values(wanted: dict[bytes, str]) -> Reply[dict[str, bytes]]: ...
+@overload
+def _values(
+    wanted: dict[bytes, str], *, cas: Literal[True]
+) -> Reply[dict[str, tuple[bytes, bytes]]]: ...
+def _values(wanted: dict[bytes, str], *, cas: bool = False) -> Reply[dict[str, Any]]:
+    """The values of a ``get`` (name -> value) or, with ``cas``, of a ``gets`` (name ->
+    ``(value, cas unique)``, the unique required)."""
+
+    async def read(connection: _Connection) -> dict[str, Any]:
+        found: dict[str, Any] = {}
         while True:
             line = await connection.line()
             if line == _END:
@@ -443,12 +483,17 @@ def _values(wanted: dict[bytes, str]) -> Reply[dict[str, bytes]]:
             if not line.startswith(b"VALUE "):
                 raise _error(line)
             parts = line.split()  # VALUE <key> <flags> <bytes> [<cas unique>]
-            if len(parts) not in (4, 5) or not parts[3].isdigit():
+            if (
+                len(parts) not in (4, 5)
+                or not parts[3].isdigit()
+                or (cas and (len(parts) != 5 or not parts[4].isdigit()))
+            ):
                 raise MemcacheUnknownError(line[:64])
             name = wanted.get(parts[1])
             if name is None:  # not ours: the stream is out of step
                 raise MemcacheUnknownError(line[:64])
-            found[name] = await connection.value(int(parts[3]))
+            value = await connection.value(int(parts[3]))
+            found[name] = (value, parts[4]) if cas else value
 
     return read
 
@@ -464,6 +509,17 @@ async def _stored(count: int, connection: _Connection) -> list[bool]:
         else:
             raise _error(line)
     return results
+
+
+async def _swapped(connection: _Connection) -> bool | None:
+    line = await connection.line()
+    if line == _STORED:
+        return True
+    if line == _EXISTS:
+        return False
+    if line == _NOT_FOUND:
+        return None
+    raise _error(line)
 
 
 async def _deleted(count: int, connection: _Connection) -> None:
@@ -526,6 +582,16 @@ def _number(what: str, value: int) -> bytes:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {value!r}")
     return b"%d" % value
+
+
+def _unique(cas: int | str | bytes) -> bytes:
+    """A cas unique as its digits (what ``gets_many`` returned, or an int)."""
+    if isinstance(cas, bool) or not isinstance(cas, int | str | bytes):
+        raise TypeError(f"a cas unique must be an int, str or bytes, not {cas!r}")
+    digits = cas if isinstance(cas, bytes) else str(cas).encode("ascii", "replace")
+    if not digits.isdigit():  # bytes.isdigit: ASCII digits only
+        raise ValueError(f"a cas unique is a non-negative integer, not {cas!r}")
+    return digits
 
 
 def _store_line(command: bytes, key: bytes, exptime: bytes, size: int, ending: bytes) -> bytes:

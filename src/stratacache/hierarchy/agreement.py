@@ -1,0 +1,238 @@
+"""The half of the hierarchy's flow that keeps processes agreeing: what it believes of a
+shared level (versions seen, tags), leases around loads, versions and locks around
+writes, and what it does when the bus reports another process's writes.
+
+A mixin of :class:`~.flow.Hierarchy` (the attributes it uses are declared below and set
+up there). The shared level's side is :mod:`.claims`; the bus is
+:mod:`stratacache.coherence`; tags are :mod:`.tags`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..entry import NEVER, Entry
+from ..errors import TransientError
+from ..stampede import Flight, SingleFlight
+from ..tiers.base import Prepared, Tier
+from ..tiers.shared import LEASE
+from .claims import Coordinator
+from .fence import SeenVersions, WriteFence
+from .ops import LevelDelete, LevelGet, Op
+from .plan import _Load
+from .tags import TagIndex, tag_key
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    Flow = Generator[Op, Any, Any]
+else:
+    Flow = Any
+
+__all__ = ["Agreement", "Announcer"]
+
+
+class Announcer(Protocol):
+    """Where the flow tells other processes what changed (see :mod:`stratacache.coherence`):
+    non-blocking, never raises."""
+
+    def publish_keys(self, keys: Sequence[str], versions: Sequence[int] | None = None) -> None: ...
+
+    def publish_clear(self) -> None: ...
+
+    def publish_tags(self, tags: Sequence[str], at: float) -> None: ...
+
+    def close(self) -> None: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+class Agreement:
+    levels: list[Tier]
+    fence: WriteFence
+    seen: SeenVersions
+    tags: TagIndex
+    coordinator: Coordinator | None
+    announce: Announcer | None
+    single_flight: SingleFlight
+    wall_clock: Callable[[], float]
+    _promote: Callable[[int, Mapping[str, Entry], int], Flow]
+    _write_levels: Callable[..., Flow]
+    prepare_levels: Callable[[list[dict[str, Entry]]], list[Prepared]]
+    _level_failed: Callable[[Tier, str, BaseException], None]
+
+    def _believed(self, level: Tier, entries: Mapping[str, Entry]) -> Flow:
+        """What a shared level answered, less entries older than a write this process
+        saw (see :class:`.fence.SeenVersions`) and entries one of whose tags was
+        invalidated after they were written (see :mod:`.tags`)."""
+        seen = self.seen
+        outdated: list[str] = []
+        tagged = False
+        for key, entry in entries.items():
+            if seen.older(key, entry.version):
+                outdated.append(key)
+            if entry.tags:
+                tagged = True
+        if tagged:
+            self.tags.used = True  # from now on reads check tags and L1 indexes them
+        if outdated:
+            level.stats.outdated += len(outdated)
+            level.warnings.warning(
+                "outdated",
+                "level %s (%s) answered %d key(s) (first %.200r) with a version older than "
+                "one this process saw written (replayed, or a write that missed the "
+                "level): read as misses",
+                level.name,
+                level.kind,
+                len(outdated),
+                outdated[0],
+            )
+            entries = {k: e for k, e in entries.items() if k not in outdated}
+        if self.tags.used and entries:
+            entries = yield from self._without_tag_stale(entries)
+        return entries
+
+    def _without_tag_stale(self, entries: Mapping[str, Entry]) -> Flow:
+        """``entries`` less those written before one of their tags was invalidated
+        (see :mod:`.tags`); reads the invalidation times this process does not know."""
+        tagged = [entry for entry in entries.values() if entry.tags]
+        if not tagged:
+            return entries
+        tags = self.tags
+        unknown = tags.unknown({tag for entry in tagged for tag in entry.tags})
+        if unknown:
+            yield from self._read_tag_times(unknown)
+        return {key: e for key, e in entries.items() if not (e.tags and tags.stale(e))}
+
+    def _read_tag_times(self, unknown: list[str]) -> Flow:
+        times = dict.fromkeys(unknown, 0.0)  # never invalidated, unless a level says so
+        by_key = {tag_key(tag): tag for tag in unknown}
+        for level in reversed(self.levels):
+            if level.local:
+                continue
+            try:
+                found: Mapping[str, Entry] = yield LevelGet(level, list(by_key))
+            except TransientError as exc:
+                self._level_failed(level, "tag read", exc)
+                continue
+            for key, entry in found.items():
+                if isinstance(entry.value, int | float):
+                    tag = by_key[key]
+                    times[tag] = max(times[tag], float(entry.value))
+        self.tags.learn(times)
+
+    def invalidate_tags(self, tags: Sequence[str]) -> Flow:
+        """Every entry carrying one of ``tags`` and written before now reads as a miss,
+        in every level and every process (see :mod:`.tags`)."""
+        tags = list(dict.fromkeys(tags))
+        at = self.wall_clock()
+        self.tags.used = True
+        self.tags.invalidated(tags, at)
+        stamps = {tag_key(tag): at for tag in tags}
+        versions, _ = yield from self._versions(list(stamps), lock=False)
+        per_level: list[dict[str, Entry]] = [
+            {}
+            if level.local
+            else {k: Entry(v, NEVER, False, versions.get(k, 0)) for k, v in stamps.items()}
+            for level in self.levels
+        ]
+        yield from self._write_levels(
+            self.prepare_levels(per_level), range(len(self.levels) - 1, -1, -1)
+        )
+        dropped = self.tags.local_keys(tags)
+        if dropped:
+            self.fence.mark(dropped)
+            yield from self._drop_local(dropped)
+        if self.announce is not None:
+            self.announce.publish_tags(tags, at)
+
+    def _leased(self, led: list[Flight], how: _Load, values: dict[str, Any]) -> Flow:
+        """Take leases on the shared level for the keys about to be loaded (see
+        :mod:`.claims`): keys another process was loading are taken from its fill
+        (promoted, and their flights settled) instead of loaded again. Returns the
+        flights still to load."""
+        coordinator = self.coordinator
+        assert coordinator is not None
+        lease = yield from coordinator.lease([f.key for f in led])
+        how.leases.append(lease)
+        if not lease.filled:
+            return led
+        flights = self.single_flight
+        answered = [f for f in led if f.key in lease.filled]
+        found = {k: e.value for k, e in lease.filled.items() if not e.negative}
+        values.update(found)
+        coordinator.level.stats.hits += len(lease.filled)
+        if coordinator.index > 0:
+            yield from self._promote(coordinator.index, lease.filled, how.epoch)
+        flights.complete(answered, found)
+        flights.coalesced += len(answered)
+        return [f for f in led if f.key not in lease.filled]
+
+    def _release_leases(self, how: _Load) -> Flow:
+        """A load failed: give its leases back, so other processes stop waiting for a
+        fill that will not come."""
+        coordinator = self.coordinator
+        if coordinator is None:
+            return
+        for lease in how.leases:
+            yield from coordinator.release(sorted(lease.granted), lease.token, LEASE)
+            lease.granted.clear()
+
+    def _versions(self, keys: list[str], *, lock: bool) -> Flow:
+        """Versions for a write of ``keys`` from the shared level (with their write lock
+        when the write goes to the origin; see :mod:`.claims`): ``(versions, token)``;
+        nothing when there is no shared level to agree through."""
+        if self.coordinator is None:
+            return {}, None
+        return (yield from self.coordinator.versions(keys, lock=lock))
+
+    def _settle_write(self, keys: list[str], epoch: int, versions: Mapping[str, int]) -> Flow:
+        """After a write reached the levels: tell the other processes (their in-process
+        levels drop the keys), and drop from this process's own in-process levels the
+        keys written again since ``epoch`` (another thread's write, or another process's
+        announced by the bus, may have landed in between: the level below has the newer
+        value, which the next read finds)."""
+        numbers = [versions.get(key, 0) for key in keys]
+        if versions:
+            self.seen.saw(keys, numbers)
+        announce = self.announce
+        if announce is not None:
+            announce.publish_keys(keys, numbers)
+        raced = self.fence.changed_since(keys, epoch)
+        if raced:
+            yield from self._drop_local(sorted(raced))
+
+    def _drop_local(self, keys: Sequence[str]) -> Flow:
+        for level in self.levels:
+            if level.local:
+                yield LevelDelete(level, keys)
+
+    def dropped_elsewhere(self, keys: Sequence[str], versions: Sequence[int] = ()) -> None:
+        """Another process wrote, deleted or invalidated ``keys`` (the bus said so, with
+        the versions written): the in-process levels drop them, and fills in flight here
+        do not put them back. Called on the bus's thread; in-process levels are
+        thread-safe."""
+        self.fence.mark(keys)
+        if any(versions):
+            self.seen.saw(keys, versions)
+        for level in self.levels:
+            if level.local:
+                level.delete_many(keys)
+
+    def tags_elsewhere(self, tags: Sequence[str], at: float) -> None:
+        """Another process invalidated ``tags`` at wall-clock time ``at``."""
+        self.tags.invalidated(tags, at)
+        for level in self.levels:
+            if level.local:
+                level.delete_many(self.tags.local_keys(tags))
+
+    def reset_local(self) -> None:
+        """Messages may have been missed (a gap, a reconnect, a receiver that fell
+        behind): the in-process levels drop everything rather than serve stale data."""
+        self.fence.mark_all()
+        self.tags.reset()
+        self.seen.clear()
+        for level in self.levels:
+            if level.local:
+                level.clear()
