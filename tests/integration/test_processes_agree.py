@@ -510,3 +510,28 @@ def test_a_write_lock_held_by_a_stopped_process_expires(
     finally:
         os.kill(stopped.pid, 9)
         stopped.join(timeout=30)
+
+
+def test_a_paused_bus_server_makes_the_bus_silent_and_resets_l1(tmp_path: Path) -> None:
+    server = RedisServer().start()
+    try:
+        origin_url = make_origin_db(tmp_path / "origin.db", keys=1)
+        cache = build(server.url, origin_url)
+        assert cache.get("k0") == "v0"
+        assert cache.stats().bus["healthy"] is True
+        server.pause()
+        deadline = time.monotonic() + 3.0
+        while cache.stats().bus["healthy"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = cache.stats().bus
+        assert stats["healthy"] is False and stats["resets"] == 1
+        assert cache.levels[0].get_many(["k0"]) == {}  # L1 dropped: it may be stale now
+        server.resume()
+        deadline = time.monotonic() + 5.0
+        while not cache.stats().bus["healthy"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = cache.stats().bus
+        assert stats["healthy"] is True and stats["resets"] == 2  # again: it may have missed some
+        cache.close()
+    finally:
+        server.stop()

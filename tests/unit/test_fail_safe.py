@@ -307,3 +307,13 @@ def test_levels_keep_expired_values_for_the_max_age(clock: FakeClock, tmp_path: 
     clock.advance(4)  # 6 s past expiry
     assert l1.get_stale_many(["k"]) == {} and l2.get_stale_many(["k"]) == {}
     cache.close()
+
+
+def test_turning_the_fail_safe_off_for_a_call_takes_the_soft_timeout_with_it() -> None:
+    from stratacache.hierarchy.safety import UNSET, Safety
+
+    cache_wide = Safety(fail_safe_max_age=60, soft_timeout=0.1, hard_timeout=2.0)
+    call = cache_wide.for_call(fail_safe_max_age=None, soft_timeout=UNSET, hard_timeout=UNSET)
+    assert call == Safety(None, None, 2.0)  # was a ConfigurationError (the README says None is off)
+    with pytest.raises(ConfigurationError, match="soft_timeout"):
+        cache_wide.for_call(fail_safe_max_age=None, soft_timeout=0.2, hard_timeout=UNSET)

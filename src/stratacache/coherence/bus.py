@@ -205,6 +205,15 @@ class InvalidationBus:
     def __repr__(self) -> str:
         return f"<InvalidationBus {self.name!r} publisher={self.publisher}>"
 
+    @property
+    def healthy(self) -> bool:
+        """True while messages from other processes are known to reach this one (the
+        transport is connected and answering). While False, the cache keeps its
+        in-process copies only briefly (see ``Cache(bus_silence_ttl=)``)."""
+        if not self._started or self._closed:
+            return False
+        return bool(getattr(self.transport, "healthy", True))
+
     def snapshot(self) -> dict[str, Any]:
         """The counters of :attr:`stats`, and the delivery delay of the messages
         received (p50 and p99, in milliseconds; None before any)."""
@@ -212,6 +221,7 @@ class InvalidationBus:
         p50, p99 = delays.quantile_us(0.5), delays.quantile_us(0.99)
         return {
             **self.stats.snapshot(),
+            "healthy": self.healthy,
             "delay_p50_ms": None if p50 is None else p50 / 1000,
             "delay_p99_ms": None if p99 is None else p99 / 1000,
         }

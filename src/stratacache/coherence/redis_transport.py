@@ -64,7 +64,10 @@ __all__ = ["RedisTransport"]
 logger = logging.getLogger("stratacache.coherence")
 
 _BACKOFF: Final = (0.05, 1.0)
-_READ_WAIT: Final = 0.2  # the longest a read waits before looking at `stop`
+_READ_WAIT: Final = 0.05  # the longest a read waits before looking at `stop` and the pings
+#: a PING unanswered this long makes the subscription *silent*: the bus may be missing
+#: messages, so the cache stops trusting its L1 (see InvalidationBus.healthy)
+SILENT_AFTER: Final = 0.5
 #: connection_kwargs a pool sets up for itself, not to be copied into another pool
 _POOL_OWNED: Final = ("maint_notifications", "orig_", "himport_registry")
 
@@ -90,7 +93,7 @@ class RedisTransport:
         channel: str,
         *,
         socket_timeout: float = 2.0,
-        health_check_interval: float = 1.0,
+        health_check_interval: float = 0.25,
     ) -> None:
         if not isinstance(url, str) or urlsplit(url).scheme.lower() not in (
             "redis",
@@ -115,7 +118,7 @@ class RedisTransport:
         channel: str,
         *,
         socket_timeout: float = 2.0,
-        health_check_interval: float = 1.0,
+        health_check_interval: float = 0.25,
     ) -> RedisTransport:
         """A transport to the server ``client`` talks to (its address, credentials, TLS
         and database), on connections of its own."""
@@ -164,6 +167,8 @@ class RedisTransport:
         self.ready = threading.Event()
         self._warnings = Throttle(logger)
         self._subject = "receive"
+        #: subscribed and answering: messages are not being missed (see SILENT_AFTER)
+        self.healthy = False
 
         def options(retries: int) -> dict[str, Any]:
             return {
@@ -209,7 +214,8 @@ class RedisTransport:
                         reset("reconnected")
                     missed = False
                     pause = _BACKOFF[0]
-                    self._listen(conn, deliver, stop)
+                    self.healthy = True
+                    self._listen(conn, deliver, reset, stop)
                 except (redis.RedisError, OSError) as exc:
                     missed = True
                     if not stop.is_set():
@@ -222,6 +228,7 @@ class RedisTransport:
                         )
                 finally:
                     self.ready.clear()
+                    self.healthy = False
                     if conn is not None:
                         conn.disconnect()
                         pool.release(conn)
@@ -231,7 +238,13 @@ class RedisTransport:
         finally:
             pool.disconnect()
 
-    def _listen(self, conn: Any, deliver: Callable[[bytes], None], stop: threading.Event) -> None:
+    def _listen(
+        self,
+        conn: Any,
+        deliver: Callable[[bytes], None],
+        reset: Callable[[str], None],
+        stop: threading.Event,
+    ) -> None:
         heard = time.monotonic()  # the last time the server said anything
         pinged: float | None = None  # when the unanswered PING went out
         while not stop.is_set():
@@ -239,6 +252,9 @@ class RedisTransport:
                 reply = conn.read_response(push_request=True)
                 heard = time.monotonic()
                 pinged = None
+                if not self.healthy:  # what it said while silent may be lost or late
+                    self.healthy = True
+                    reset("the server answers again")
                 # an empty message is a closing bus waking its receiver (see wake)
                 if (
                     isinstance(reply, list)
@@ -250,6 +266,9 @@ class RedisTransport:
                 continue  # a PONG, or a (un)subscribe confirmation
             now = time.monotonic()
             if pinged is not None:
+                if self.healthy and now - pinged > SILENT_AFTER:
+                    self.healthy = False
+                    reset(f"no answer to PING within {SILENT_AFTER:g} s")
                 if now - pinged > self.socket_timeout:
                     raise redis.TimeoutError(f"no answer to PING within {self.socket_timeout:g} s")
             elif now - heard >= self.health_check_interval:

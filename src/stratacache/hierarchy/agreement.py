@@ -47,8 +47,12 @@ class Announcer(Protocol):
 
     def snapshot(self) -> dict[str, Any]: ...
 
+    @property
+    def healthy(self) -> bool: ...
+
 
 class Agreement:
+    bus_silence_ttl: float
     levels: list[Tier]
     fence: WriteFence
     seen: SeenVersions
@@ -236,3 +240,20 @@ class Agreement:
         for level in self.levels:
             if level.local:
                 level.clear()
+
+    def _briefly(self, item: Prepared) -> Prepared:
+        """An in-process level's write while the bus is silent (its connection dropped
+        or stopped answering: other processes' writes may not reach this one): the
+        copies live at most ``bus_silence_ttl`` seconds, so a value another process
+        overwrites meanwhile is served that long at most, and the origin is still
+        shielded (one load per key per ``bus_silence_ttl`` per process). 0: nothing is
+        kept in process until the bus is back. The items are ``(Entry, weight)``, as an
+        in-process tier prepares them."""
+        if not self.bus_silence_ttl:
+            return Prepared({}, dict(item.rejected), item.versions, item.mode, item.token)
+        until = self.wall_clock() + self.bus_silence_ttl
+        items = {
+            key: (entry._replace(expires_at=min(entry.expires_at, until)), weight)
+            for key, (entry, weight) in item.items.items()
+        }
+        return Prepared(items, dict(item.rejected), item.versions, item.mode, item.token)

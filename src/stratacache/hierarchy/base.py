@@ -61,6 +61,7 @@ class BaseCache:
         leases: bool = True,
         lease_ttl: float = 3.0,
         lock_ttl: float = 2.0,
+        bus_silence_ttl: float = 0.5,
         journal: str | os.PathLike[str] | None = None,
         journal_fsync: str = "always",
         max_pending_writes: int = 100_000,
@@ -100,6 +101,7 @@ class BaseCache:
             leases=leases,
             lease_ttl=lease_ttl,
             lock_ttl=lock_ttl,
+            bus_silence_ttl=bus_silence_ttl,
         )
         hierarchy = self._hierarchy
         if hierarchy.write_policy.defers_origin:

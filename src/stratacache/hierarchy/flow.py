@@ -106,6 +106,7 @@ class Hierarchy(FailSafe, Agreement):
         leases: bool = True,
         lease_ttl: float = 3.0,
         lock_ttl: float = 2.0,
+        bus_silence_ttl: float = 0.5,
     ) -> None:
         if not levels:
             raise ConfigurationError("a cache needs at least one level")
@@ -168,6 +169,12 @@ class Hierarchy(FailSafe, Agreement):
                 )
                 break
         self.leases = leases
+        if not bus_silence_ttl >= 0:
+            raise ConfigurationError(
+                f"bus_silence_ttl must be >= 0 seconds, got {bus_silence_ttl!r}"
+            )
+        #: how long an in-process copy lives while the bus is silent (see _briefly)
+        self.bus_silence_ttl = bus_silence_ttl
         #: tells other processes what this one wrote (the invalidation bus; None: nobody)
         self.announce: Announcer | None = None
         #: the durable queue of write="behind" (see stratacache.behind)
@@ -800,11 +807,14 @@ class Hierarchy(FailSafe, Agreement):
         other. Owing deletes for them made a level that came back after an outage drop
         every key read meanwhile (4,763 of them after a 10 s pause under load)."""
         refused: set[str] = set()
+        silent = self.announce is not None and not self.announce.healthy
         for index in order:
             level = self.levels[index]
             item = prepared[index]
             if refused:
                 item = self._without(item, refused, delete=owed)
+            if silent and level.local and item.items:
+                item = self._briefly(item)
             if not item.items and not item.rejected:
                 continue
             level.stats.too_large += sum(1 for size in item.rejected.values() if size)

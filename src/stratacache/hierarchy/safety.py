@@ -86,6 +86,14 @@ class Safety:
         """This safety with a call's overrides (arguments left at :data:`UNSET` keep the
         cache's value)."""
         changes = {name: value for name, value in given.items() if value is not UNSET}
+        if (
+            changes.get("fail_safe_max_age", UNSET) is None
+            and "soft_timeout" not in changes
+            and self.soft_timeout is not None
+        ):
+            # The call turns the fail-safe off: the cache's soft timeout (which serves
+            # stale values) goes with it, rather than refuse the call.
+            changes["soft_timeout"] = None
         return replace(self, **changes) if changes else self
 
 
