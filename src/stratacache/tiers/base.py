@@ -220,8 +220,12 @@ class Tier(ABC):
         self.closed = True
 
     def _breaker_moved(self, before: str, after: str, why: str) -> None:
-        """A circuit breaker's transition, logged (the breaker's ``on_change``)."""
+        """A circuit breaker's transition, logged (the breaker's ``on_change``); when it
+        opens, the callers waiting for a connection skip the level at once."""
         self._log_breaker("circuit breaker", before, after, why)
+        permits = getattr(self, "permits", None)
+        if after == "open" and permits is not None:
+            permits.abandon()
 
     def _log_breaker(self, which: str, before: str, after: str, why: str, note: str = "") -> None:
         # One subject for "this level is down", shared with the hierarchy's skipped-level
