@@ -6,7 +6,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -17,22 +16,9 @@ import pytest
 from stratacache import MISSING, Cache, CallableOrigin, MemoryTier, WriteBehindFullError
 from stratacache.origin import SQLOrigin
 
+from .origin_table import make_origin_db, origin_rows
+
 SPAWN = mp.get_context("spawn")
-
-
-def make_origin_db(path: Path) -> str:
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE items (key TEXT PRIMARY KEY, value TEXT)")
-    conn.commit()
-    conn.close()
-    return f"sqlite:///{path}"
-
-
-def origin_rows(path: Path) -> dict[str, str]:
-    conn = sqlite3.connect(path)
-    rows = dict(conn.execute("SELECT key, value FROM items"))
-    conn.close()
-    return rows
 
 
 class DownOrigin(CallableOrigin):

@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +28,9 @@ from stratacache.origin import SQLOrigin
 from stratacache.tiers.redis import RedisTier
 
 from ..servers import RedisServer, redis_command
+from .origin_table import make_origin_db, origin_rows
 
 SPAWN = mp.get_context("spawn")
-
-
-def make_origin_db(path: Path, keys: int = 0) -> str:
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE items (key TEXT PRIMARY KEY, value TEXT)")
-    conn.executemany("INSERT INTO items VALUES (?, ?)", [(f"k{i}", "v0") for i in range(keys)])
-    conn.commit()
-    conn.close()
-    return f"sqlite:///{path}"
-
-
-def origin_rows(path: Path) -> dict[str, str]:
-    conn = sqlite3.connect(path)
-    rows = dict(conn.execute("SELECT key, value FROM items"))
-    conn.close()
-    return rows
 
 
 def shared_level(kind: str, tmp: Path, redis_url: str) -> str:
@@ -185,14 +171,13 @@ def test_a_write_reaches_the_l1_of_other_processes(
         assert max(delays) < 0.25, sorted(delays)[-3:]
 
 
-@pytest.mark.parametrize("kind", ["redis", "sqlite"])
-def test_concurrent_writers_in_several_processes_agree_with_the_origin(
-    tmp_path: Path, redis_url: Any, kind: str
-) -> None:
-    keys = 40
-    origin_path = tmp_path / "origin.db"
-    origin_url = make_origin_db(origin_path, keys=keys)
-    level2 = shared_level(kind, tmp_path, redis_url.url)
+def writers_then_readers(
+    level2: str, origin_path: Path, keys: int, during: Callable[[], None] = lambda: None
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Two writer processes (3 threads each) and a reader process over ``level2`` for 3 s,
+    ``during`` run in the middle; once every writer is done, each process reads every key
+    through its own L1. Returns the origin's rows and what each process read."""
+    origin_url = f"sqlite:///{origin_path}"
     writer_q = [SPAWN.Queue() for _ in range(2)]
     writer_in = [SPAWN.Queue() for _ in range(2)]
     reader_in, reader_out = SPAWN.Queue(), SPAWN.Queue()
@@ -208,23 +193,37 @@ def test_concurrent_writers_in_several_processes_agree_with_the_origin(
     )
     for proc in [*writers, reader]:
         proc.start()
+    during()
     for w, q in enumerate(writer_q):
         tag, worker, errors = q.get(timeout=120)
         assert tag == "written" and worker == w and errors == []
-    # every writer is done: the origin is the truth now
-    truth = origin_rows(origin_path)
-    local = build(level2, origin_url)
-    mine = {f"k{i}": local.get(f"k{i}") for i in range(keys)}
+    truth = origin_rows(origin_path)  # every writer is done: the origin is the truth now
     reader_in.put("read")
     for inbox in writer_in:
         inbox.put("read")
     seen = [reader_out.get(timeout=60), *(q.get(timeout=60) for q in writer_q)]
     for proc in [*writers, reader]:
         proc.join(timeout=60)
-    local.close()
     assert truth != {f"k{i}": "v0" for i in range(keys)}  # the writers did write
-    wrong = [{k: (got[k], truth[k]) for k in truth if got[k] != truth[k]} for got in [mine, *seen]]
-    assert wrong == [{}] * 4
+    return truth, seen
+
+
+def disagreements(truth: dict[str, str], seen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: (got[k], truth[k]) for k in truth if got[k] != truth[k]} for got in seen]
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_concurrent_writers_in_several_processes_agree_with_the_origin(
+    tmp_path: Path, redis_url: Any, kind: str
+) -> None:
+    origin_path = tmp_path / "origin.db"
+    make_origin_db(origin_path, keys=40)
+    level2 = shared_level(kind, tmp_path, redis_url.url)
+    truth, seen = writers_then_readers(level2, origin_path, 40)
+    late = build(level2, f"sqlite:///{origin_path}")  # a process that starts afterwards
+    seen.append({key: late.get(key) for key in truth})
+    late.close()
+    assert disagreements(truth, seen) == [{}] * 4
 
 
 @pytest.mark.parametrize("kind", ["redis", "sqlite"])
@@ -286,41 +285,19 @@ def test_a_reload_from_before_a_write_in_another_process_is_not_filled_back(
 def test_killing_the_bus_connection_during_conflicting_writes(
     tmp_path: Path, redis_url: Any
 ) -> None:
-    keys = 20
     origin_path = tmp_path / "origin.db"
-    origin_url = make_origin_db(origin_path, keys=keys)
-    level2 = redis_url.url
-    writer_q = [SPAWN.Queue() for _ in range(2)]
-    writer_in = [SPAWN.Queue() for _ in range(2)]
-    reader_in, reader_out = SPAWN.Queue(), SPAWN.Queue()
-    writers = [
-        SPAWN.Process(
-            target=_writer, args=(level2, origin_url, w, keys, 3.0, writer_q[w], writer_in[w])
-        )
-        for w in range(2)
-    ]
-    reader = SPAWN.Process(
-        target=_reader_after_quiescence,
-        args=(level2, origin_url, keys, reader_in, reader_out, 3.0),
-    )
-    for proc in [*writers, reader]:
-        proc.start()
-    time.sleep(2.0)  # in the middle of the writes
-    for _ in range(3):
-        redis_command(*redis_url.address, "CLIENT", "KILL", "TYPE", "pubsub")
-        time.sleep(0.3)
-    for q in writer_q:
-        assert q.get(timeout=120)[0] == "written"
-    truth = origin_rows(origin_path)
-    time.sleep(1.0)  # the recovery delay of the bus's reconnect, plus margin
-    reader_in.put("read")
-    for inbox in writer_in:
-        inbox.put("read")
-    seen = [reader_out.get(timeout=60), *(q.get(timeout=60) for q in writer_q)]
-    for proc in [*writers, reader]:
-        proc.join(timeout=60)
-    wrong = [{k: (got[k], truth[k]) for k in truth if got[k] != truth[k]} for got in seen]
-    assert wrong == [{}] * 3
+    make_origin_db(origin_path, keys=20)
+
+    def kill_the_bus_connections() -> None:
+        time.sleep(2.0)  # in the middle of the writes
+        for _ in range(3):
+            redis_command(*redis_url.address, "CLIENT", "KILL", "TYPE", "pubsub")
+            time.sleep(0.3)
+
+    truth, seen = writers_then_readers(redis_url.url, origin_path, 20, kill_the_bus_connections)
+    # the readers read 0.2 s after the writers stopped: well within the bus's recovery
+    # delay (a reconnect resets L1) plus 1 s
+    assert disagreements(truth, seen) == [{}] * 3
 
 
 def test_an_older_envelope_copied_back_is_refused(tmp_path: Path, redis_url: Any) -> None:

@@ -34,6 +34,7 @@ from typing import Final
 
 from ..errors import ConfigurationError
 from ..logs import Throttle
+from ..sqlite_files import is_busy, open_wal
 from . import doorbell
 from .doorbell import DOORBELL_SCHEMA, Bell, Ringer
 
@@ -72,32 +73,8 @@ FALLBACK_POLL: Final = 0.1
 
 
 def _open(path: Path, busy_timeout: float) -> sqlite3.Connection:
-    """A connection in WAL mode with the table made. Switching to WAL takes an exclusive
-    lock and SQLite refuses it at once (no busy handler) while another process holds the
-    file, so the setup is retried until ``busy_timeout``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(
-        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-    )
-    deadline = time.monotonic() + busy_timeout
-    pause = 0.002
-    try:
-        while True:
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-                conn.executescript(_SCHEMA + DOORBELL_SCHEMA)
-                return conn
-            except sqlite3.OperationalError as exc:
-                busy = "locked" in str(exc) or "busy" in str(exc)
-                if not busy or time.monotonic() >= deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
-    except BaseException:
-        conn.close()
-        raise
+    """A connection in WAL mode with the tables made (see :mod:`stratacache.sqlite_files`)."""
+    return open_wal(path, busy_timeout, lambda conn: conn.executescript(_SCHEMA + DOORBELL_SCHEMA))
 
 
 class SQLiteTransport:
@@ -174,7 +151,7 @@ class SQLiteTransport:
                     self._trimmed_at = mono
                     self._trim(conn, now)
             except sqlite3.Error as exc:
-                if self._conn is not None and not _busy(exc):
+                if self._conn is not None and not is_busy(exc):
                     self._conn.close()
                     self._conn = None
                 raise OSError(f"bus publish to {self.path} failed: {exc}") from exc
@@ -314,8 +291,3 @@ class SQLiteTransport:
             if self._ringer is not None:
                 self._ringer.close()
                 self._ringer = None
-
-
-def _busy(exc: sqlite3.Error) -> bool:
-    text = str(exc)
-    return "locked" in text or "busy" in text

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 from ..config import SQLiteOptions
 from ..entry import NEVER, Entry
 from ..errors import CacheClosedError, CacheError, ConfigurationError, TierUnavailableError
+from ..sqlite_files import open_wal
 from .base import FILL, Prepared, Steps
 from .breaker import CLOSED, CircuitBreaker
 from .shared import LEASE, LOCK, VERSION, Claim, SharedTier
@@ -98,6 +99,13 @@ class _Read:
 
 
 _CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
+
+
+def _make_tables(conn: sqlite3.Connection) -> None:
+    conn.executescript(_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(stratacache_entries)")}
+    if "version" not in columns:
+        conn.execute(_ADD_VERSION)
 
 
 def _one(command: Command) -> Steps[Any]:
@@ -311,44 +319,9 @@ class SQLiteTier(SharedTier):
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
-        """Open the file, switch it to WAL and make sure the table exists.
-
-        Switching the journal mode takes an exclusive lock and SQLite reports "database is
-        locked" at once, without its busy handler, when another process holds the file at
-        that moment (typically several processes starting together). So the setup is
-        retried until ``busy_timeout``, like every later statement waits that long.
-        """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self._busy_timeout,
-            isolation_level=None,  # autocommit; explicit BEGIN where needed
-            check_same_thread=False,
-        )
-        deadline = time.monotonic() + self._busy_timeout
-        pause = 0.002
-        try:
-            while True:
-                try:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    conn.execute("PRAGMA synchronous=NORMAL")
-                    conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
-                    conn.executescript(_SCHEMA)
-                    columns = {
-                        row[1] for row in conn.execute("PRAGMA table_info(stratacache_entries)")
-                    }
-                    if "version" not in columns:
-                        conn.execute(_ADD_VERSION)
-                    return conn
-                except sqlite3.OperationalError as exc:
-                    busy = "locked" in str(exc) or "busy" in str(exc)
-                    if not busy or time.monotonic() >= deadline:
-                        raise
-                time.sleep(pause)  # a real wait for another process, not simulated time
-                pause = min(pause * 2, 0.05)
-        except BaseException:
-            conn.close()  # whatever went wrong (not a database...), do not leak the handle
-            raise
+        """Open the file in WAL mode and make sure the tables exist (retried while other
+        processes hold the file: see :mod:`stratacache.sqlite_files`)."""
+        return open_wal(self.path, self._busy_timeout, _make_tables)
 
     def _reader(self) -> sqlite3.Connection:
         """This thread's read connection, opened on first use (after the writer's, which
