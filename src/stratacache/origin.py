@@ -18,7 +18,19 @@ from typing import Any
 from .config import redact
 from .errors import ConfigurationError
 
-__all__ = ["CallableOrigin", "Origin", "SQLOrigin", "call_async", "call_sync"]
+__all__ = ["CallableOrigin", "Origin", "SQLOrigin", "Versioned", "call_async", "call_sync"]
+
+
+class Versioned(dict[str, Any]):
+    """What an origin with row versions answers (``load_many``, ``store_many``): the
+    values, and in ``versions`` each key's version as the origin numbers it (a version
+    column that every write of the row increases). The cache then stamps its entries
+    with those versions instead of numbers from its shared level's counter, so an entry
+    loaded before a write can never replace that write's, whichever process does it."""
+
+    def __init__(self, values: Mapping[str, Any], versions: Mapping[str, int]) -> None:
+        super().__init__(values)
+        self.versions: dict[str, int] = dict(versions)
 
 
 class Origin:
@@ -188,6 +200,12 @@ class SQLOrigin(Origin):
     prefix ``"user:"`` reads the row whose key is 42; the key is converted to the column's
     Python type, and a key that cannot be converted is simply not found). With
     ``value_column`` the cached value is that column; without it, the whole row as a dict.
+
+    ``version_column`` names an integer column that numbers each row's writes: every
+    ``store_many`` sets it to the stored value plus one (1 for a new row), whatever the
+    value given, and loads and stores answer :class:`Versioned` mappings, so the cache
+    orders writes and loads of a row by the origin's own numbers. Rows written by other
+    programs must increase it too (a trigger, or ``SET version = version + 1``).
     """
 
     writable = True
@@ -201,6 +219,7 @@ class SQLOrigin(Origin):
         value_column: str | None = None,
         key_prefix: str = "",
         engine_options: Mapping[str, Any] | None = None,
+        version_column: str | None = None,
     ) -> None:
         try:
             import sqlalchemy as sa
@@ -236,8 +255,14 @@ class SQLOrigin(Origin):
                 f"table {table!r} has no column {value_column!r}; "
                 f"columns: {', '.join(columns.keys())}"
             )
+        if version_column is not None and version_column not in columns:
+            raise ConfigurationError(
+                f"table {table!r} has no column {version_column!r} for version_column; "
+                f"columns: {', '.join(columns.keys())}"
+            )
         self.key_column = columns[key_column]
         self.value_column = columns[value_column] if value_column is not None else None
+        self.version_column = columns[version_column] if version_column is not None else None
         self.key_prefix = key_prefix
         try:
             self._key_type: type = self.key_column.type.python_type
@@ -277,12 +302,17 @@ class SQLOrigin(Origin):
     def _select(self, conn: Any, ids: Mapping[Any, str]) -> dict[str, Any]:
         """The cached form of the rows whose keys are ``ids`` (db key -> cache key)."""
         sa = self._sa
+        version = self.version_column
         if self.value_column is not None:
-            query = sa.select(self.key_column, self.value_column)
+            selected = [self.key_column, self.value_column]
+            if version is not None:
+                selected.append(version)
+            query = sa.select(*selected)
         else:
             query = sa.select(self.table)
         query = query.where(self.key_column.in_(list(ids)))
         found: dict[str, Any] = {}
+        versions: dict[str, int] = {}
         key_name = self.key_column.name
         for row in conn.execute(query):
             mapping = row._mapping
@@ -294,7 +324,9 @@ class SQLOrigin(Origin):
                 # Plain str column names: SQLAlchemy's are quoted_name, a str subclass,
                 # which the shared levels would refuse to encode as a dict key.
                 found[cache_key] = {str(name): value for name, value in mapping.items()}
-        return found
+            if version is not None:
+                versions[cache_key] = int(mapping[version.name] or 0)
+        return Versioned(found, versions) if version is not None else found
 
     def store_many(self, items: Mapping[str, Any]) -> Mapping[str, Any]:
         """Upsert the rows; returns them as the table now holds them."""
@@ -326,6 +358,9 @@ class SQLOrigin(Origin):
                 )
         if not rows:
             return {}
+        if self.version_column is not None:
+            for row in rows:  # the origin numbers its writes, not the caller
+                row.pop(self.version_column.name, None)
         with self.engine.begin() as conn:
             self._upsert(conn, rows)
             # What the table holds now (defaults, triggers and column types applied) is
@@ -348,8 +383,15 @@ class SQLOrigin(Origin):
                 insert: Any = __import__(
                     f"sqlalchemy.dialects.{module}", fromlist=["insert"]
                 ).insert
+                version = self.version_column
                 statement = insert(self.table)
-                updates = {c: statement.excluded[c] for c in columns if c != key_name}
+                if version is not None:  # a new row is at version 1
+                    statement = statement.values({version.name: 1})
+                updates: dict[Any, Any] = {
+                    c: statement.excluded[c] for c in columns if c != key_name
+                }
+                if version is not None:  # an existing one goes one up
+                    updates[version.name] = sa.func.coalesce(version, 0) + 1
                 if updates:
                     statement = statement.on_conflict_do_update(
                         index_elements=[self.key_column], set_=updates
@@ -360,6 +402,16 @@ class SQLOrigin(Origin):
             else:
                 # Portable fallback: delete then insert, inside the caller's transaction.
                 keys = [row[key_name] for row in group]
+                if self.version_column is not None:
+                    name = self.version_column.name
+                    old = dict(
+                        conn.execute(
+                            sa.select(self.key_column, self.version_column).where(
+                                self.key_column.in_(keys)
+                            )
+                        ).all()
+                    )
+                    group = [{**row, name: (old.get(row[key_name]) or 0) + 1} for row in group]
                 conn.execute(sa.delete(self.table).where(self.key_column.in_(keys)))
                 conn.execute(sa.insert(self.table), group)
 

@@ -28,7 +28,7 @@ from stratacache.origin import SQLOrigin
 from stratacache.tiers.redis import RedisTier
 
 from ..servers import RedisServer, redis_command
-from .origin_table import make_origin_db, origin_rows
+from .origin_table import VERSIONED, make_origin_db, origin_rows
 
 SPAWN = mp.get_context("spawn")
 
@@ -38,7 +38,12 @@ def shared_level(kind: str, tmp: Path, redis_url: str) -> str:
 
 
 def build(level2: str, origin_url: str, **options: Any) -> Cache:
-    origin = SQLOrigin(origin_url, "items", value_column="value")
+    """A cache over ``level2`` and the origin table (numbering its rows itself when the
+    URL says so: see origin_table.VERSIONED)."""
+    url, versioned, _ = origin_url.partition(VERSIONED)
+    origin = SQLOrigin(
+        url, "items", value_column="value", version_column="version" if versioned else None
+    )
     return Cache([MemoryTier(10_000), level2], origin, **options)
 
 
@@ -172,12 +177,12 @@ def test_a_write_reaches_the_l1_of_other_processes(
 
 
 def writers_then_readers(
-    level2: str, origin_path: Path, keys: int, during: Callable[[], None] = lambda: None
+    level2: str, origin_url: str, keys: int, during: Callable[[], None] = lambda: None
 ) -> tuple[dict[str, str], list[dict[str, Any]]]:
     """Two writer processes (3 threads each) and a reader process over ``level2`` for 3 s,
     ``during`` run in the middle; once every writer is done, each process reads every key
     through its own L1. Returns the origin's rows and what each process read."""
-    origin_url = f"sqlite:///{origin_path}"
+    origin_path = Path(origin_url.partition(VERSIONED)[0].removeprefix("sqlite:///"))
     writer_q = [SPAWN.Queue() for _ in range(2)]
     writer_in = [SPAWN.Queue() for _ in range(2)]
     reader_in, reader_out = SPAWN.Queue(), SPAWN.Queue()
@@ -212,15 +217,15 @@ def disagreements(truth: dict[str, str], seen: list[dict[str, Any]]) -> list[dic
     return [{k: (got[k], truth[k]) for k in truth if got[k] != truth[k]} for got in seen]
 
 
+@pytest.mark.parametrize("versioned", [False, True], ids=["counter", "origin-versions"])
 @pytest.mark.parametrize("kind", ["redis", "sqlite"])
 def test_concurrent_writers_in_several_processes_agree_with_the_origin(
-    tmp_path: Path, redis_url: Any, kind: str
+    tmp_path: Path, redis_url: Any, kind: str, versioned: bool
 ) -> None:
-    origin_path = tmp_path / "origin.db"
-    make_origin_db(origin_path, keys=40)
+    origin_url = make_origin_db(tmp_path / "origin.db", keys=40, versioned=versioned)
     level2 = shared_level(kind, tmp_path, redis_url.url)
-    truth, seen = writers_then_readers(level2, origin_path, 40)
-    late = build(level2, f"sqlite:///{origin_path}")  # a process that starts afterwards
+    truth, seen = writers_then_readers(level2, origin_url, 40)
+    late = build(level2, origin_url)  # a process that starts afterwards
     seen.append({key: late.get(key) for key in truth})
     late.close()
     assert disagreements(truth, seen) == [{}] * 4
@@ -248,13 +253,19 @@ def test_four_processes_missing_one_key_cause_one_load(
     assert len(loads) == 1, loads
 
 
+@pytest.mark.parametrize("versioned", [False, True], ids=["counter", "origin-versions"])
 def test_a_reload_from_before_a_write_in_another_process_is_not_filled_back(
-    tmp_path: Path, redis_url: Any
+    tmp_path: Path, redis_url: Any, versioned: bool
 ) -> None:
     # B misses and loads v0 slowly; A's set(v1) lands meanwhile; B's fill must be dropped.
     origin_path = tmp_path / "origin.db"
-    origin_url = make_origin_db(origin_path, keys=1)
-    slow = SQLOrigin(origin_url, "items", value_column="value")
+    origin_url = make_origin_db(origin_path, keys=1, versioned=versioned)
+    slow = SQLOrigin(
+        origin_url.partition(VERSIONED)[0],
+        "items",
+        value_column="value",
+        version_column="version" if versioned else None,
+    )
     loading = []
 
     def slow_load(keys: list[str]) -> Any:
@@ -285,8 +296,7 @@ def test_a_reload_from_before_a_write_in_another_process_is_not_filled_back(
 def test_killing_the_bus_connection_during_conflicting_writes(
     tmp_path: Path, redis_url: Any
 ) -> None:
-    origin_path = tmp_path / "origin.db"
-    make_origin_db(origin_path, keys=20)
+    origin_url = make_origin_db(tmp_path / "origin.db", keys=20)
 
     def kill_the_bus_connections() -> None:
         time.sleep(2.0)  # in the middle of the writes
@@ -294,7 +304,7 @@ def test_killing_the_bus_connection_during_conflicting_writes(
             redis_command(*redis_url.address, "CLIENT", "KILL", "TYPE", "pubsub")
             time.sleep(0.3)
 
-    truth, seen = writers_then_readers(redis_url.url, origin_path, 20, kill_the_bus_connections)
+    truth, seen = writers_then_readers(redis_url.url, origin_url, 20, kill_the_bus_connections)
     # the readers read 0.2 s after the writers stopped: well within the bus's recovery
     # delay (a reconnect resets L1) plus 1 s
     assert disagreements(truth, seen) == [{}] * 3
@@ -512,3 +522,79 @@ def test_a_paused_bus_server_makes_the_bus_silent_and_resets_l1(tmp_path: Path) 
         cache.close()
     finally:
         server.stop()
+
+
+def _slow_writer(level2: str, origin_url: str, started: Any) -> None:
+    class Slow(SQLOrigin):
+        def store_many(self, items: Any) -> Any:
+            started.put("storing")
+            time.sleep(1.2)  # longer than lock_ttl: another writer goes ahead meanwhile
+            return super().store_many(items)
+
+    origin = Slow(origin_url, "items", value_column="value")
+    Cache([MemoryTier(10), level2], origin, lock_ttl=0.5).set("k0", "slow")
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_a_write_that_outlives_its_lock_cannot_leave_the_cache_disagreeing(
+    tmp_path: Path, redis_url: Any, kind: str
+) -> None:
+    # The slow write reaches the origin last, after another writer that waited out the
+    # lock; its level write then finds its lock gone and drops the key (with a version
+    # floor, so the other writer's value cannot land after it): everyone reads the origin.
+    origin_url = make_origin_db(tmp_path / "origin.db", keys=1)
+    level2 = shared_level(kind, tmp_path, redis_url.url)
+    started = SPAWN.Queue()
+    slow = SPAWN.Process(target=_slow_writer, args=(level2, origin_url, started))
+    slow.start()
+    assert started.get(timeout=60) == "storing"
+    fast = build(level2, origin_url, lock_ttl=0.5)
+    fast.set("k0", "fast")  # waits out the lock, then goes ahead
+    slow.join(timeout=30)
+    time.sleep(0.2)
+    truth = origin_rows(tmp_path / "origin.db")["k0"]
+    assert truth == "slow"  # the slow one committed last
+    fresh = build(level2, origin_url)
+    assert fresh.get("k0") == truth and fast.get("k0") == truth
+    fast.close()
+    fresh.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_a_lease_waiter_gets_a_stale_value_under_the_fail_safe(
+    tmp_path: Path, redis_url: Any, kind: str
+) -> None:
+    import threading
+
+    level2 = shared_level(kind, tmp_path, redis_url.url)
+    loads: dict[str, int] = {"holder": 0, "waiter": 0}
+
+    def loader(who: str, delay: float) -> Any:
+        def load(keys: list[str]) -> dict[str, str]:
+            loads[who] += 1
+            time.sleep(delay)
+            return {key: f"fresh-{who}" for key in keys}
+
+        return load
+
+    options: dict[str, Any] = {"fail_safe_max_age": 60, "soft_timeout": 0.1}
+    holder = Cache([MemoryTier(10), level2], loader("holder", 1.0), **options)
+    waiter = Cache([MemoryTier(10), level2], loader("waiter", 0.0), **options)
+    holder.set("k", "old", ttl=0.5)
+    time.sleep(0.7)  # expired everywhere, kept for the fail-safe
+    slow = threading.Thread(target=lambda: holder.get("k"))
+    slow.start()
+    while not loads["holder"]:
+        time.sleep(0.005)
+    began = time.monotonic()
+    assert waiter.get("k") == "old"  # the other process's load is late: the stale value
+    assert time.monotonic() - began < 0.6
+    assert loads["waiter"] == 0 and waiter.stats().stale_served == 1
+    slow.join()  # the holder was served the stale value too; its load goes on
+    deadline = time.monotonic() + 5.0
+    while waiter.get("k") != "fresh-holder" and time.monotonic() < deadline:
+        time.sleep(0.05)  # stale meanwhile, never a load of its own
+    assert waiter.get("k") == "fresh-holder"  # the holder's load landed for everyone
+    assert loads == {"holder": 1, "waiter": 0}
+    holder.close()
+    waiter.close()

@@ -24,6 +24,13 @@ def create_tables(url: str, table: str) -> None:
         sa.Column("score", sa.Integer, nullable=True),
     )
     sa.Table(
+        table + "_versioned",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(100), nullable=False),
+        sa.Column("version", sa.Integer, nullable=False, server_default="0"),
+    )
+    sa.Table(
         table + "_kv",
         metadata,
         sa.Column("key", sa.String(200), primary_key=True),
@@ -147,7 +154,40 @@ def check_write_through_caches_the_stored_row(url: str, table: str) -> None:
         cache.close()
 
 
+def check_version_column(url: str, table: str) -> None:
+    """A version column: every store sets it one up (1 for a new row), whatever the
+    value given, and loads and stores answer Versioned mappings; a cache over it stamps
+    its entries with those versions."""
+    from stratacache.origin import Versioned
+
+    table += "_versioned"
+    with sa.create_engine(url).begin() as conn:
+        conn.execute(sa.text(f"INSERT INTO {table} (id, name) VALUES (1, 'ada'), (2, 'bob')"))
+    origin = SQLOrigin(url, table, key_column="id", key_prefix="user:", version_column="version")
+    loaded = origin.load_many(["user:1", "user:2", "user:9"])
+    assert isinstance(loaded, Versioned) and loaded.versions == {"user:1": 0, "user:2": 0}
+    stored = origin.store_many(
+        {"user:1": {"name": "ada2", "version": 99}, "user:3": {"name": "cy"}}
+    )
+    assert isinstance(stored, Versioned)
+    assert stored.versions == {"user:1": 1, "user:3": 1}
+    assert stored["user:1"]["version"] == 1 and stored["user:1"]["name"] == "ada2"
+    assert origin.store_many({"user:1": {"name": "ada3"}}).versions == {"user:1": 2}  # type: ignore[attr-defined]
+    with tempfile.TemporaryDirectory() as tmp:
+        shared = SQLiteTier(Path(tmp) / "l2.db")
+        cache = Cache([MemoryTier(10), shared], origin)
+        cache.set("user:2", {"name": "bo"})
+        assert shared.get_many(["user:2"])["user:2"].version == 1
+        cache.invalidate("user:1")
+        assert cache.get("user:1")["name"] == "ada3"
+        assert shared.get_many(["user:1"])["user:1"].version == 2
+        cache.close()
+    with pytest.raises(ConfigurationError, match="version_column"):
+        SQLOrigin(url, table, key_column="id", version_column="nope")
+
+
 CASES = [
+    check_version_column,
     check_write_through_caches_the_stored_row,
     check_rows_by_prefixed_integer_key,
     check_value_column,

@@ -29,6 +29,7 @@ Transports (:class:`Transport`): :class:`~.redis_transport.RedisTransport` (pub/
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import math
@@ -36,6 +37,7 @@ import secrets
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -244,6 +246,10 @@ class InvalidationBus:
         )
         self._sender.start()
         self._receiver.start()
+        # A process that exits right after a write, without closing its cache, must
+        # still tell the others: the sender is a daemon thread and would die with the
+        # interpreter, its queue unsent. (A weak reference: this does not keep the bus.)
+        atexit.register(_flush_at_exit, weakref.ref(self))
 
     def flush(self, timeout: float = 1.0) -> bool:
         """Wait until everything published so far was handed to the transport; False if
@@ -647,6 +653,16 @@ class InvalidationBus:
 _SCHEMES = "redis://, rediss://, unix:// (Redis pub/sub), sqlite:///relative/path, " + (
     "sqlite:////absolute/path or a plain file path (a host-local SQLite file)"
 )
+
+
+def _flush_at_exit(bus: weakref.ref[InvalidationBus]) -> None:
+    alive = bus()
+    if alive is not None and not alive._closed:
+        alive.flush(_EXIT_FLUSH)
+
+
+#: how long a process at exit waits for its unsent invalidations to go out
+_EXIT_FLUSH: Final = 1.0
 
 
 def open_transport(url: str, *, channel: str) -> Transport:

@@ -9,7 +9,7 @@ up there). The shared level's side is :mod:`.claims`; the bus is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..entry import NEVER, Entry
@@ -17,7 +17,7 @@ from ..errors import TransientError
 from ..stampede import Flight, SingleFlight
 from ..tiers.base import Prepared, Tier
 from ..tiers.shared import LEASE
-from .claims import Coordinator
+from .claims import Coordinator, Lease
 from .fence import SeenVersions, WriteFence
 from .ops import LevelDelete, LevelGet, Op
 from .plan import _Load
@@ -65,6 +65,8 @@ class Agreement:
     _write_levels: Callable[..., Flow]
     prepare_levels: Callable[[list[dict[str, Entry]]], list[Prepared]]
     _level_failed: Callable[[Tier, str, BaseException], None]
+    _stale: Callable[[list[str], float], Flow]
+    stale_served: int
 
     def _believed(self, level: Tier, entries: Mapping[str, Entry]) -> Flow:
         """What a shared level answered, less entries older than a write this process
@@ -85,8 +87,8 @@ class Agreement:
             level.warnings.warning(
                 "outdated",
                 "level %s (%s) answered %d key(s) (first %.200r) with a version older than "
-                "one this process saw written (replayed, or a write that missed the "
-                "level): read as misses",
+                "one this process saw written (read while that write landed, a write that "
+                "missed the level, or an envelope copied back): read as misses",
                 level.name,
                 level.kind,
                 len(outdated),
@@ -158,8 +160,14 @@ class Agreement:
         flights still to load."""
         coordinator = self.coordinator
         assert coordinator is not None
-        lease = yield from coordinator.lease([f.key for f in led])
+        safety = how.safety
+        patient = safety.fail_safe_max_age is not None and safety.soft_timeout is not None
+        lease = yield from coordinator.lease(
+            [f.key for f in led], safety.soft_timeout if patient else None
+        )
         how.leases.append(lease)
+        if lease.waiting and patient:
+            led = yield from self._stale_while_leased(led, lease, how, values)
         if not lease.filled:
             return led
         flights = self.single_flight
@@ -173,15 +181,47 @@ class Agreement:
         flights.coalesced += len(answered)
         return [f for f in led if f.key not in lease.filled]
 
-    def _release_leases(self, how: _Load) -> Flow:
-        """A load failed: give its leases back, so other processes stop waiting for a
-        fill that will not come."""
+    def _stale_while_leased(
+        self, led: list[Flight], lease: Lease, how: _Load, values: dict[str, Any]
+    ) -> Flow:
+        """Another process's load of these keys outlived the soft timeout: serve their
+        stale values (the fail-safe) and leave the load to it; keys with nothing stale
+        enough wait on for its fill. Returns the flights still to settle."""
+        max_age = how.safety.fail_safe_max_age
+        assert max_age is not None and self.coordinator is not None
+        waiting = [f.key for f in led if f.key in lease.waiting]
+        stale = yield from self._stale(waiting, max_age)
+        if stale:
+            values.update(stale)
+            how.stale.update(stale)
+            self.stale_served += len(stale)
+            served = [f for f in led if f.key in stale]
+            self.single_flight.complete(served, stale, stale)
+            led = [f for f in led if f.key not in stale]
+        rest = [key for key in waiting if key not in stale]
+        if rest:  # nothing to serve: wait on for the other process's fill
+            more = yield from self.coordinator.lease(rest)
+            lease.filled.update(more.filled)
+            lease.granted.update(more.granted)
+            lease.version = max(lease.version, more.version)
+            if more.granted:
+                yield from self.coordinator.release(sorted(more.granted), more.token, LEASE)
+                lease.granted.difference_update(more.granted)  # loaded without a lease
+        return led
+
+    def _release_leases(self, how: _Load, keys: Collection[str] | None = None) -> Flow:
+        """Give back the leases of ``keys`` (None: all) that no fill settled, so other
+        processes stop waiting for a fill that will not come (the load failed, or found
+        nothing to fill). Keys whose load still runs in the background keep theirs: it
+        fills under them when it lands."""
         coordinator = self.coordinator
         if coordinator is None:
             return
         for lease in how.leases:
-            yield from coordinator.release(sorted(lease.granted), lease.token, LEASE)
-            lease.granted.clear()
+            mine = lease.granted if keys is None else lease.granted.intersection(keys)
+            if mine:
+                yield from coordinator.release(sorted(mine), lease.token, LEASE)
+                lease.granted.difference_update(mine)
 
     def _versions(self, keys: list[str], *, lock: bool) -> Flow:
         """Versions for a write of ``keys`` from the shared level (with their write lock
@@ -220,6 +260,9 @@ class Agreement:
         self.fence.mark(keys)
         if any(versions):
             self.seen.saw(keys, versions)
+        unnumbered = [key for key, version in zip(keys, versions, strict=False) if not version]
+        if unnumbered or not versions:  # invalidated or deleted there
+            self.seen.forget(unnumbered if versions else keys)
         for level in self.levels:
             if level.local:
                 level.delete_many(keys)

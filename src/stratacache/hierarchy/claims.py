@@ -60,6 +60,9 @@ class Lease:
     version: int = 0
     granted: set[str] = field(default_factory=set)
     filled: dict[str, Entry] = field(default_factory=dict)
+    #: keys other processes still held when the wait ended: loaded without a lease,
+    #: unless the fail-safe serves them a stale value
+    waiting: set[str] = field(default_factory=set)
 
 
 class Coordinator:
@@ -130,12 +133,14 @@ class Coordinator:
         except TransientError as exc:
             self._failed(self.level, "release", exc)
 
-    def lease(self, keys: Sequence[str]) -> Flow:
+    def lease(self, keys: Sequence[str], max_wait: float | None = None) -> Flow:
         """Leases for a load of ``keys``: returns a :class:`Lease` whose ``granted`` keys
         this read loads, and whose ``filled`` entries other processes loaded meanwhile.
         Keys in neither are loaded too, without a lease (the wait ran out, or the level
-        is down)."""
+        is down). ``max_wait`` bounds the wait for other processes' fills (the
+        fail-safe's soft timeout); keys still held then are listed in ``waiting``."""
         lease = Lease(token=uuid.uuid4().hex)
+        began = time.monotonic()
         todo = list(keys)
         deadline: float | None = None
         look = _FIRST_LOOK
@@ -156,6 +161,8 @@ class Coordinator:
             now = time.monotonic()
             if deadline is None:
                 deadline = now + min(self.lease_ttl, max(claim.held.values()) + _SLOWEST_LOOK)
+                if max_wait is not None:
+                    deadline = min(deadline, began + max_wait)
             # Wait for the holders' fills. A key whose lease is gone without a value we
             # can use (its holder failed, a write dropped the fill, the stored value is
             # corrupt or outdated) is claimed again. The lease is looked at before the
@@ -181,5 +188,6 @@ class Coordinator:
                     over = True
                     break
             if not todo:
-                break  # what is still held past the deadline is loaded without a lease
+                lease.waiting.update(held)  # still held past the deadline
+                break
         return lease

@@ -40,6 +40,7 @@ class FailSafe:
     _fill: Callable[[Mapping[str, Any], Sequence[str], _Load], Flow]
     _load_error: Callable[[BaseException, list[str]], OriginError]
     _accepted: Callable[[Any, list[str]], Mapping[str, Any]]
+    _note_versions: Callable[[Mapping[str, Any], _Load], None]
     _level_failed: Callable[[Tier, str, BaseException], None]
 
     def _overdue(
@@ -93,6 +94,7 @@ class FailSafe:
                 single_flight.fail(flights, error)
                 return
             loaded = self._accepted(done.result(), group)
+            self._note_versions(loaded, how)
             found = {key: loaded[key] for key in group if key in loaded}
             self.origin_stats.found += len(found)
             yield from self._fill(found, [k for k in group if k not in loaded], how)

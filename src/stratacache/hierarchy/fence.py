@@ -91,6 +91,13 @@ class SeenVersions:
         known = self._seen.get(key)
         return known is not None and version < known
 
+    def forget(self, keys: Iterable[str]) -> None:
+        """The keys were invalidated or deleted: a row made again may start its versions
+        anew (an origin's own row versions do), so what was seen no longer applies."""
+        with self._lock:
+            for key in keys:
+                self._seen.pop(key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._seen.clear()

@@ -48,7 +48,7 @@ from ..errors import (
     ValueTooLargeError,
 )
 from ..metrics import CacheStats, OriginStats
-from ..origin import Origin
+from ..origin import Origin, Versioned
 from ..stampede import Flight, Read, ReadFlights, SingleFlight
 from ..tiers.base import DOWN, DROPPED, FILL, Prepared, Tier
 from ..tiers.shared import SharedTier
@@ -585,6 +585,7 @@ class Hierarchy(FailSafe, Agreement):
                         served.update(loaded.values)
                         continue
                 loaded = self._accepted(loaded, group)
+                self._note_versions(loaded, how)
                 if self.behind is not None:
                     loaded = self._with_pending(loaded, group)
             except LoadTimeoutError:
@@ -611,6 +612,13 @@ class Hierarchy(FailSafe, Agreement):
         if served:
             return {**loaded_entries, **served}
         return loaded_entries
+
+    def _note_versions(self, loaded: Mapping[str, Any], how: _Load) -> None:
+        """Keep the versions an origin with row versions gave (see origin.Versioned): the
+        fill is stamped with them. Not under write-behind, whose writes reach the origin
+        later and are numbered by the shared level's counter meanwhile."""
+        if isinstance(loaded, Versioned) and self.behind is None:
+            how.origin_versions.update(loaded.versions)
 
     def _with_pending(self, loaded: Mapping[str, Any], group: list[str]) -> Mapping[str, Any]:
         """Under write-behind the origin may not have this process's last writes yet:
@@ -657,22 +665,26 @@ class Hierarchy(FailSafe, Agreement):
         fills (see :class:`~stratacache.tiers.base.Prepared`): keys under this read's
         lease carry it, the rest go in only where nothing newer is."""
         epoch = how.epoch
-        written = self.fence.changed_since([*found, *not_found], epoch)
+        answered = [*found, *not_found]  # the keys whose load ends here
+        written = self.fence.changed_since(answered, epoch)
         if written:
             found = {k: v for k, v in found.items() if k not in written}
             not_found = [k for k in not_found if k not in written]
         if not found and not (not_found and self.negative_ttl):
-            yield from self._release_leases(how)
+            yield from self._release_leases(how, answered)
             return
         lease = how.leases[-1] if how.leases else None
         version = lease.version if lease is not None else 0
-        per_level = self.entries_for(found, how.ttl, version=version)
+        per_level = self.entries_for(
+            found, how.ttl, version=version, versions=how.origin_versions or None
+        )
         if not_found and self.negative_ttl:
             now = self.wall_clock()
             for key in not_found:
                 expiries = level_rules.expiries(self.rules, now, ttl=self.negative_ttl)
                 for level_index, expiry in enumerate(expiries):
-                    per_level[level_index][key] = Entry(None, expiry, True, version)
+                    stamp = how.origin_versions.get(key, version)
+                    per_level[level_index][key] = Entry(None, expiry, True, stamp)
         if lease is not None and lease.granted:
             leased = [
                 {k: e for k, e in entries.items() if k in lease.granted} for entries in per_level
@@ -685,7 +697,7 @@ class Hierarchy(FailSafe, Agreement):
             lease.granted.difference_update(settled)
             per_level = rest
         yield from self._write_fill(per_level, None)
-        yield from self._release_leases(how)  # keys left without a fill (not found)
+        yield from self._release_leases(how, answered)  # keys left without a fill
         yield from self._unfill_raced([*found, *(not_found if self.negative_ttl else ())], epoch)
 
     def _write_fill(self, per_level: list[dict[str, Entry]], token: str | None) -> Flow:
@@ -892,6 +904,8 @@ class Hierarchy(FailSafe, Agreement):
                         f"changed: {exc!r}"
                     ) from exc
                 self.origin_stats.stores += len(items)
+                if isinstance(stored, Versioned):  # the origin numbers its rows itself
+                    versions = {**versions, **stored.versions}
                 if stored is not None:
                     prepared = self._prepare_stored(items, stored, ttl, versions, token, tags)
             elif self.behind is not None:
@@ -962,6 +976,7 @@ class Hierarchy(FailSafe, Agreement):
         cannot be refilled from a lower one that still has the old value."""
         keys = list(dict.fromkeys(keys))
         self.fence.mark(keys)
+        self.seen.forget(keys)  # a row deleted and made again starts its versions anew
         for index in range(len(self.levels) - 1, -1, -1):
             level = self.levels[index]
             try:

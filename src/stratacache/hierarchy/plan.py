@@ -37,6 +37,8 @@ class _Load:
     detached: set[str] = field(default_factory=set)
     #: the leases this read took on the shared level for the keys it loads
     leases: list[Lease] = field(default_factory=list)
+    #: the versions the origin gave the rows it loaded (see origin.Versioned)
+    origin_versions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

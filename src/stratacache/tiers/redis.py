@@ -57,9 +57,18 @@ from ..keys import KeyRules
 from .base import FILL, Prepared, Steps
 from .loops import LoopClients
 from .permits import Permits
-from .redis_scripts import CLAIM, COUNTER, LEASE_SUFFIX, LOCK_SUFFIX, PEEK, RELEASE, WRITE
+from .redis_scripts import (
+    CLAIM,
+    COUNTER,
+    FLOOR_SUFFIX,
+    LEASE_SUFFIX,
+    LOCK_SUFFIX,
+    PEEK,
+    RELEASE,
+    WRITE,
+)
 from .remote import Location, RemoteTier, chunks, milliseconds, split_url
-from .shared import LEASE, LOCK, VERSION, Claim
+from .shared import FLOOR_SECONDS, LEASE, LOCK, VERSION, Claim
 
 __all__ = ["REDIS_ERRORS", "RedisFamilyTier", "RedisTier"]
 
@@ -80,6 +89,7 @@ REFUSED: tuple[type[BaseException], ...] = (
 )
 
 _BATCH = 1000  # keys per MGET / UNLINK / SCAN page
+
 #: A command maps a client (sync or async) to its result (sync) or an awaitable (async).
 Call = Callable[[Any], Any]
 
@@ -340,20 +350,25 @@ class RedisTier(RedisFamilyTier):
         versions = prepared.versions
         mode = "fill" if prepared.mode == FILL else "write"
         token = prepared.token or ""
+        counter = f"{self.namespace}:{COUNTER}"
+        floor_ms = milliseconds(FLOOR_SECONDS)
         calls = [
             (
                 by_name[stored],
                 (
                     WRITE,
-                    3,
+                    5,
                     stored,
                     stored + LEASE_SUFFIX,
                     stored + LOCK_SUFFIX,
+                    stored + FLOOR_SUFFIX,
+                    counter,
                     blob,
                     0 if seconds == math.inf else milliseconds(seconds),
                     versions.get(by_name[stored], 0),
                     mode,
                     token,
+                    floor_ms,
                 ),
             )
             for stored, blob, seconds in sets

@@ -20,10 +20,20 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["CLAIM", "COUNTER", "LEASE_SUFFIX", "LOCK_SUFFIX", "PEEK", "RELEASE", "WRITE"]
+__all__ = [
+    "CLAIM",
+    "COUNTER",
+    "FLOOR_SUFFIX",
+    "LEASE_SUFFIX",
+    "LOCK_SUFFIX",
+    "PEEK",
+    "RELEASE",
+    "WRITE",
+]
 
 LEASE_SUFFIX: Final = "\x00L"
 LOCK_SUFFIX: Final = "\x00W"
+FLOOR_SUFFIX: Final = "\x00F"
 COUNTER: Final = "\x00version"
 
 _VERSION_OF = """
@@ -37,24 +47,40 @@ local function version_of(blob)
 end
 """
 
-#: KEYS: value, lease, lock. ARGV: envelope, milliseconds to keep it (0: no expiry),
-#: version, mode ('write' or 'fill'), token ('' for none). Returns 1 if stored, 0 if not.
+#: KEYS: value, lease, lock, floor, the namespace's counter. ARGV: envelope,
+#: milliseconds to keep it (0: no expiry), version, mode ('write' or 'fill'), token ('' for
+#: none), milliseconds a floor lasts. Returns 1 if stored, 0 if not.
+#:
+#: The floor: a write whose lock expired before it got here (its process stalled past
+#: lock_ttl) cannot know whether another writer that went ahead reached the origin before
+#: or after it. Neither value can be trusted, so the key is dropped, and a floor is set: a
+#: fresh version from the counter below which no write or fill of the key is taken for a
+#: while, so the other writer's value cannot land after the drop either. The next read
+#: loads what the origin holds, under a lease numbered above the floor.
 WRITE: Final = (
     _VERSION_OF
     + """
 local version = tonumber(ARGV[3])
 local current = redis.pcall('GET', KEYS[1])
 if type(current) == 'table' then current = nil end  -- another type: overwrite it
+local floor = tonumber(redis.call('GET', KEYS[4]) or '-1')
 if ARGV[4] == 'fill' then
   if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end       -- a write holds the key
   if ARGV[5] ~= '' then
     if redis.call('GET', KEYS[2]) ~= ARGV[5] then return 0 end  -- the lease was lost
     redis.call('DEL', KEYS[2])
   end
+  if floor > version then return 0 end
   if current and version_of(current) > version then return 0 end
 else
   local mine = ARGV[5] ~= '' and redis.call('GET', KEYS[3]) == ARGV[5]
-  if current and version_of(current) > version then
+  if ARGV[5] ~= '' and not mine then
+    redis.call('DEL', KEYS[1], KEYS[2])
+    local raised = redis.call('INCR', KEYS[5])
+    redis.call('SET', KEYS[4], raised, 'PX', ARGV[6])
+    return 0
+  end
+  if floor > version or (current and version_of(current) > version) then
     if mine then redis.call('DEL', KEYS[3]) end
     return 0
   end

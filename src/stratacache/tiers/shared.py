@@ -45,7 +45,11 @@ from ..keys import validate_namespace
 from ..serde import Codec, PayloadError
 from .base import CommandTier, Prepared, Steps
 
-__all__ = ["LEASE", "LOCK", "VERSION", "Claim", "SharedTier"]
+__all__ = ["FLOOR_SECONDS", "LEASE", "LOCK", "VERSION", "Claim", "SharedTier"]
+
+#: how long a version floor keeps older writes of a key out (see redis_scripts.WRITE):
+#: longer than any write still in flight can take to reach the level
+FLOOR_SECONDS: Final = 30.0
 
 #: claim kinds: a write lock, a load lease, or no claim (versions only)
 LOCK: Final = "lock"

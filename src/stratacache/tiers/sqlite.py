@@ -47,7 +47,7 @@ from ..errors import CacheClosedError, CacheError, ConfigurationError, TierUnava
 from ..sqlite_files import open_wal
 from .base import FILL, Prepared, Steps
 from .breaker import CLOSED, CircuitBreaker
-from .shared import LEASE, LOCK, VERSION, Claim, SharedTier
+from .shared import FLOOR_SECONDS, LEASE, LOCK, VERSION, Claim, SharedTier
 
 __all__ = ["SQLiteTier"]
 
@@ -78,6 +78,9 @@ CREATE TABLE IF NOT EXISTS stratacache_counters (
     value      INTEGER NOT NULL
 );
 """
+
+#: the claims table's kind for a version floor (see _raise_floor)
+FLOOR = "floor"
 
 #: Files made before entries carried versions gain the column (0: older than any write).
 _ADD_VERSION = "ALTER TABLE stratacache_entries ADD COLUMN version INTEGER NOT NULL DEFAULT 0"
@@ -475,6 +478,22 @@ class SQLiteTier(SharedTier):
                     if fill and not self._may_fill(conn, column, token, now):
                         refused.append(key)
                         continue
+                    if (
+                        not fill
+                        and token is not None
+                        and not self._locked_by(conn, column, token, now)
+                    ):
+                        # The writer's lock expired before its write got here (it
+                        # stalled past lock_ttl): another writer may have gone ahead, and
+                        # which reached the origin last is unknown. Drop the key, and
+                        # keep older writes of it out for a while (see redis_scripts).
+                        self._delete_chunk(conn, [column])
+                        self._raise_floor(conn, column, now)
+                        refused.append(key)
+                        continue
+                    if self._below_floor(conn, column, row[5], now):
+                        refused.append(key)
+                        continue
                     before = conn.total_changes
                     conn.execute(
                         "INSERT INTO stratacache_entries "
@@ -518,6 +537,41 @@ class SQLiteTier(SharedTier):
             "SELECT 1 FROM stratacache_entries WHERE namespace = ? AND key = ? "
             "AND (expires_at IS NULL OR expires_at > ?)",
             (self.namespace, column, now),
+        ).fetchone()
+        return row is not None
+
+    def _raise_floor(self, conn: sqlite3.Connection, column: str | bytes, now: float) -> None:
+        conn.execute(
+            "INSERT INTO stratacache_counters (namespace, value) VALUES (?, 1) "
+            "ON CONFLICT (namespace) DO UPDATE SET value = value + 1",
+            (self.namespace,),
+        )
+        (raised,) = conn.execute(
+            "SELECT value FROM stratacache_counters WHERE namespace = ?", (self.namespace,)
+        ).fetchone()
+        conn.execute(
+            "INSERT OR REPLACE INTO stratacache_claims (namespace, key, kind, token, until) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (self.namespace, column, FLOOR, str(raised), now + FLOOR_SECONDS),
+        )
+
+    def _below_floor(
+        self, conn: sqlite3.Connection, column: str | bytes, version: int, now: float
+    ) -> bool:
+        row = conn.execute(
+            "SELECT token FROM stratacache_claims WHERE namespace = ? AND key = ? "
+            "AND kind = ? AND until > ?",
+            (self.namespace, column, FLOOR, now),
+        ).fetchone()
+        return row is not None and int(row[0]) > version
+
+    def _locked_by(
+        self, conn: sqlite3.Connection, column: str | bytes, token: str, now: float
+    ) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM stratacache_claims WHERE namespace = ? AND key = ? AND kind = ? "
+            "AND token = ? AND until > ?",
+            (self.namespace, column, LOCK, token, now),
         ).fetchone()
         return row is not None
 
@@ -663,8 +717,8 @@ class SQLiteTier(SharedTier):
                     columns[row[0]]
                     for row in conn.execute(
                         "SELECT key FROM stratacache_claims WHERE namespace = ? "
-                        f"AND until > ? AND key IN ({marks})",
-                        (namespace, now, *chunk),
+                        f"AND kind IN (?, ?) AND until > ? AND key IN ({marks})",
+                        (namespace, LEASE, LOCK, now, *chunk),
                     )
                 )
             return held
