@@ -1047,6 +1047,13 @@ class Hierarchy(FailSafe, Agreement):
             self._level_failed(level, "repair", exc)
             return False
         pending.done(keys, cleared=clearing)
+        if not level.local and self.announce is not None and (clearing or keys):
+            # Other processes may have copied into their L1 what this level held instead
+            # of the writes it missed: they drop those keys too.
+            if clearing:
+                self.announce.publish_clear()
+            else:
+                self.announce.publish_keys(keys)
         if clearing or keys:
             logger.info(
                 "level %s (%s) is back: %s",
