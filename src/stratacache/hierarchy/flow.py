@@ -696,9 +696,24 @@ class Hierarchy(FailSafe, Agreement):
             settled = yield from self._write_fill(leased, lease.token)
             lease.granted.difference_update(settled)
             per_level = rest
+        if self.coordinator is not None:
+            per_level = self._unleased(per_level, how)
         yield from self._write_fill(per_level, None)
         yield from self._release_leases(how, answered)  # keys left without a fill
         yield from self._unfill_raced([*found, *(not_found if self.negative_ttl else ())], epoch)
+
+    def _unleased(self, per_level: list[dict[str, Entry]], how: _Load) -> list[dict[str, Entry]]:
+        """A fill without a lease (the wait for another process's fill ran out, or the
+        shared level did not answer the claim) stays in this process: nothing tells a
+        shared level that a write committed between this load's read of the origin and
+        now, so it could put back the value from before that write for everyone. The
+        in-process copy is safe: the fence and the bus drop it when such a write is
+        announced. Keys whose version the origin gave are exact and fill everywhere."""
+        exact = how.origin_versions
+        return [
+            entries if level.local else {k: e for k, e in entries.items() if k in exact}
+            for level, entries in zip(self.levels, per_level, strict=True)
+        ]
 
     def _write_fill(self, per_level: list[dict[str, Entry]], token: str | None) -> Flow:
         """Write a fill; returns the keys whose lease (``token``) the fill settled on the
@@ -884,6 +899,14 @@ class Hierarchy(FailSafe, Agreement):
         origin = self.origin
         to_origin = self.write_policy.writes_origin and origin is not None and origin.writable
         versions, token = yield from self._versions(list(items), lock=to_origin)
+        if to_origin and self.coordinator is not None and not versions:
+            # The shared level that orders writes did not answer: this write cannot be
+            # ordered against other processes' writes of the same keys, so no level may
+            # keep its value (it could land after a later write's). It goes around the
+            # cache instead: the origin, then every level drops the keys (a level that
+            # is down owes the delete), and the next read loads what the origin holds.
+            yield from self._write_around(items)
+            return
         epoch = self.fence.mark(items)
         try:
             prepared = self.prepare_levels(
