@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +57,7 @@ from redis.retry import Retry
 
 from ..errors import ConfigurationError
 from ..logs import Throttle
+from .options import check_transport
 
 __all__ = ["RedisTransport"]
 
@@ -151,14 +151,9 @@ class RedisTransport:
         socket_timeout: float,
         health_check_interval: float,
     ) -> None:
-        if not isinstance(channel, str) or not channel:
-            raise ConfigurationError(f"a bus channel is a non-empty str, got {channel!r}")
-        for option, value in (
-            ("socket_timeout", socket_timeout),
-            ("health_check_interval", health_check_interval),
-        ):
-            if not isinstance(value, int | float) or not (value > 0 and math.isfinite(value)):
-                raise ConfigurationError(f"{option} must be a positive number, got {value!r}")
+        check_transport(
+            channel, socket_timeout=socket_timeout, health_check_interval=health_check_interval
+        )
         self.channel = channel
         self.where = where
         self.socket_timeout = float(socket_timeout)

@@ -23,7 +23,6 @@ become visible in id order and a hole in the ids means deleted rows.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -37,6 +36,7 @@ from ..logs import Throttle
 from ..sqlite_files import is_busy, open_wal
 from . import doorbell
 from .doorbell import DOORBELL_SCHEMA, Bell, Ringer
+from .options import check_transport
 
 __all__ = ["SQLiteTransport"]
 
@@ -89,15 +89,12 @@ class SQLiteTransport:
         keep_seconds: float = 60.0,
         busy_timeout: float = 5.0,
     ) -> None:
-        if not isinstance(channel, str) or not channel:
-            raise ConfigurationError(f"a bus channel is a non-empty str, got {channel!r}")
-        for option, value in (
-            ("poll_interval", poll_interval),
-            ("keep_seconds", keep_seconds),
-            ("busy_timeout", busy_timeout),
-        ):
-            if not isinstance(value, int | float) or not (value > 0 and math.isfinite(value)):
-                raise ConfigurationError(f"{option} must be a positive number, got {value!r}")
+        check_transport(
+            channel,
+            poll_interval=poll_interval,
+            keep_seconds=keep_seconds,
+            busy_timeout=busy_timeout,
+        )
         if poll_interval > 0.25:
             raise ConfigurationError(f"poll_interval must be at most 0.25 s, got {poll_interval}")
         self.path = Path(path)
