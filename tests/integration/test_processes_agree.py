@@ -598,3 +598,34 @@ def test_a_lease_waiter_gets_a_stale_value_under_the_fail_safe(
     assert loads == {"holder": 1, "waiter": 0}
     holder.close()
     waiter.close()
+
+
+def _forked_reader(cache: Cache, ready: Any, q: Any) -> None:
+    assert cache.get("k0") == "before"  # L1 was dropped in the child: read from L2
+    ready.put("ready")
+    deadline = time.monotonic() + 5.0
+    while cache.get("k0") != "after" and time.monotonic() < deadline:
+        time.sleep(0.002)
+    q.put((cache.get("k0"), cache.stats().bus["healthy"]))
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_a_cache_made_before_a_fork_keeps_its_bus_in_the_child(
+    tmp_path: Path, redis_url: Any, kind: str
+) -> None:
+    # A web server that builds the cache, then forks its workers (gunicorn's preload).
+    origin_url = make_origin_db(tmp_path / "origin.db", keys=1)
+    level2 = shared_level(kind, tmp_path, redis_url.url)
+    parent = build(level2, origin_url)
+    parent.set("k0", "before")
+    fork = mp.get_context("fork")
+    ready, q = fork.Queue(), fork.Queue()
+    child = fork.Process(target=_forked_reader, args=(parent, ready, q))
+    child.start()
+    assert ready.get(timeout=30) == "ready"
+    writer = build(level2, origin_url)  # another process's write
+    writer.set("k0", "after")
+    assert q.get(timeout=30) == ("after", True)
+    child.join(timeout=30)
+    writer.close()
+    parent.close()

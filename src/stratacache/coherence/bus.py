@@ -33,6 +33,7 @@ import atexit
 import dataclasses
 import logging
 import math
+import os
 import secrets
 import threading
 import time
@@ -170,14 +171,18 @@ class InvalidationBus:
         self.max_batch = max_batch
         self.max_lag = float(max_lag)
         self.name = name
-        self.publisher: str = uuid.uuid4().hex
-        self._publisher_bytes = self.publisher.encode()
-        self.epoch: int = secrets.randbits(63)
         self.stats = BusStats()
         #: how long messages from other processes took to arrive (see _deliver)
         self.delays = LatencyHistogram()
         self._warnings = Throttle(logger)
+        self._fresh_state()
 
+    def _fresh_state(self) -> None:
+        """Locks, queues and numbering: made at construction, and again in a forked
+        child (where the parent's threads are gone and a lock may be held forever)."""
+        self.publisher = uuid.uuid4().hex
+        self._publisher_bytes = self.publisher.encode()
+        self.epoch = secrets.randbits(63)
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the sender waits for work here
         self._progress = threading.Condition(self._lock)  # flush() waits here
@@ -250,6 +255,22 @@ class InvalidationBus:
         # still tell the others: the sender is a daemon thread and would die with the
         # interpreter, its queue unsent. (A weak reference: this does not keep the bus.)
         atexit.register(_flush_at_exit, weakref.ref(self))
+        _STARTED.add(self)
+
+    def _restart_in_child(self) -> None:
+        """In a forked child (a web server forking its workers after the cache was
+        made): the threads did not come along, so start them anew, as a new publisher.
+        What the child inherited in L1 was not watched between the fork and the new
+        subscription: it is dropped."""
+        if self._closed or not self._started:
+            return
+        self._fresh_state()
+        after_fork = getattr(self.transport, "after_fork", None)
+        if after_fork is not None:
+            after_fork()
+        self._started = False
+        self.start()
+        self._call_reset()
 
     def flush(self, timeout: float = 1.0) -> bool:
         """Wait until everything published so far was handed to the transport; False if
@@ -653,6 +674,18 @@ class InvalidationBus:
 _SCHEMES = "redis://, rediss://, unix:// (Redis pub/sub), sqlite:///relative/path, " + (
     "sqlite:////absolute/path or a plain file path (a host-local SQLite file)"
 )
+
+
+#: the buses started in this process, restarted in a forked child
+_STARTED: weakref.WeakSet[InvalidationBus] = weakref.WeakSet()
+
+
+def _restart_buses_in_child() -> None:
+    for bus in list(_STARTED):
+        bus._restart_in_child()
+
+
+os.register_at_fork(after_in_child=_restart_buses_in_child)
 
 
 def _flush_at_exit(bus: weakref.ref[InvalidationBus]) -> None:

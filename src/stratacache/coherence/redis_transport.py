@@ -270,6 +270,12 @@ class RedisTransport:
                 conn.send_command("PING")
                 pinged = now
 
+    def after_fork(self) -> None:
+        """In a forked child: a new receiver subscribes (redis-py's pools notice the new
+        process and open their own connections)."""
+        self.ready = threading.Event()
+        self.healthy = False
+
     def share_warnings(self, warnings: Throttle, subject: str) -> None:
         """Log through ``warnings`` under ``subject``: a bus riding on a cache level's
         server is down exactly when that level is, and one line per interval says so."""

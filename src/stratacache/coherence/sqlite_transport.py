@@ -273,6 +273,15 @@ class SQLiteTransport:
                 if len(rows) < 1000:
                     break
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's lock may be held by a thread that is gone,
+        and its sockets and connection are the parent's."""
+        self._lock = threading.Lock()
+        self._conn = None  # reopened on first use (a connection must not cross a fork)
+        self._ringer = None
+        self._bell = None
+        self.ready = threading.Event()
+
     def wake(self) -> None:
         """Make the receiver look at its stop event now (a closing bus)."""
         bell = self._bell
