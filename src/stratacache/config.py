@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -178,6 +179,11 @@ class MemoryOptions(TierOptions):
     policy: Any = field(default=DEFAULT_POLICY, metadata=url(str))
     #: hits buffered before the policy hears of them
     read_buffer_size: int = field(default=64, metadata=url(int))
+    #: a file the tier saves its hottest entries to on close and loads them from when
+    #: built, keeping each one's remaining lifetime (None: no snapshot; tiers/snapshot.py)
+    snapshot: str | os.PathLike[str] | None = field(default=None, metadata=url(str))
+    #: the most entries a snapshot keeps, hottest first (None: all, up to the bound)
+    snapshot_entries: int | None = field(default=None, metadata=url(_optional_int))
 
 
 @dataclass(frozen=True, kw_only=True)

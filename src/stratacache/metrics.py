@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import _accel
+from .hotkeys import HotKey
 
 __all__ = [
     "CacheStats",
@@ -251,6 +252,10 @@ class LevelSnapshot:
     pool_timeouts: int = 0
     refused: int = 0
     outdated: int = 0
+    #: what the level holds now, where the cache can tell without I/O (an in-process
+    #: level: entries, and bytes when it is bounded by bytes); None when unknown
+    entries: int | None = None
+    bytes: int | None = None
 
     @property
     def miss_rate(self) -> float:
@@ -283,6 +288,11 @@ class CacheStats:
     bus: dict[str, Any] = field(default_factory=dict)
     #: the write-behind queue (see stratacache.behind), under write="behind"
     write_behind: dict[str, Any] = field(default_factory=dict)
+    #: the keys asked for most right now, hottest first, with their estimated rates
+    #: (see stratacache.hotkeys; empty when the cache does not count them)
+    hot_keys: list[HotKey] = field(default_factory=list)
+    #: keys hot-key protection held in L1 after the policy would not (see hierarchy/hot)
+    hot_pins: int = 0
 
     @property
     def amat_us(self) -> float:
@@ -328,6 +338,8 @@ class CacheStats:
                     "pool_timeouts": s.pool_timeouts,
                     "refused": s.refused,
                     "outdated": s.outdated,
+                    "entries": s.entries,
+                    "bytes": s.bytes,
                 }
                 for s in self.levels
             ],
@@ -346,4 +358,6 @@ class CacheStats:
             "lock_waits": self.lock_waits,
             "bus": dict(self.bus),
             "write_behind": dict(self.write_behind),
+            "hot_keys": [{"key": h.key, "rate": h.rate} for h in self.hot_keys],
+            "hot_pins": self.hot_pins,
         }

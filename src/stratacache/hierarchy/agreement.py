@@ -9,7 +9,7 @@ up there). The shared level's side is :mod:`.claims`; the bus is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..entry import NEVER, Entry
@@ -53,6 +53,7 @@ class Announcer(Protocol):
 
 class Agreement:
     bus_silence_ttl: float
+    _served_stale: Callable[[Iterable[str]], None]
     levels: list[Tier]
     fence: WriteFence
     seen: SeenVersions
@@ -194,7 +195,7 @@ class Agreement:
         if stale:
             values.update(stale)
             how.stale.update(stale)
-            self.stale_served += len(stale)
+            self._served_stale(stale)
             served = [f for f in led if f.key in stale]
             self.single_flight.complete(served, stale, stale)
             led = [f for f in led if f.key not in stale]

@@ -8,7 +8,6 @@ are awaited.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from operator import methodcaller
 from typing import Any, TypeVar
 
 from ..entry import MISSING
@@ -16,6 +15,7 @@ from ..errors import OriginError
 from ..steps import adrive
 from .base import L1_MISS, BaseCache, KeyBuilder, own_error
 from .flow import Flow, Loader
+from .ops import aperform
 from .safety import UNSET
 from .safety import given as _given
 
@@ -31,7 +31,7 @@ async def arun(flow: Flow) -> Any:
 
 # Every operation's async face: an in-process level's answers at once, inline (its tier's
 # async methods are its sync ones), a remote one's is awaited.
-_aperform = methodcaller("arun")
+_aperform = aperform
 
 
 class AsyncCache(BaseCache):

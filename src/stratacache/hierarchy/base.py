@@ -16,6 +16,8 @@ from typing import Any
 from ..config import tier_from_url
 from ..entry import Entry
 from ..errors import CacheClosedError, ConfigurationError, OriginError
+from ..events import Listener
+from ..hotkeys import HotKey, HotKeys
 from ..keys import validate_items, validate_key, validate_keys
 from ..metrics import CacheStats
 from ..origin import CallableOrigin, Origin
@@ -23,7 +25,8 @@ from ..tiers.base import Tier
 from ..tiers.memory import MemoryTier
 from .calls import CallKeys
 from .flow import Flow, Hierarchy, Loader
-from .front import Front, Reader, Writer
+from .front import Front, Reader, Slow, Writer
+from .hot import HotKeyGuard, make_hot_keys
 from .refresh import Refresh, refreshing_reader
 from .rules import check_tags, check_ttl
 from .safety import UNSET, Safety
@@ -65,6 +68,9 @@ class BaseCache:
         journal: str | os.PathLike[str] | None = None,
         journal_fsync: str = "always",
         max_pending_writes: int = 100_000,
+        hot_keys: bool | HotKeys = True,
+        hot_key_threshold: float | None = None,
+        hot_key_ttl: float = 1.0,
     ) -> None:
         safety = Safety(fail_safe_max_age, soft_timeout, hard_timeout)
         refresh = Refresh.checked(refresh_ahead, xfetch_beta)
@@ -126,6 +132,7 @@ class BaseCache:
         self._refresh = refresh
         self._closed = False
         top = built[0]
+        self._wire_hot_keys(top, hot_keys, hot_key_threshold, hot_key_ttl, clock)
         self._front: Front | None = (
             Front(top, hierarchy.rules[0], hierarchy.rng, timed=measure_l1_latency)
             if isinstance(top, MemoryTier)
@@ -138,18 +145,77 @@ class BaseCache:
                     "level; put a MemoryTier first"
                 )
             top.refresh_fraction = refresh.ahead
-        # Answers L1 hits for the paths that decide themselves what a miss means (async
-        # get, get_or_load): made once, it reports a miss with a private sentinel.
-        self._probe: Reader | None = (
-            self._l1_reader(lambda key, default: L1_MISS) if self._front else None
-        )
         self._bind_local_paths()
+        for level in built:
+            level.events = hierarchy.events
+        hierarchy.events.on_change = self._listeners_changed
+
+    def on(self, kind: str, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` for every event of ``kind``: ``hit``, ``miss``,
+        ``load``, ``eviction``, ``expiry``, ``stale`` or ``breaker`` (see
+        :mod:`stratacache.events` for each one's fields). Returns a function that removes
+        the listener. Listeners run in the thread that caused the event; keep them quick."""
+        return self._hierarchy.events.add(kind, listener)
+
+    def off(self, kind: str, listener: Listener) -> None:
+        """Remove a listener added with :meth:`on`."""
+        self._hierarchy.events.remove(kind, listener)
+
+    def _listeners_changed(self, kind: str) -> None:
+        # The L1 fast paths report hits, misses and evictions only when someone listens:
+        # rebind them whenever that changes.
+        if kind in ("hit", "miss", "eviction"):
+            self._bind_local_paths()
+
+    def _wire_hot_keys(
+        self,
+        top: Tier,
+        track: bool | HotKeys,
+        threshold: float | None,
+        ttl: float,
+        clock: Callable[[], float],
+    ) -> None:
+        hierarchy = self._hierarchy
+        hot = make_hot_keys(track, clock)
+        if hot is None:
+            if threshold is not None:
+                raise ConfigurationError(
+                    "hot_key_threshold protects the keys the cache counts as hot; it needs "
+                    "hot_keys=True"
+                )
+            return
+        hierarchy.hot = hot
+        if isinstance(top, MemoryTier):
+            top.hot = hot  # hits reach the counter from its read buffer
+        else:
+            hierarchy.hot_counts_reads = True
+        if threshold is not None:
+            if not isinstance(top, MemoryTier):
+                raise ConfigurationError(
+                    "hot_key_threshold keeps hot keys in an in-process first level; put a "
+                    "MemoryTier first"
+                )
+            hierarchy.hot_guard = HotKeyGuard(top, hot, threshold, ttl, hierarchy.fence)
+
+    def hot_keys(self, n: int = 10) -> list[HotKey]:
+        """The ``n`` keys asked for most over the last few seconds, hottest first, each with
+        its estimated rate in requests/second (see :mod:`stratacache.hotkeys`). Empty when
+        the cache was made with ``hot_keys=False``."""
+        hot = self._hierarchy.hot
+        return [] if hot is None else hot.top(n)
 
     def _l1_reader(self, slow: Callable[[str, Any], Any], *, local_misses: bool = False) -> Reader:
         """The L1 hit path over ``slow``: the front's, or with early refresh on, one that
         also starts reloads (see :mod:`.refresh`)."""
         front = self._front
         assert front is not None
+        reader = self._plain_l1_reader(front, slow, local_misses)
+        events = self._hierarchy.events
+        if events.wants("hit") or events.wants("miss"):
+            return front.reporting(reader, events, local_misses=local_misses)
+        return reader
+
+    def _plain_l1_reader(self, front: Front, slow: Slow, local_misses: bool) -> Reader:
         refresh = self._refresh
         if not refresh.active:
             return front.reader(slow, local_misses=local_misses)
@@ -181,6 +247,11 @@ class BaseCache:
         load from filling over it (see hierarchy/fence.py)."""
         hierarchy = self._hierarchy
         front = self._front
+        # Answers L1 hits for the paths that decide themselves what a miss means (async
+        # get, get_or_load): it reports a miss with a private sentinel.
+        self._probe: Reader | None = (
+            self._l1_reader(lambda key, default: L1_MISS) if front is not None else None
+        )
         self._local_miss: Callable[[str, Any], Any] | None = None
         self._local_writer: Writer | None = None
         if front is not None and hierarchy.misses_stay_local():
@@ -188,7 +259,8 @@ class BaseCache:
             if hierarchy.sets_stay_local():
                 index = hierarchy.tags
                 self._local_writer = front.writer(
-                    lambda key, tags: index.index_local({key: Entry(None, tags=tags)})
+                    lambda key, tags: index.index_local({key: Entry(None, tags=tags)}),
+                    compiled=not hierarchy.events.wants("eviction"),
                 )
         self._bind_get()
 

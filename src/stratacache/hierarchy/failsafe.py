@@ -7,11 +7,12 @@ up there); see :mod:`.safety` for the settings and the README for the behaviour.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..entry import Entry
 from ..errors import LoadTimeoutError, OriginError, TransientError
+from ..events import Listeners
 from ..metrics import OriginStats
 from ..stampede import Flight, SingleFlight
 from ..tiers.base import Tier
@@ -42,6 +43,13 @@ class FailSafe:
     _accepted: Callable[[Any, list[str]], Mapping[str, Any]]
     _note_versions: Callable[[Mapping[str, Any], _Load], None]
     _level_failed: Callable[[Tier, str, BaseException], None]
+    events: Listeners
+
+    def _served_stale(self, keys: Iterable[str]) -> None:
+        """Count the stale values served for ``keys`` (and tell the listeners)."""
+        keys = list(keys)
+        self.stale_served += len(keys)
+        self.events.emit_keys("stale", keys)
 
     def _overdue(
         self, pending: Any, group: list[str], how: _Load, flights: Mapping[str, Flight] | None
@@ -56,7 +64,7 @@ class FailSafe:
             stale = yield from self._stale(group, safety.fail_safe_max_age)
             if len(stale) == len(group):
                 yield from self._detach(pending, group, how, flights)
-                self.stale_served += len(stale)
+                self._served_stale(stale)
                 how.stale.update(stale)
                 return _Stale(stale)
         hard = safety.hard_timeout
@@ -122,7 +130,7 @@ class FailSafe:
                 "could be served instead; the load goes on in the background and will "
                 "fill the cache"
             )
-        self.stale_served += len(stale)
+        self._served_stale(stale)
         how.stale.update(stale)
         return dict(stale)
 
@@ -158,7 +166,7 @@ class FailSafe:
             stale = yield from self._stale([f.key for f in late], safety.fail_safe_max_age)
             if stale:
                 values.update(stale)
-                self.stale_served += len(stale)
+                self._served_stale(stale)
                 late = [f for f in late if f.key not in stale]
         if not late or safety.hard_timeout is None:
             return late
@@ -185,7 +193,7 @@ class FailSafe:
         for flight in failed:
             if flight.key in stale:
                 values[flight.key] = stale[flight.key]
-                self.stale_served += 1
+                self._served_stale((flight.key,))
                 continue
             cause = flight.error
             if isinstance(cause, OriginError) and cause.__cause__ is not None:

@@ -31,6 +31,7 @@ tasks alike (see :mod:`stratacache.stampede`):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -47,10 +48,13 @@ from ..errors import (
     TransientError,
     ValueTooLargeError,
 )
-from ..metrics import CacheStats, OriginStats
+from ..events import CacheEvent, Listeners
+from ..hotkeys import HotKeys
+from ..metrics import CacheStats, LevelSnapshot, OriginStats
 from ..origin import Origin, Versioned
 from ..stampede import Flight, Read, ReadFlights, SingleFlight
 from ..tiers.base import DOWN, DROPPED, FILL, Prepared, Tier
+from ..tiers.memory import MemoryTier
 from ..tiers.shared import SharedTier
 from . import rules as level_rules
 from .agreement import Agreement, Announcer
@@ -58,6 +62,7 @@ from .background import Background
 from .claims import Coordinator
 from .failsafe import FailSafe
 from .fence import SeenVersions, WriteFence
+from .hot import HotKeyGuard
 from .ops import (
     Blocking,
     JournalWrite,
@@ -152,6 +157,11 @@ class Hierarchy(FailSafe, Agreement):
             for level in self.levels:  # every level keeps expired values that long
                 level.stale_for = self.safety.fail_safe_max_age
         self.background = Background()
+        #: the hot-key counter and protection (set by the cache, see .hot)
+        self.hot: HotKeys | None = None
+        self.hot_counts_reads = False
+        self.hot_guard: HotKeyGuard | None = None
+        self.events = Listeners()
         self.stale_served = 0  # values the fail-safe served (per caller and key)
         self.load_timeouts = 0  # reads that gave up at hard_timeout with nothing stale
         self.early_refreshes = 0  # background reloads started by refresh-ahead or XFetch
@@ -259,12 +269,26 @@ class Hierarchy(FailSafe, Agreement):
         epoch = self.fence.epoch
         since = self.single_flight.settled
         first = 0
+        hot = self.hot
+        # Whether the reads that got past L1 are counted yet (a cache with no L1 to feed
+        # the counter from its hits counts every read here).
+        counted = hot is None or self.hot_counts_reads
+        past_l1 = top_missed
+        if counted and hot is not None:
+            hot.observe(missing)
+        events = self.events
         if top_missed:
             self.levels[0].stats.misses += len(missing)
+            events.emit_keys("miss", missing, self.levels[0].name)
             first = 1
         for index in range(first, len(self.levels)):
             if not missing:
                 break
+            if index > 0:
+                past_l1 = True
+                if not counted:
+                    counted = True
+                    hot.observe(missing)  # type: ignore[union-attr]
             level = self.levels[index]
             if self.repairs[index].owed and not (yield from self._repair(index)):
                 continue
@@ -298,6 +322,9 @@ class Hierarchy(FailSafe, Agreement):
             stats = level.stats
             stats.hits += len(entries)
             stats.misses += asked - len(entries)
+            if events.wants("hit") or events.wants("miss"):
+                events.emit_keys("hit", entries, level.name)
+                events.emit_keys("miss", [k for k in missing if k not in entries], level.name)
             if not entries:
                 continue
             for key, entry in entries.items():
@@ -313,10 +340,26 @@ class Hierarchy(FailSafe, Agreement):
         for index, entries in promote:
             yield from self._promote(index, entries, epoch)
 
+        if not counted and missing:
+            hot.observe(missing)  # type: ignore[union-attr]  # a cache of one level
         if missing and load:
+            past_l1 = True
             how = _Load(loader, ttl, epoch, since, top_missed, safety or self.safety)
             yield from self._load(missing, how, values)
+        if past_l1 and values and self.hot_guard is not None:
+            self.hot_guard.keep(values, epoch)
         return values
+
+    def _loaded_event(self, keys: list[str], started: float, error: BaseException | None) -> None:
+        if self.events.wants("load"):
+            self.events.emit(
+                CacheEvent(
+                    "load",
+                    keys=tuple(keys),
+                    duration=time.perf_counter() - started,
+                    error=error,
+                )
+            )
 
     def _read_shared(
         self,
@@ -504,7 +547,7 @@ class Hierarchy(FailSafe, Agreement):
             elif flight.found:
                 values[flight.key] = flight.value
                 if flight.stale:
-                    self.stale_served += 1
+                    self._served_stale((flight.key,))
         if failed:
             yield from self._waited_for_failure(failed, how, values)
         flights.coalesced += len(waits) - len(retry)
@@ -576,6 +619,7 @@ class Hierarchy(FailSafe, Agreement):
             if wait is not None:
                 call.timeout = wait
                 call.background = self.background
+            started = time.perf_counter()
             try:
                 try:
                     loaded = yield call
@@ -585,6 +629,7 @@ class Hierarchy(FailSafe, Agreement):
                         served.update(loaded.values)
                         continue
                 loaded = self._accepted(loaded, group)
+                self._loaded_event(group, started, None)
                 self._note_versions(loaded, how)
                 if self.behind is not None:
                     loaded = self._with_pending(loaded, group)
@@ -595,6 +640,7 @@ class Hierarchy(FailSafe, Agreement):
                 raise
             except Exception as exc:
                 stats.errors += 1
+                self._loaded_event(group, started, exc)
                 if safety.fail_safe_max_age is None:
                     if isinstance(exc, OriginError):
                         raise
@@ -1095,7 +1141,7 @@ class Hierarchy(FailSafe, Agreement):
     def stats(self) -> CacheStats:
         origin = self.origin_stats
         return CacheStats(
-            levels=[level.stats.snapshot() for level in self.levels],
+            levels=[_snapshot(level) for level in self.levels],
             origin_loads=origin.loads,
             origin_calls=origin.calls,
             origin_errors=origin.errors,
@@ -1109,9 +1155,13 @@ class Hierarchy(FailSafe, Agreement):
             lock_waits=self.coordinator.lock_waits if self.coordinator else 0,
             bus=self.announce.snapshot() if self.announce is not None else {},
             write_behind=self.behind.stats.snapshot() if self.behind is not None else {},
+            hot_keys=self.hot.top(HOT_KEYS_IN_STATS) if self.hot is not None else [],
+            hot_pins=self.hot_guard.pins if self.hot_guard is not None else 0,
         )
 
     def reset_stats(self) -> None:
+        if self.hot_guard is not None:
+            self.hot_guard.pins = 0
         for level in self.levels:
             level.stats.reset()
         self.origin_stats.reset()
@@ -1140,3 +1190,15 @@ class Hierarchy(FailSafe, Agreement):
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+HOT_KEYS_IN_STATS = 10
+
+
+def _snapshot(level: Tier) -> LevelSnapshot:
+    """The level's counters, with what it holds when that is known without I/O."""
+    snapshot = level.stats.snapshot()
+    if isinstance(level, MemoryTier):
+        bytes_held = level.weight if level.weighted else None
+        return dataclasses.replace(snapshot, entries=len(level), bytes=bytes_held)
+    return snapshot

@@ -26,6 +26,7 @@ from typing import Any
 from .. import _accel
 from ..entry import MISSING, NEVER
 from ..errors import ValueTooLargeError
+from ..events import Listeners
 from ..keys import validate_key
 from ..tiers.memory import MemoryTier
 from .rules import LevelRule, check_tags, check_ttl
@@ -83,7 +84,7 @@ class Front:
                 counters=stats,
                 negative=store.negative if local_misses else None,
                 lock=store.lock,
-                on_hits=store.policy.on_hits,
+                on_hits=store.hits_sink,
             )
         data_get = store.data.get
         now = store.clock
@@ -114,6 +115,31 @@ class Front:
 
         return get
 
+    def reporting(self, reader: Reader, events: Listeners, *, local_misses: bool) -> Reader:
+        """``reader``, also telling ``events`` of each L1 hit (and, when ``local_misses``,
+        of each miss: a cache whose only source is L1 has no flow to report them). Bound
+        only while someone listens for hits or misses: the check before the read costs a
+        dict lookup and a clock read per get."""
+        store = self.store
+        data_get = store.data.get
+        now = store.clock
+        level = self.rule.name
+
+        def get(key: str, default: Any = MISSING) -> Any:
+            try:
+                entry = data_get(key)
+            except TypeError:
+                entry = None
+            hit = entry is not None and entry[1] > now()
+            value = reader(key, default)
+            if hit:
+                events.emit_keys("hit", (key,), level)
+            elif local_misses and type(key) is str:
+                events.emit_keys("miss", (key,), level)
+            return value
+
+        return get
+
     def local_miss(self, key: str, default: Any) -> Any:
         """The whole read, after the reader missed, for a cache whose only source is L1: a
         hit after all (a remembered "not found" answers ``default``) or a counted miss.
@@ -131,11 +157,17 @@ class Front:
 
     # ------------------------------------------------------------------ writes
 
-    def writer(self, tagged: Callable[[str, tuple[str, ...]], None] | None = None) -> Writer:
+    def writer(
+        self,
+        tagged: Callable[[str, tuple[str, ...]], None] | None = None,
+        *,
+        compiled: bool = True,
+    ) -> Writer:
         """A ``put(key, value, ttl=None, *, tags=None)`` for a cache whose only level is
         this one: the rule's lifetime, weight and size checks, and the policy's events,
         bound once. ``tagged(key, tags)`` hears of the tags of each tagged put (a call
-        with keywords takes the Python path)."""
+        with keywords takes the Python path). ``compiled=False``: the Python writer even
+        when the C one could serve (it evicts in C, where no eviction listener hears)."""
         store = self.store
         stats = store.stats
         rule = self.rule
@@ -177,7 +209,7 @@ class Front:
             stats.writes += 1
 
         speedups = self.speedups
-        if speedups is None or sizing is not None or rule.jitter:
+        if speedups is None or sizing is not None or rule.jitter or not compiled:
             return put
         if not isinstance(lock, speedups.Lock):  # a store made while the C module was off
             return put

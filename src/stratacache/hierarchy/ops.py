@@ -14,7 +14,6 @@ import inspect
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import methodcaller
 from time import perf_counter_ns
 from typing import Any
 
@@ -23,6 +22,7 @@ from ..origin import Origin, call_async, call_sync
 from ..stampede import Flight, Read, ReadFlights, SingleFlight
 from ..steps import adrive, drive
 from ..tiers.base import CommandTier, Prepared, Tier
+from ..tracing import span_for
 from .background import Background, log_failure
 
 __all__ = [
@@ -46,6 +46,8 @@ __all__ = [
     "Spawn",
     "WaitFlights",
     "WaitReads",
+    "aperform",
+    "perform",
 ]
 
 
@@ -59,10 +61,60 @@ class Op:
     async def arun(self) -> Any:
         raise NotImplementedError
 
+    def span(self) -> str | None:
+        """The name of the OpenTelemetry span it runs in (None: none; see
+        stratacache.tracing)."""
+        return None
 
-class LevelGet(Op):
+    def span_attributes(self) -> dict[str, Any]:
+        return {}
+
+
+def perform(op: Op) -> Any:
+    """Run ``op`` in this thread, in a span when it leaves the process and tracing is on."""
+    name = op.span()
+    if name is not None:
+        span = span_for(name, op.span_attributes())
+        if span is not None:
+            with span:
+                return op.run()
+    return op.run()
+
+
+async def aperform(op: Op) -> Any:
+    """Await ``op``, in a span when it leaves the process and tracing is on."""
+    name = op.span()
+    if name is not None:
+        span = span_for(name, op.span_attributes())
+        if span is not None:
+            with span:
+                return await op.arun()
+    return await op.arun()
+
+
+class _OnTier(Op):
+    """An operation on a level: spanned when the level is not in-process."""
+
+    tier: Tier
+    keys: Sequence[str]
+    verb = ""
+
+    def span(self) -> str | None:
+        return None if self.tier.local else f"stratacache.level.{self.verb}"
+
+    def span_attributes(self) -> dict[str, Any]:
+        return {
+            "stratacache.level": self.tier.name,
+            "stratacache.level.kind": self.tier.kind,
+            "stratacache.keys": len(self.keys),
+        }
+
+
+class LevelGet(_OnTier):
     """Read ``keys`` from a level, timing remote levels. A plain class rather than a
     dataclass: every read makes one, and this one is built in half the time."""
+
+    verb = "get"
 
     def __init__(self, tier: Tier, keys: Sequence[str]) -> None:
         self.tier = tier
@@ -94,9 +146,14 @@ class LevelGet(Op):
 
 
 @dataclass
-class LevelWrite(Op):
+class LevelWrite(_OnTier):
     tier: Tier
     prepared: Prepared
+    verb = "write"
+
+    @property
+    def keys(self) -> Sequence[str]:  # type: ignore[override]
+        return list(self.prepared.items)
 
     def run(self) -> Any:
         return self.tier.write(self.prepared)
@@ -106,9 +163,10 @@ class LevelWrite(Op):
 
 
 @dataclass
-class LevelDelete(Op):
+class LevelDelete(_OnTier):
     tier: Tier
     keys: Sequence[str]
+    verb = "delete"
 
     def run(self) -> Any:
         return self.tier.delete_many(self.keys)
@@ -210,6 +268,12 @@ class LoadCall(Op):
     #: ``aloader`` would run a plain function on the event loop (see Origin.blocking_aload)
     blocking: bool = False
 
+    def span(self) -> str | None:
+        return "stratacache.origin.load"
+
+    def span_attributes(self) -> dict[str, Any]:
+        return {"stratacache.keys": len(self.keys)}
+
     def run(self) -> Any:
         if self.timeout is None or self.background is None:
             return self.histogram.timed(call_sync, self.loader, self.keys)
@@ -286,7 +350,7 @@ class Detach(Op):
     def run(self) -> Any:
         def landed(done: concurrent.futures.Future[Any]) -> None:
             try:
-                drive(self.land(done), _run)
+                drive(self.land(done), perform)
             except Exception as exc:
                 log_failure("load")(_Failed(exc))
 
@@ -298,7 +362,7 @@ class Detach(Op):
         def landed(done: asyncio.Future[Any]) -> None:
             if background.closed:
                 return
-            task = background.task(adrive(self.land(done), _arun))
+            task = background.task(adrive(self.land(done), aperform))
             task.add_done_callback(log_failure("load"))
 
         self.pending.add_done_callback(landed)
@@ -325,16 +389,12 @@ class Spawn(Op):
     background: Background
 
     def run(self) -> Any:
-        future = self.background.submit(drive, self.flow, _run)
+        future = self.background.submit(drive, self.flow, perform)
         future.add_done_callback(log_failure("refresh"))
 
     async def arun(self) -> Any:
-        task = self.background.task(adrive(self.flow, _arun))
+        task = self.background.task(adrive(self.flow, aperform))
         task.add_done_callback(log_failure("refresh"))
-
-
-_run = methodcaller("run")
-_arun = methodcaller("arun")
 
 
 class LevelGetStale(Op):
@@ -358,6 +418,12 @@ class OriginStore(Op):
     origin: Origin
     items: Mapping[str, Any]
 
+    def span(self) -> str | None:
+        return "stratacache.origin.store"
+
+    def span_attributes(self) -> dict[str, Any]:
+        return {"stratacache.keys": len(self.items)}
+
     def run(self) -> Any:
         return self.origin.store_many(self.items)
 
@@ -369,6 +435,12 @@ class OriginStore(Op):
 class OriginDelete(Op):
     origin: Origin
     keys: Sequence[str]
+
+    def span(self) -> str | None:
+        return "stratacache.origin.delete"
+
+    def span_attributes(self) -> dict[str, Any]:
+        return {"stratacache.keys": len(self.keys)}
 
     def run(self) -> Any:
         return self.origin.delete_many(self.keys)

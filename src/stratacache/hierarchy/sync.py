@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from operator import methodcaller
 from typing import Any, TypeVar
 
 from ..entry import MISSING
@@ -11,6 +10,7 @@ from ..errors import OriginError
 from ..steps import drive
 from .base import L1_MISS, BaseCache, KeyBuilder, own_error
 from .flow import Flow, Loader
+from .ops import perform
 from .safety import UNSET
 from .safety import given as _given
 
@@ -24,7 +24,7 @@ def run(flow: Flow) -> Any:
     return drive(flow, _perform)
 
 
-_perform = methodcaller("run")
+_perform = perform
 
 
 class Cache(BaseCache):

@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Final, TypeVar
 from ..config import TierOptions
 from ..entry import Entry
 from ..errors import CacheError, ConfigurationError, TierUnavailableError
+from ..events import CacheEvent, Listeners
 from ..logs import Throttle
 from ..metrics import LevelStats
 from ..steps import adrive, drive
@@ -132,6 +133,9 @@ class Tier(ABC):
     #: seconds: the hierarchy sets it to ``fail_safe_max_age``, so that a value can be
     #: served when its reload fails. 0: an expired entry is gone.
     stale_for: float = 0.0
+    #: the cache's event listeners (set by the cache): told of breaker transitions, and
+    #: by an in-process tier of evictions and expiries
+    events: Listeners | None = None
 
     def __init__(self, *, name: str | None = None, ttl: float | None = None) -> None:
         if ttl is not None and not ttl > 0:
@@ -223,6 +227,9 @@ class Tier(ABC):
         """A circuit breaker's transition, logged (the breaker's ``on_change``); when it
         opens, the callers waiting for a connection skip the level at once."""
         self._log_breaker("circuit breaker", before, after, why)
+        if self.events is not None and self.events.wants("breaker"):
+            event = CacheEvent("breaker", level=self.name, state=after, previous=before, reason=why)
+            self.events.emit(event)
         permits = getattr(self, "permits", None)
         if after == "open" and permits is not None:
             permits.abandon()

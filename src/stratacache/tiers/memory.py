@@ -35,7 +35,9 @@ from .. import _accel
 from ..config import MemoryOptions
 from ..entry import NEVER, Entry
 from ..errors import ConfigurationError
+from ..hotkeys import HotKeys
 from ..policies import entry_bytes, make_policy
+from . import snapshot as _snapshot
 from .base import LocalTier, Prepared, Sizing
 
 __all__ = ["MemoryTier", "default_weigher"]
@@ -316,6 +318,12 @@ class MemoryTier(LocalTier):
         #: keys hit since the policy last heard of them (see the module docstring)
         self.buffer: list[Hashable] = []
         self.buffer_limit = read_buffer_size
+        #: the cache's hot-key counter, fed from the drained hits (set by the cache)
+        self.hot: HotKeys | None = None
+        #: keys held for hot-key protection outside the policy (see :meth:`pin`)
+        self.pinned: set[str] = set()
+        if opts.snapshot is not None:  # last: the store must be whole to take entries
+            _snapshot.load(self, opts.snapshot, opts.snapshot_entries)
 
     @classmethod
     def url_arguments(cls, url: str) -> tuple[Any, ...]:
@@ -355,7 +363,19 @@ class MemoryTier(LocalTier):
             batch = buffer[:]
             # Only the keys copied: readers may have appended more meanwhile.
             del buffer[: len(batch)]
-            self.policy.on_hits(batch)
+            self.replay_hits(batch)
+
+    def replay_hits(self, batch: list[Hashable]) -> None:
+        """Hand a drained batch of hits to the policy, and to the hot-key counter."""
+        self.policy.on_hits(batch)
+        if self.hot is not None:
+            self.hot.offer(batch)
+
+    @property
+    def hits_sink(self) -> Callable[[list[Hashable]], None]:
+        """What the compiled reader calls with each batch it drains itself: the policy's
+        own ``on_hits`` (no Python frame between) unless hot keys are counted."""
+        return self.policy.on_hits if self.hot is None else self.replay_hits
 
     # ------------------------------------------------------------------ the store
 
@@ -377,6 +397,9 @@ class MemoryTier(LocalTier):
         data, negative = self.data, self.negative
         if resident is None:
             resident = key in data or key in negative
+        if self.pinned and key in self.pinned:
+            self.pinned.discard(key)
+            resident = False  # held outside the policy: new to it
         if resident:
             victims = self.policy.on_update(key, weight)
         else:
@@ -389,21 +412,47 @@ class MemoryTier(LocalTier):
                 refresh_at.pop(victim, None)  # type: ignore[call-overload]
             if victim != key:
                 self.stats.evictions += 1
+                if self.events is not None:
+                    self.events.emit_keys("eviction", (victim,), self.name)  # type: ignore[arg-type]
+
+    def pin(self, key: str, value: Any, mono_expires: float) -> bool:
+        """Hold ``key`` until ``mono_expires`` (or its own earlier expiry) whether or not
+        the policy would keep it: hot-key protection; call with the lock held. The policy
+        lets go of a pinned key, so it neither evicts it nor counts it in its bound; the
+        pin ends at its expiry, or when the key is written, deleted or invalidated, and
+        the key goes back to the policy when it is next stored. False: already pinned, or
+        remembered as missing."""
+        if key in self.pinned or key in self.negative:
+            return False
+        held = self.data.get(key)
+        if held is not None:
+            mono_expires = min(mono_expires, held[1])
+            self.policy.on_remove(key)
+        self.data[key] = (value, mono_expires)
+        self.pinned.add(key)
+        return True
 
     def remove_if_expired(self, key: str, now: float) -> None:
         item = self.data.get(key)
         if item is not None and item[1] <= now:
             del self.data[key]
+            if self.pinned:
+                self.pinned.discard(key)
             self.policy.on_remove(key)
-            return
-        expires = self.negative.get(key)
-        if expires is not None and expires <= now:
+        else:
+            expires = self.negative.get(key)
+            if expires is None or expires > now:
+                return
             del self.negative[key]
             self.policy.on_remove(key)
+        if self.events is not None:
+            self.events.emit_keys("expiry", (key,), self.name)
 
     def _remove(self, key: str) -> None:
         if self.refresh_at:
             self.refresh_at.pop(key, None)
+        if self.pinned:
+            self.pinned.discard(key)
         if self.data.pop(key, None) is not None or self.negative.pop(key, None) is not None:
             self.policy.on_remove(key)
 
@@ -498,9 +547,13 @@ class MemoryTier(LocalTier):
             self.data.clear()
             self.negative.clear()
             self.refresh_at.clear()
+            self.pinned.clear()
             self.policy.clear()
 
     def close(self) -> None:
+        snapshot = self.options.snapshot
+        if snapshot is not None:  # before clear: the hottest entries outlive the process
+            _snapshot.save(self, snapshot, self.options.snapshot_entries)
         self.clear()
         super().close()
 
