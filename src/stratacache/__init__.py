@@ -21,14 +21,17 @@ from .errors import (
     ValueTooLargeError,
     WriteBehindFullError,
 )
+from .events import CacheEvent
 from .hierarchy.aio import AsyncCache
 from .hierarchy.sync import Cache
+from .hotkeys import HotKey, HotKeys
 from .metrics import CacheStats, LevelSnapshot
 from .origin import CallableOrigin, Origin, SQLOrigin
 from .serde import Signer, register_type
 from .tiers.base import Tier
 from .tiers.memory import MemoryTier
 from .tiers.sqlite import SQLiteTier
+from .warming import Warmer, WarmResult
 
 __version__ = "0.1.0"
 
@@ -48,11 +51,14 @@ __all__ = [
     "AsyncCache",
     "Cache",
     "CacheClosedError",
+    "CacheEvent",
     "CacheError",
     "CacheStats",
     "CallableOrigin",
     "ConfigurationError",
     "Entry",
+    "HotKey",
+    "HotKeys",
     "InvalidKeyError",
     "JournalError",
     "KeyTooLongError",
@@ -73,6 +79,8 @@ __all__ = [
     "TierUnavailableError",
     "TransientError",
     "ValueTooLargeError",
+    "WarmResult",
+    "Warmer",
     "WriteBehindFullError",
     "__version__",
     "register_type",

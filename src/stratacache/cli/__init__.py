@@ -22,6 +22,7 @@ class _LazyGroup(click.Group):
     _commands: ClassVar[dict[str, tuple[str, str]]] = {
         "demo": ("stratacache.cli.demo", "demo_command"),
         "simulate": ("stratacache.cli.simulate", "simulate_command"),
+        "warm": ("stratacache.cli.warm", "warm_command"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
