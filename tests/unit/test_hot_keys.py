@@ -40,7 +40,7 @@ def true_rates(stream: list[str]) -> dict[str, float]:
 
 def test_every_hit_counted_finds_the_exact_top_ten() -> None:
     clock = FakeClock()
-    counter = HotKeys(32, stride=1, step=1, half_life=1e9, clock=clock.monotonic)
+    counter = HotKeys(32, interval=0, every=1, step=1, half_life=1e9, clock=clock.monotonic)
     stream = zipf_stream(200_000, 50_000, 1.0, seed=1)
     feed(counter, stream, clock)
     expected = [key for key, _ in Counter(stream).most_common(10)]
@@ -53,7 +53,7 @@ def test_every_hit_counted_finds_the_exact_top_ten() -> None:
 
 def test_sampled_hits_still_find_the_heads_with_their_rates() -> None:
     clock = FakeClock()
-    counter = HotKeys(clock=clock.monotonic)  # the default sampling: about 1 hit in 256
+    counter = HotKeys(clock=clock.monotonic)  # the default sampling: 32 hits every 50 ms
     stream = zipf_stream(400_000, 100_000, 1.1, seed=2)
     feed(counter, stream, clock)
     found = counter.top(5)
@@ -68,7 +68,7 @@ def test_sampled_hits_still_find_the_heads_with_their_rates() -> None:
 
 def test_a_key_that_stops_being_asked_for_cools_down() -> None:
     clock = FakeClock()
-    counter = HotKeys(8, stride=1, step=1, half_life=2.0, clock=clock.monotonic)
+    counter = HotKeys(8, interval=0, every=1, step=1, half_life=2.0, clock=clock.monotonic)
     for _ in range(100):
         clock.advance(0.01)
         counter.offer(["old"] * 10)
@@ -87,7 +87,7 @@ def test_a_key_that_stops_being_asked_for_cools_down() -> None:
 
 def test_uniform_traffic_keeps_the_table_bounded() -> None:
     clock = FakeClock()
-    counter = HotKeys(16, stride=1, step=1, clock=clock.monotonic)
+    counter = HotKeys(16, interval=0, every=1, step=1, clock=clock.monotonic)
     feed(counter, [f"u{i}" for i in range(100_000)], clock)
     assert len(counter) <= 4 * 16
     assert all(h.rate <= h.error + 1e-9 or h.rate < 50 for h in counter.top(16))
