@@ -53,7 +53,7 @@ def test_every_hit_counted_finds_the_exact_top_ten() -> None:
 
 def test_sampled_hits_still_find_the_heads_with_their_rates() -> None:
     clock = FakeClock()
-    counter = HotKeys(clock=clock.monotonic)  # the default sampling: 32 hits every 50 ms
+    counter = HotKeys(clock=clock.monotonic)  # the default sampling: 64 hits every 10 ms
     stream = zipf_stream(400_000, 100_000, 1.1, seed=2)
     feed(counter, stream, clock)
     found = counter.top(5)
@@ -219,3 +219,18 @@ def test_a_pin_expires_after_hot_key_ttl(tmp_path: Path, clock: FakeClock) -> No
     cache.get("sale")
     assert cache.stats().levels[1].lookups == l2_before + 1
     cache.close()
+
+
+def test_short_batches_do_not_make_a_cold_key_look_hot() -> None:
+    # Writers drain the read buffer a key or two at a time: a sample of one key must not
+    # stand for hundreds of hits.
+    clock = FakeClock()
+    counter = HotKeys(clock=clock.monotonic)
+    rng = random.Random(5)
+    for _ in range(40_000):  # 4 s at 10,000 hits/s, drained one key at a time
+        clock.advance(STEP)
+        counter.offer(["sale" if rng.random() < 0.3 else f"k{rng.randrange(5_000)}"])
+    top = counter.top(2)
+    assert top[0].key == "sale"
+    assert top[0].rate == pytest.approx(3_000, rel=0.25)
+    assert top[1].rate < 60  # a cold key's true rate is 1.4/s; one sample is ~40/s
