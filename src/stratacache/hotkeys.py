@@ -85,6 +85,7 @@ class HotKeys:
         self.every = every
         self.step = step
         self._pending = 0
+        self._due = every
         self._recent: list[object] = []
         self.interval = float(interval)
         self._sampled_at = clock()
@@ -132,16 +133,19 @@ class HotKeys:
             recent += batch
             if len(recent) > 2 * _SAMPLE:
                 del recent[:-_SAMPLE]
-        if self._pending < self.every:
+        if self._pending < self._due:
             return
         now = self.clock()
-        if now - self._sampled_at >= self.interval:
-            self._sampled_at = now
-            taken = batch if size >= _SAMPLE else self._recent[-_SAMPLE:]
-            sample = taken[:: self.step]
-            if sample:
-                self.observe(sample, self._pending / len(sample))
-                self._pending = 0
+        if now - self._sampled_at < self.interval:
+            self._due = self._pending + self.every  # the clock again in ``every`` hits
+            return
+        self._sampled_at = now
+        taken = batch if size >= _SAMPLE else self._recent[-_SAMPLE:]
+        sample = taken[:: self.step]
+        if sample:
+            self.observe(sample, self._pending / len(sample))
+            self._pending = 0
+            self._due = self.every
 
     def observe(self, keys: Iterable[object], scale: float = 1.0) -> None:
         """Count ``keys`` as requests, each standing for ``scale`` requests."""
