@@ -28,7 +28,7 @@ from stratacache.cli.flash_sale import SaleSettings, run_flash_sale
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=50_000)
-    parser.add_argument("--share", type=float, default=0.02)
+    parser.add_argument("--share", type=float, default=0.05)
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--threshold", type=float, default=50.0)
     parser.add_argument("--hot-key-ttl", type=float, default=1.0)

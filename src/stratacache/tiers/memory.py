@@ -375,7 +375,7 @@ class MemoryTier(LocalTier):
     def hits_sink(self) -> Callable[[list[Hashable]], None]:
         """What the compiled reader calls with each batch it drains itself: the policy's
         own ``on_hits`` (no Python frame between) unless hot keys are counted."""
-        return self.policy.on_hits if self.hot is None else self.replay_hits
+        return self.policy.on_hits if self.hot is None else self.hot.feeder(self.policy.on_hits)
 
     # ------------------------------------------------------------------ the store
 
