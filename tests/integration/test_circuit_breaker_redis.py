@@ -123,5 +123,7 @@ def test_async_burst_on_a_paused_redis_waits_one_timeout_at_most(
         return slowest, skipped
 
     slowest, skipped = asyncio.run(scenario())
-    assert slowest < 1.7 * TIMEOUT, f"slowest call {slowest:.3f}s"
+    # One timeout, plus scheduling slack for 1,000 tasks on a loaded CI box (0.510 s was
+    # seen there); a second timeout would take at least 2 * TIMEOUT.
+    assert slowest < 1.9 * TIMEOUT, f"slowest call {slowest:.3f}s"
     assert skipped > 0

