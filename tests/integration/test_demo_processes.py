@@ -39,7 +39,10 @@ def run(tmp_path: Path, *args: str) -> dict[str, Any]:
 def test_no_stale_reads_with_the_bus(tmp_path: Path, policy: str) -> None:
     report = run(tmp_path, "--write-policy", policy)
     assert report["write_policy"] == policy and len(report["workers"]) == 2
-    assert all(w["reads_checked"] > 100 and w["errors"] == 0 for w in report["workers"])
+    # Enough reads for the stale check to mean something; the count itself depends on the
+    # machine's load (a loaded CI box ran write-around workers at ~100 reads in 2 s).
+    workers = report["workers"]
+    assert all(w["reads_checked"] > 30 and w["errors"] == 0 for w in workers), workers
     assert report["stale_reads"] == 0
     assert all(w["invalidations_received"] > 0 for w in report["workers"])
     assert report["invalidation_p99_ms"] is not None
