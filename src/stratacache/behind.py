@@ -62,7 +62,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -116,13 +116,27 @@ class _Deleted(enum.Enum):
 #: What :meth:`WriteBehind.pending` returns for a key whose pending write is a delete.
 DELETED: Final = _Deleted.DELETED
 
+#: A queue's ``order`` hook: ``order(batch, send) -> keys left out`` (see WriteBehind)
+Order = Callable[
+    [dict[str, tuple[int | None, Any]], Callable[[Collection[str]], None]], Collection[str]
+]
+
 
 class _Op:
     """The latest write of a key not yet stored."""
 
-    __slots__ = ("cover", "data", "key", "kind", "seq", "since")
+    __slots__ = ("cover", "data", "key", "kind", "seq", "since", "version")
 
-    def __init__(self, key: str, kind: int, data: bytes, seq: int, cover: int, since: float):
+    def __init__(
+        self,
+        key: str,
+        kind: int,
+        data: bytes,
+        seq: int,
+        cover: int,
+        since: float,
+        version: int | None = None,
+    ):
         self.key = key
         self.kind = kind
         self.data = data  # the serialized value, as journaled
@@ -131,6 +145,9 @@ class _Op:
         # coalesced. flush() waits until no waiting write stands for a seq before the call.
         self.cover = cover
         self.since = since  # monotonic time the key started waiting (for lag)
+        # The version the cache gave this write (see ``order``); None when unknown: a
+        # write replayed from an earlier run (the journal keeps no versions).
+        self.version = version
 
 
 class _Unit:
@@ -169,6 +186,9 @@ class WriteBehindStats:
         self.batches = 0
         #: writes loaded from the journal at start
         self.replayed = 0
+        #: writes not stored because the origin already had a newer write of the key
+        #: (another process's, see ``order``)
+        self.superseded = 0
 
     @property
     def depth(self) -> int:
@@ -199,6 +219,7 @@ class WriteBehindStats:
             "failures": self.failures,
             "batches": self.batches,
             "replayed": self.replayed,
+            "superseded": self.superseded,
             "journal_bytes": self.journal_bytes,
             "fsyncs": self.fsyncs,
         }
@@ -241,6 +262,16 @@ class WriteBehind:
     replayed) and names the flusher thread. ``segment_bytes`` is the size at which the
     journal starts a new segment file. With ``start=False`` the flusher waits for
     :meth:`start`.
+
+    ``order``, when given, stores each batch instead of a plain origin call, so that a
+    cache can order the writes of several processes: it is called as ``order(batch,
+    send)`` with each key's ``(version, value)`` (the version given to :meth:`submit` or
+    :meth:`submit_deletes`, None for a replayed write; the value as the origin gets it,
+    :data:`DELETED` for a delete), must call ``send(keys)`` once with the keys to store,
+    and returns the keys it left out because the origin already holds a newer write of
+    them (they leave the queue, counted in ``stats.superseded``). An exception raised by
+    ``send`` is the origin's failure (the batch is retried); ``order`` failing before it
+    sent anything is logged and the batch is stored unordered.
     """
 
     def __init__(
@@ -258,6 +289,7 @@ class WriteBehind:
         name: str = "cache",
         start: bool = True,
         segment_bytes: int = SEGMENT_BYTES,
+        order: Order | None = None,
     ) -> None:
         if not getattr(origin, "writable", False):
             raise ConfigurationError(
@@ -282,6 +314,7 @@ class WriteBehind:
             )
         self.origin = origin
         self.name = name
+        self.order = order
         self.max_pending = max_pending
         self.batch_size = batch_size
         self.flush_interval = float(flush_interval)
@@ -354,8 +387,9 @@ class WriteBehind:
 
     # -- writing
 
-    def submit(self, items: Mapping[str, Any]) -> None:
+    def submit(self, items: Mapping[str, Any], versions: Mapping[str, int] | None = None) -> None:
         """Queue a set of every key in ``items``; durable (as ``fsync`` says) on return.
+        ``versions`` are handed to ``order`` with the writes (kept in memory only).
 
         Raises :class:`WriteBehindFullError` if the queue cannot take the new keys,
         :class:`~stratacache.errors.SerializationError` for a value the serializer cannot
@@ -365,25 +399,35 @@ class WriteBehind:
         :meth:`close`.
         """
         dumps = self._serializer.dumps
-        self._append([(OP_SET, _check_key(key), dumps(value)) for key, value in items.items()])
+        self._append(
+            [(OP_SET, _check_key(key), dumps(value)) for key, value in items.items()], versions
+        )
 
-    def submit_deletes(self, keys: Sequence[str]) -> None:
+    def submit_deletes(
+        self, keys: Sequence[str], versions: Mapping[str, int] | None = None
+    ) -> None:
         """Queue a delete of every key in ``keys``; as :meth:`submit` otherwise."""
         if isinstance(keys, str):
             raise InvalidKeyError(
                 f"submit_deletes takes a sequence of keys, got the str {keys!r}; "
                 f"write submit_deletes([{keys!r}])"
             )
-        self._append([(OP_DELETE, _check_key(key), b"") for key in dict.fromkeys(keys)])
+        self._append([(OP_DELETE, _check_key(key), b"") for key in dict.fromkeys(keys)], versions)
 
-    async def asubmit(self, items: Mapping[str, Any]) -> None:
+    async def asubmit(
+        self, items: Mapping[str, Any], versions: Mapping[str, int] | None = None
+    ) -> None:
         """:meth:`submit` in a worker thread (it may wait for an fsync)."""
-        await asyncio.to_thread(self.submit, items)
+        await asyncio.to_thread(self.submit, items, versions)
 
-    async def asubmit_deletes(self, keys: Sequence[str]) -> None:
-        await asyncio.to_thread(self.submit_deletes, keys)
+    async def asubmit_deletes(
+        self, keys: Sequence[str], versions: Mapping[str, int] | None = None
+    ) -> None:
+        await asyncio.to_thread(self.submit_deletes, keys, versions)
 
-    def _append(self, entries: list[tuple[int, str, bytes]]) -> None:
+    def _append(
+        self, entries: list[tuple[int, str, bytes]], versions: Mapping[str, int] | None = None
+    ) -> None:
         self._check_owner()
         if not entries:
             return
@@ -402,17 +446,18 @@ class WriteBehind:
             was_idle = not self._fresh
             for seq, (kind, key, data) in enumerate(entries, first):
                 old = ops.pop(key, None)
+                version = versions.get(key) if versions else None
                 if old is None:
-                    op = _Op(key, kind, data, seq, seq, now)
+                    op = _Op(key, kind, data, seq, seq, now, version)
                     self._fresh[key] = now
                     heapq.heappush(self._covers, (seq, key))
                 elif flight.get(key) is old:
                     # The origin is being sent ``old`` right now: this write must follow
                     # it, in a later call, so it stands for itself only.
-                    op = _Op(key, kind, data, seq, seq, now)
+                    op = _Op(key, kind, data, seq, seq, now, version)
                     heapq.heappush(self._covers, (seq, key))
                 else:
-                    op = _Op(key, kind, data, seq, old.cover, old.since)
+                    op = _Op(key, kind, data, seq, old.cover, old.since, version)
                     self.stats.coalesced += 1
                 self._live_bytes += _weight(key, data) - (
                     _weight(key, old.data) if old is not None else 0
@@ -619,7 +664,7 @@ class WriteBehind:
                 return False
             ops = [self._ops[key] for key in unit.keys]
             self._flight = {op.key: op for op in ops}
-        done, error = self._store(ops)
+        done, error = self._store(ops) if self.order is None else self._store_in_order(ops)
         dead: _Op | None = None
         with self._lock:
             self._flight = {}
@@ -663,16 +708,20 @@ class WriteBehind:
                     wake = min(wake, due)
             self._work.wait(None if wake == math.inf else wake - now)
 
-    def _store(self, ops: list[_Op]) -> tuple[list[_Op], Exception | None]:
+    def _store(
+        self, ops: list[_Op], values: Mapping[str, Any] | None = None
+    ) -> tuple[list[_Op], Exception | None]:
         """Send ``ops`` to the origin (outside the lock): the writes it took, and the
-        error that stopped it."""
+        error that stopped it. ``values``: the sets' values, when already decoded."""
         done: list[_Op] = []
         sets = [op for op in ops if op.kind == OP_SET]
         deletes = [op for op in ops if op.kind == OP_DELETE]
         try:
             if sets:
-                loads = self._serializer.loads
-                self.origin.store_many({op.key: loads(op.data) for op in sets})
+                if values is None:
+                    loads = self._serializer.loads
+                    values = {op.key: loads(op.data) for op in sets}
+                self.origin.store_many({op.key: values[op.key] for op in sets})
                 done.extend(sets)
             if deletes:
                 self.origin.delete_many([op.key for op in deletes])
@@ -680,6 +729,47 @@ class WriteBehind:
         except Exception as exc:
             return done, exc
         return done, None
+
+    def _store_in_order(self, ops: list[_Op]) -> tuple[list[_Op], Exception | None]:
+        """:meth:`_store` through ``order`` (see the class docstring)."""
+        assert self.order is not None
+        loads = self._serializer.loads
+        values = {op.key: loads(op.data) for op in ops if op.kind == OP_SET}
+        batch = {op.key: (op.version, values.get(op.key, DELETED)) for op in ops}
+        sent: list[_Op] = []
+        called = False
+
+        def send(keys: Collection[str]) -> None:
+            nonlocal called
+            if called:
+                raise RuntimeError("write-behind order: send() is called once per batch")
+            called = True
+            chosen = set(keys)
+            done, error = self._store([op for op in ops if op.key in chosen], values)
+            sent.extend(done)
+            if error is not None:
+                raise error
+
+        try:
+            left_out = set(self.order(batch, send))
+        except Exception as exc:
+            if called:
+                return sent, exc
+            self._warnings.warning(
+                "order",
+                "write-behind %r: ordering a batch against other processes failed (%r); "
+                "storing it unordered",
+                self.name,
+                exc,
+            )
+            return self._store(ops, values)
+        superseded = [op for op in ops if op.key in left_out]
+        self.stats.superseded += len(superseded)
+        if not called:  # nothing sent: whatever it did not leave out is stored now
+            rest = [op for op in ops if op.key not in left_out]
+            done, error = self._store(rest, values) if rest else ([], None)
+            return superseded + done, error
+        return [*sent, *(op for op in superseded if op not in sent)], None
 
     def _settle(
         self, unit: _Unit, ops: list[_Op], done: list[_Op], error: Exception | None

@@ -133,3 +133,120 @@ def test_write_behind_needs_a_writable_origin(tmp_path: Path) -> None:
         Cache([MemoryTier(10)], lambda keys: {}, write="behind", journal=tmp_path / "j")
     with pytest.raises(ConfigurationError, match="journal="):
         Cache([MemoryTier(10)], journal=tmp_path / "j")
+
+
+def _drained(cache: Cache, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while cache.stats().write_behind["depth"]:
+        assert time.monotonic() < deadline, cache.stats().write_behind
+        time.sleep(0.01)
+
+
+def _agreed(caches: list[Cache], key: str, expected: str, seconds: float = 2.0) -> list[Any]:
+    """What each cache reads for ``key`` once they all read ``expected`` (the bus has a
+    moment to deliver), or what they read when ``seconds`` ran out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        seen = [cache.get(key) for cache in caches]
+        if all(value == expected for value in seen) or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.01)
+
+
+def test_an_older_write_reaching_the_flusher_last_is_not_stored(tmp_path: Path) -> None:
+    """Two caches (as two processes would) write one key under write-behind; the older
+    write's flusher gets to the origin last. The origin keeps the newer write, and every
+    level agrees with it."""
+    origin_path = tmp_path / "origin.db"
+    origin_url = make_origin_db(origin_path)
+    level2 = f"sqlite:///{tmp_path}/l2.db"
+    slow = DownOrigin(SQLOrigin(origin_url, "items", value_column="value"))
+    first = Cache([MemoryTier(100), level2], slow, write="behind", journal=tmp_path / "j1")
+    second = Cache(
+        [MemoryTier(100), level2],
+        SQLOrigin(origin_url, "items", value_column="value"),
+        write="behind",
+        journal=tmp_path / "j2",
+    )
+    try:
+        first.set("acct", "older")  # queued: its origin is down
+        first.set("other", "only-first")
+        second.set("acct", "newer")  # a later version, stored at once
+        _drained(second)
+        assert origin_rows(origin_path) == {"acct": "newer"}
+        slow.down.clear()
+        _drained(first)
+        assert origin_rows(origin_path) == {"acct": "newer", "other": "only-first"}
+        assert first.stats().write_behind["superseded"] == 1
+        fresh = Cache(
+            [MemoryTier(100), level2], SQLOrigin(origin_url, "items", value_column="value")
+        )
+        try:
+            assert _agreed([first, second, fresh], "acct", "newer") == ["newer"] * 3
+        finally:
+            fresh.close()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_delete_and_a_write_in_two_caches_reach_the_origin_in_order(tmp_path: Path) -> None:
+    """A write queued first, a delete of the key made later in another cache and stored
+    at once: the write, reaching its flusher last, is left out."""
+    origin_path = tmp_path / "origin.db"
+    origin_url = make_origin_db(origin_path)
+    level2 = f"sqlite:///{tmp_path}/l2.db"
+    slow = DownOrigin(SQLOrigin(origin_url, "items", value_column="value"))
+    first = Cache([MemoryTier(100), level2], slow, write="behind", journal=tmp_path / "j1")
+    second = Cache(
+        [MemoryTier(100), level2],
+        SQLOrigin(origin_url, "items", value_column="value"),
+        write="behind",
+        journal=tmp_path / "j2",
+    )
+    try:
+        first.set("acct", "written")
+        second.delete("acct")
+        _drained(second)
+        slow.down.clear()
+        _drained(first)
+        assert origin_rows(origin_path) == {}
+        assert _agreed([first, second], "acct", MISSING) == [MISSING, MISSING]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_replayed_write_leaves_no_level_disagreeing(tmp_path: Path) -> None:
+    """A write left in a journal by a killed process is replayed by the next cache on the
+    journal, after another process wrote the key: the origin then holds the replayed
+    value, and so must every level."""
+    origin_path = tmp_path / "origin.db"
+    origin_url = make_origin_db(origin_path)
+    level2 = f"sqlite:///{tmp_path}/l2.db"
+    journal = str(tmp_path / "journal")
+    q = SPAWN.Queue()
+    child = SPAWN.Process(target=_queue_then_wait, args=(origin_url, level2, journal, 1, q))
+    child.start()
+    assert q.get(timeout=120) == 1  # k0 = "v0" queued, the origin down
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(timeout=30)
+    other = Cache([MemoryTier(100), level2], SQLOrigin(origin_url, "items", value_column="value"))
+    try:
+        other.set("k0", "later")  # write-through: the origin and the levels
+        assert other.get("k0") == "later"
+        replaying = Cache(
+            [MemoryTier(100), level2],
+            SQLOrigin(origin_url, "items", value_column="value"),
+            write="behind",
+            journal=journal,
+        )
+        try:
+            _drained(replaying)
+            assert origin_rows(origin_path) == {"k0": "v0"}
+            assert _agreed([other, replaying], "k0", "v0") == ["v0"] * 2
+        finally:
+            replaying.close()
+    finally:
+        other.close()

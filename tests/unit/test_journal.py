@@ -720,6 +720,7 @@ def test_stats(tmp_path: Path) -> None:
         "failures",
         "batches",
         "replayed",
+        "superseded",
         "journal_bytes",
         "fsyncs",
     }

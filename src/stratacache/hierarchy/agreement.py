@@ -10,16 +10,19 @@ up there). The shared level's side is :mod:`.claims`; the bus is
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..behind import DELETED
 from ..entry import NEVER, Entry
 from ..errors import TransientError
 from ..stampede import Flight, SingleFlight
+from ..steps import drive
 from ..tiers.base import Prepared, Tier
 from ..tiers.shared import LEASE
 from .claims import Coordinator, Lease
 from .fence import SeenVersions, WriteFence
-from .ops import LevelDelete, LevelGet, Op
+from .ops import Blocking, LevelDelete, LevelGet, LevelWrite, Op, perform
 from .plan import _Load
 from .tags import TagIndex, tag_key
 
@@ -30,7 +33,23 @@ if TYPE_CHECKING:
 else:
     Flow = Any
 
-__all__ = ["Agreement", "Announcer"]
+__all__ = ["FLUSH_MARK_TTL", "Agreement", "Announcer", "flush_mark"]
+
+#: How long a shared level remembers the newest write-behind version stored in the origin
+#: per key: the longest two processes' writes of a key can be stored out of order and
+#: still be put in order (an origin outage longer than this may let an older write be
+#: stored after a newer one; the levels are then reloaded from the origin all the same)
+FLUSH_MARK_TTL = 600.0
+
+_FLUSH_MARK = "__stratacache_flushed__:"
+
+#: what a flusher concludes of a key it stored (see Agreement._flushed_verdict)
+AGREES, DOUBTFUL, NEWER = "agrees", "doubtful", "newer"
+
+
+def flush_mark(key: str) -> str:
+    """The shared level's key of ``key``'s write-behind mark (see store_in_order)."""
+    return _FLUSH_MARK + key
 
 
 class Announcer(Protocol):
@@ -68,6 +87,7 @@ class Agreement:
     _level_failed: Callable[[Tier, str, BaseException], None]
     _stale: Callable[[list[str], float], Flow]
     stale_served: int
+    invalidate: Callable[[Sequence[str]], Flow]
 
     def _believed(self, level: Tier, entries: Mapping[str, Entry]) -> Flow:
         """What a shared level answered, less entries older than a write this process
@@ -253,6 +273,136 @@ class Agreement:
             if level.local:
                 yield LevelDelete(level, keys)
 
+    def flush_in_order(
+        self,
+        batch: dict[str, tuple[int | None, Any]],
+        send: Callable[[Collection[str]], None],
+    ) -> Collection[str]:
+        """The write-behind queue's ``order`` hook: :meth:`store_in_order`, run in the
+        flusher's thread (in-process levels are thread-safe, and remote ones have a
+        synchronous face in every cache)."""
+        superseded: Collection[str] = drive(self.store_in_order(batch, send), perform)
+        return superseded
+
+    def store_in_order(
+        self,
+        batch: Mapping[str, tuple[int | None, Any]],
+        send: Callable[[Collection[str]], None],
+    ) -> Flow:
+        """Store a write-behind batch in the origin in the order of its writes' versions,
+        across processes, and leave the levels agreeing with what the origin then holds.
+
+        ``batch`` maps each key to the ``(version, value)`` of this process's write
+        (version None: a write replayed from a journal, whose version is not kept;
+        value :data:`~stratacache.behind.DELETED`: a delete); ``send(keys)`` stores the
+        keys given. Returns the keys left out.
+
+        Each process's flusher stores its own writes when it gets to them, so without
+        this the origin would keep whichever process's write of a key was stored last,
+        while the levels keep the newest version. So, holding the keys' write locks (a
+        write of them in progress lands first, and no other flusher stores them
+        meanwhile), the flusher reads a *mark* per key from the shared level: the
+        version of the newest write stored in the origin (kept :data:`FLUSH_MARK_TTL`
+        seconds). A write older than its mark is left out; the others are stored and
+        raise their marks. Then what the shared level holds is compared with what was
+        stored (see :meth:`_after_flush`)."""
+        keys = list(batch)
+        coordinator = self.coordinator
+        if coordinator is None:  # nothing to order through
+            yield Blocking(partial(send, keys))
+            yield from self._after_flush(batch, keys, None)
+            return ()
+        level = coordinator.level
+        _, token = yield from coordinator.versions(keys, lock=True)
+        found: Mapping[str, Entry] | None = None
+        left_out: list[str] = []
+        try:
+            if token is not None:  # None: the level is down, or a stalled lock ran out
+                try:
+                    found = yield LevelGet(level, [*keys, *map(flush_mark, keys)])
+                except TransientError as exc:
+                    self._level_failed(level, "write-behind order", exc)
+            if found is not None:
+                for key, (version, _) in batch.items():
+                    mark = found.get(flush_mark(key))
+                    if version is not None and mark is not None and mark.version > version:
+                        left_out.append(key)
+            stored = [key for key in keys if key not in left_out]
+            if stored:
+                yield Blocking(partial(send, stored))
+            if found is not None:
+                yield from self._raise_marks(level, batch, stored)
+        except BaseException:
+            yield from coordinator.release(keys, token)
+            raise
+        yield from coordinator.release(keys, token)
+        yield from self._after_flush(batch, stored, found)
+        return left_out
+
+    def _raise_marks(
+        self, level: Tier, batch: Mapping[str, tuple[int | None, Any]], stored: list[str]
+    ) -> Flow:
+        expires = self.wall_clock() + FLUSH_MARK_TTL
+        marks = {
+            flush_mark(key): Entry(version, expires, False, version)
+            for key in stored
+            if (version := batch[key][0]) is not None
+        }
+        if not marks:
+            return
+        try:
+            # A level keeps the newer of two versions: a mark never goes down.
+            yield LevelWrite(level, level.prepare(marks))
+        except TransientError as exc:
+            self._level_failed(level, "write-behind mark", exc)
+
+    def _after_flush(
+        self,
+        batch: Mapping[str, tuple[int | None, Any]],
+        stored: list[str],
+        found: Mapping[str, Entry] | None,
+    ) -> Flow:
+        """The origin now holds ``stored`` as ``batch`` says; ``found`` is what the shared
+        level held meanwhile (None: nothing to compare with). A key it holds at the
+        version and value stored agrees. A key it holds at a newer version that this
+        process saw written is another process's write, stored after this one by the
+        ordering above. Any other key is invalidated in every level of every process,
+        and the next read loads what the origin holds: a write replayed from a journal,
+        a value loaded from the origin before this store, a level that cannot be read.
+        The keys that agree are announced all the same: another process's in-process
+        copy of them may come from such a load."""
+        doubtful: list[str] = []
+        agreeing: list[str] = []
+        for key in stored:
+            verdict = self._flushed_verdict(key, *batch[key], found)
+            if verdict is AGREES:
+                agreeing.append(key)
+            elif verdict is DOUBTFUL:
+                doubtful.append(key)
+        if doubtful:
+            yield from self.invalidate(doubtful)
+        announce = self.announce
+        if agreeing and announce is not None:
+            announce.publish_keys(agreeing, [batch[key][0] or 0 for key in agreeing])
+
+    def _flushed_verdict(
+        self, key: str, version: int | None, value: Any, found: Mapping[str, Entry] | None
+    ) -> str:
+        """AGREES, DOUBTFUL or NEWER (another process's newer write, which its flusher
+        stores after this one) for a key just stored (see :meth:`_after_flush`)."""
+        if version is None:
+            return DOUBTFUL
+        if found is None:
+            return AGREES if self.coordinator is None else DOUBTFUL
+        entry = found.get(key)
+        if entry is None:
+            return AGREES
+        if value is not DELETED and entry.version == version and _same(entry.value, value):
+            return AGREES
+        if entry.version > version and self.seen.latest(key) >= entry.version:
+            return NEWER
+        return DOUBTFUL
+
     def dropped_elsewhere(self, keys: Sequence[str], versions: Sequence[int] = ()) -> None:
         """Another process wrote, deleted or invalidated ``keys`` (the bus said so, with
         the versions written): the in-process levels drop them, and fills in flight here
@@ -301,3 +451,12 @@ class Agreement:
             for key, (entry, weight) in item.items.items()
         }
         return Prepared(items, dict(item.rejected), item.versions, item.mode, item.token)
+
+
+def _same(held: Any, stored: Any) -> bool:
+    """Whether a level's value is the one the origin was given (a value whose ``==``
+    raises or is not a plain bool counts as different: the key is then reloaded)."""
+    try:
+        return bool(held == stored) and type(held) is type(stored)
+    except Exception:
+        return False

@@ -117,6 +117,7 @@ class BaseCache:
                 fsync=journal_fsync,
                 max_pending=max_pending_writes,
                 name="cache",
+                order=hierarchy.flush_in_order,
             )
         elif journal is not None:
             raise ConfigurationError(
@@ -129,6 +130,9 @@ class BaseCache:
             if hierarchy.behind is not None:
                 hierarchy.behind.close()
             raise
+        if hierarchy.behind is not None:
+            # Only now: its first flush may be a replay, whose keys the bus announces.
+            hierarchy.behind.start()
         self._refresh = refresh
         self._closed = False
         top = built[0]

@@ -87,6 +87,10 @@ class SeenVersions:
             while len(seen) > self.limit:
                 seen.popitem(last=False)
 
+    def latest(self, key: str) -> int:
+        """The highest write version seen for ``key`` (0: none)."""
+        return self._seen.get(key, 0)
+
     def older(self, key: str, version: int) -> bool:
         known = self._seen.get(key)
         return known is not None and version < known

@@ -944,7 +944,13 @@ class Hierarchy(FailSafe, Agreement):
         self.prepare_levels(self.entries_for(items, ttl, tags=tags))  # refuse what fits nowhere
         origin = self.origin
         to_origin = self.write_policy.writes_origin and origin is not None and origin.writable
-        versions, token = yield from self._versions(list(items), lock=to_origin)
+        # Write-behind holds the lock too, until the levels have the value: its flusher
+        # takes the same lock to order its stores against other processes' and to
+        # compare what the origin got with what the levels hold (see store_in_order),
+        # and must not look between the journal and the levels.
+        versions, token = yield from self._versions(
+            list(items), lock=to_origin or self.behind is not None
+        )
         if to_origin and self.coordinator is not None and not versions:
             # The shared level that orders writes did not answer: this write cannot be
             # ordered against other processes' writes of the same keys, so no level may
@@ -978,7 +984,7 @@ class Hierarchy(FailSafe, Agreement):
                 if stored is not None:
                     prepared = self._prepare_stored(items, stored, ttl, versions, token, tags)
             elif self.behind is not None:
-                yield JournalWrite(self.behind, items)
+                yield JournalWrite(self.behind, items, versions=versions)
         except BaseException:
             if self.coordinator is not None:
                 yield from self.coordinator.release(list(items), token)
@@ -1062,12 +1068,13 @@ class Hierarchy(FailSafe, Agreement):
         same key in another process lands wholly before or wholly after it."""
         keys = list(dict.fromkeys(keys))
         token = None
-        if self.origin is not None and self.coordinator is not None and self.behind is None:
-            _, token = yield from self.coordinator.versions(keys, lock=True)
+        versions: Mapping[str, int] = {}
+        if self.origin is not None and self.coordinator is not None:
+            versions, token = yield from self.coordinator.versions(keys, lock=True)
         self.fence.mark(keys)
         try:
             if self.behind is not None:  # queued behind the writes of the same keys
-                yield JournalWrite(self.behind, {}, keys)
+                yield JournalWrite(self.behind, {}, keys, versions=versions)
             elif self.origin is not None:
                 try:
                     yield OriginDelete(self.origin, keys)

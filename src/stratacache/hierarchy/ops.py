@@ -199,12 +199,14 @@ class JournalWrite(Op):
     behind: Any
     items: Mapping[str, Any]
     deletes: Sequence[str] = ()
+    #: the versions the writes took (handed back when the origin has them)
+    versions: Mapping[str, int] | None = None
 
     def run(self) -> Any:
         if self.items:
-            self.behind.submit(self.items)
+            self.behind.submit(self.items, self.versions)
         if self.deletes:
-            self.behind.submit_deletes(self.deletes)
+            self.behind.submit_deletes(self.deletes, self.versions)
 
     async def arun(self) -> Any:
         await asyncio.to_thread(self.run)

@@ -111,8 +111,10 @@ def make_write_behind(
     fsync: str,
     max_pending: int,
     name: str,
+    order: Any,
 ) -> Any:
-    """The write-behind queue of ``write="behind"``, replaying what an earlier run left."""
+    """The write-behind queue of ``write="behind"``, replaying what an earlier run left
+    once started (the caller starts it when the bus is up)."""
     from ..behind import WriteBehind, default_journal_dir
 
     if origin is None or not origin.writable:
@@ -121,4 +123,12 @@ def make_write_behind(
             "that can store; give it one (CallableOrigin(load, store) or SQLOrigin)"
         )
     where = journal if journal is not None else default_journal_dir(name)
-    return WriteBehind(origin, where, fsync=fsync, max_pending=max_pending, name=name)  # type: ignore[arg-type]
+    return WriteBehind(
+        origin,
+        where,
+        fsync=fsync,  # type: ignore[arg-type]
+        max_pending=max_pending,
+        name=name,
+        order=order,
+        start=False,
+    )
