@@ -145,8 +145,8 @@ class _Op:
         # coalesced. flush() waits until no waiting write stands for a seq before the call.
         self.cover = cover
         self.since = since  # monotonic time the key started waiting (for lag)
-        # The version the cache gave this write (see ``order``); None when unknown: a
-        # write replayed from an earlier run (the journal keeps no versions).
+        # The version the cache gave this write (see ``order``, kept in the journal);
+        # None when it gave none.
         self.version = version
 
 
@@ -266,12 +266,12 @@ class WriteBehind:
     ``order``, when given, stores each batch instead of a plain origin call, so that a
     cache can order the writes of several processes: it is called as ``order(batch,
     send)`` with each key's ``(version, value)`` (the version given to :meth:`submit` or
-    :meth:`submit_deletes`, None for a replayed write; the value as the origin gets it,
-    :data:`DELETED` for a delete), must call ``send(keys)`` once with the keys to store,
-    and returns the keys it left out because the origin already holds a newer write of
-    them (they leave the queue, counted in ``stats.superseded``). An exception raised by
-    ``send`` is the origin's failure (the batch is retried); ``order`` failing before it
-    sent anything is logged and the batch is stored unordered.
+    :meth:`submit_deletes` and kept in the journal, None if none was; the value as the
+    origin gets it, :data:`DELETED` for a delete), must call ``send(keys)`` once with the
+    keys to store, and returns the keys it left out because the origin already holds a
+    newer write of them (they leave the queue, counted in ``stats.superseded``). An
+    exception raised by ``send`` is the origin's failure (the batch is retried); ``order``
+    failing before it sent anything is logged and the batch is stored unordered.
     """
 
     def __init__(
@@ -356,7 +356,9 @@ class WriteBehind:
             raise
         now = time.monotonic()
         for record in replayed:
-            op = _Op(record.key, record.op, record.value, record.seq, record.seq, now)
+            op = _Op(
+                record.key, record.op, record.value, record.seq, record.seq, now, record.version
+            )
             self._ops[record.key] = op
             self._fresh[record.key] = now
             self._covers.append((record.seq, record.key))
@@ -389,7 +391,7 @@ class WriteBehind:
 
     def submit(self, items: Mapping[str, Any], versions: Mapping[str, int] | None = None) -> None:
         """Queue a set of every key in ``items``; durable (as ``fsync`` says) on return.
-        ``versions`` are handed to ``order`` with the writes (kept in memory only).
+        ``versions`` are journaled with the writes and handed to ``order``.
 
         Raises :class:`WriteBehindFullError` if the queue cannot take the new keys,
         :class:`~stratacache.errors.SerializationError` for a value the serializer cannot
@@ -440,7 +442,9 @@ class WriteBehind:
                 raise WriteBehindFullError(self.name, len(ops), self.max_pending, adding)
             # The journal append happens under the queue's lock so that seq order, journal
             # order and queue order are one order; only the fsync is waited for outside.
-            first, position = self._journal.append(entries)
+            first, position = self._journal.append(
+                [(*entry, versions.get(entry[1])) for entry in entries] if versions else entries
+            )
             now = time.monotonic()
             flight = self._flight
             was_idle = not self._fresh
@@ -928,7 +932,9 @@ class WriteBehind:
                     chunk.append(op)
                 if not chunk:
                     break
-                first, position = journal.append([(op.kind, op.key, op.data) for op in chunk])
+                first, position = journal.append(
+                    [(op.kind, op.key, op.data, op.version) for op in chunk]
+                )
                 for seq, op in enumerate(chunk, first):
                     op.seq = seq
                     del self._ops[op.key]  # back to seq order

@@ -22,14 +22,18 @@ kernel drops the locks of a process that dies, however it dies.
 Every segment starts with 8 bytes, ``b"SCJ\\0"`` and a little-endian u32 format version
 (1), followed by records::
 
-    [u32 length][u32 crc32][payload: msgpack of [seq, op, key, value_bytes]]
+    [u32 length][u32 crc32][payload: msgpack of [seq, op, key, value_bytes(, version)]]
 
 ``crc32`` covers the length field and the payload, so a damaged length cannot pass for a
 valid one. ``op`` is 0 (set: ``value_bytes`` is the value as the queue's serializer wrote
-it), 1 (delete: empty bytes) or 2 (mark, see below). ``seq`` numbers are a hybrid logical
-clock: nanoseconds since the epoch, made strictly increasing within a journal, and started
-past every seq found at replay. They order one process's writes exactly, and the writes of
-different processes to the same key about as well as their clocks agree.
+it), 1 (delete: empty bytes) or 2 (mark, see below). ``version``, when present, is the
+version the cache gave the write (see :mod:`stratacache.hierarchy.claims`), so that a
+replayed write can still be ordered against other processes' writes of its key; records
+without it (and those of earlier releases) replay as unversioned. ``seq`` numbers are a
+hybrid logical clock: nanoseconds since the epoch, made strictly increasing within a
+journal, and started past every seq found at replay. They order one process's writes
+exactly, and the writes of different processes to the same key about as well as their
+clocks agree.
 
 Journals are POSIX-only (``flock``).
 
@@ -165,7 +169,16 @@ _SEGMENT = re.compile(
 )
 
 _encode_payload = msgspec.msgpack.Encoder().encode
-_decode_payload = msgspec.msgpack.Decoder(tuple[int, int, str, bytes]).decode
+_decode_fields = msgspec.msgpack.Decoder(tuple[int, int, str, bytes, int | None]).decode
+_decode_old_fields = msgspec.msgpack.Decoder(tuple[int, int, str, bytes]).decode
+
+
+def _decode_payload(payload: bytes | memoryview) -> tuple[int, int, str, bytes, int | None]:
+    """A record's fields; a record without a version (as written before versions were
+    kept, and for writes given none) has None."""
+    if payload[:1] == b"\x94":  # a msgpack fixarray of 4
+        return (*_decode_old_fields(payload), None)
+    return _decode_fields(payload)
 
 
 def default_journal_dir(name: str) -> Path:
@@ -197,11 +210,15 @@ class Record:
     op: int
     key: str
     value: bytes
+    #: the write's version from the cache, None when it gave none
+    version: int | None = None
 
 
-def encode_record(seq: int, op: int, key: str, value: bytes) -> bytes:
+def encode_record(seq: int, op: int, key: str, value: bytes, version: int | None = None) -> bytes:
     """``[u32 length][u32 crc32 of length and payload][payload]``."""
-    payload = _encode_payload((seq, op, key, value))
+    payload = _encode_payload(
+        (seq, op, key, value) if version is None else (seq, op, key, value, version)
+    )
     length = _LENGTH.pack(len(payload))
     return length + _LENGTH.pack(zlib.crc32(payload, zlib.crc32(length))) + payload
 
@@ -223,12 +240,12 @@ def scan_records(data: bytes, offset: int = FILE_HEADER_SIZE) -> tuple[list[Reco
         if zlib.crc32(payload, zlib.crc32(view[pos : pos + 4])) != crc:
             return records, pos, "a record whose CRC does not match"
         try:
-            seq, op, key, value = _decode_payload(payload)
+            seq, op, key, value, version = _decode_payload(payload)
         except msgspec.MsgspecError:
             return records, pos, "a record whose payload does not decode"
         if op not in _OPS:
             return records, pos, f"a record with an unknown op {op}"
-        records.append(Record(seq, op, key, value))
+        records.append(Record(seq, op, key, value, version))
         pos = stop
     return records, pos, ""
 
@@ -436,8 +453,11 @@ class Journal:
 
     # -- writing
 
-    def append(self, entries: Sequence[tuple[int, str, bytes]]) -> tuple[int, int]:
-        """Append one record per ``(op, key, value)`` with consecutive seqs, in one write.
+    def append(
+        self, entries: Sequence[tuple[int, str, bytes] | tuple[int, str, bytes, int | None]]
+    ) -> tuple[int, int]:
+        """Append one record per ``(op, key, value)`` or ``(op, key, value, version)``
+        with consecutive seqs, in one write.
 
         Returns the first seq and the position to pass to :meth:`sync`. On a failed write
         the file is cut back to where it was: nothing of ``entries`` stays behind, and
@@ -446,10 +466,7 @@ class Journal:
         with self._lock:
             self._check_open()
             first = max(self._next_seq, time.time_ns())
-            data = b"".join(
-                encode_record(first + i, op, key, value)
-                for i, (op, key, value) in enumerate(entries)
-            )
+            data = b"".join(encode_record(first + i, *entry) for i, entry in enumerate(entries))
             self._write(data, first + len(entries) - 1)
             self._next_seq = first + len(entries)
             return first, self._appended
@@ -666,7 +683,9 @@ class Journal:
         # About 1 MiB per write: a replay can be far larger than anything one submit
         # carries.
         for i, record in enumerate(records, 1):
-            chunk.append(encode_record(record.seq, record.op, record.key, record.value))
+            chunk.append(
+                encode_record(record.seq, record.op, record.key, record.value, record.version)
+            )
             size += len(chunk[-1])
             if size >= 1 << 20 or i == len(records):
                 self._write(b"".join(chunk), max(r.seq for r in records[i - len(chunk) : i]))

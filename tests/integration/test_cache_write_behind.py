@@ -217,25 +217,30 @@ def test_a_delete_and_a_write_in_two_caches_reach_the_origin_in_order(tmp_path: 
         second.close()
 
 
-def test_a_replayed_write_leaves_no_level_disagreeing(tmp_path: Path) -> None:
+def test_a_replayed_write_older_than_a_later_one_is_not_stored(tmp_path: Path) -> None:
     """A write left in a journal by a killed process is replayed by the next cache on the
-    journal, after another process wrote the key: the origin then holds the replayed
-    value, and so must every level."""
+    journal after another process wrote the key: the journal kept the write's version,
+    so the replay is left out and the origin and every level keep the later write."""
     origin_path = tmp_path / "origin.db"
     origin_url = make_origin_db(origin_path)
     level2 = f"sqlite:///{tmp_path}/l2.db"
     journal = str(tmp_path / "journal")
     q = SPAWN.Queue()
-    child = SPAWN.Process(target=_queue_then_wait, args=(origin_url, level2, journal, 1, q))
+    child = SPAWN.Process(target=_queue_then_wait, args=(origin_url, level2, journal, 2, q))
     child.start()
-    assert q.get(timeout=120) == 1  # k0 = "v0" queued, the origin down
+    assert q.get(timeout=120) == 2  # k0 = "v0", k1 = "v1" queued, the origin down
     assert child.pid is not None
     os.kill(child.pid, signal.SIGKILL)
     child.join(timeout=30)
-    other = Cache([MemoryTier(100), level2], SQLOrigin(origin_url, "items", value_column="value"))
+    other = Cache(
+        [MemoryTier(100), level2],
+        SQLOrigin(origin_url, "items", value_column="value"),
+        write="behind",
+        journal=tmp_path / "other",
+    )
     try:
-        other.set("k0", "later")  # write-through: the origin and the levels
-        assert other.get("k0") == "later"
+        other.set("k0", "later")
+        _drained(other)
         replaying = Cache(
             [MemoryTier(100), level2],
             SQLOrigin(origin_url, "items", value_column="value"),
@@ -244,8 +249,11 @@ def test_a_replayed_write_leaves_no_level_disagreeing(tmp_path: Path) -> None:
         )
         try:
             _drained(replaying)
-            assert origin_rows(origin_path) == {"k0": "v0"}
-            assert _agreed([other, replaying], "k0", "v0") == ["v0"] * 2
+            stats = replaying.stats().write_behind
+            assert stats["replayed"] == 2 and stats["superseded"] == 1
+            assert origin_rows(origin_path) == {"k0": "later", "k1": "v1"}
+            assert _agreed([other, replaying], "k0", "later") == ["later"] * 2
+            assert replaying.get("k1") == "v1"
         finally:
             replaying.close()
     finally:

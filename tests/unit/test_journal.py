@@ -113,7 +113,9 @@ def set_offsets(path: Path) -> list[int]:
     for record in read_segment(path).records:
         if record.op == OP_SET:
             offsets.append(position)
-        position += len(encode_record(record.seq, record.op, record.key, record.value))
+        position += len(
+            encode_record(record.seq, record.op, record.key, record.value, record.version)
+        )
     return offsets
 
 
@@ -134,6 +136,42 @@ def test_record_round_trip() -> None:
     assert found == records
     assert end == len(data)
     assert problem == ""
+
+
+def test_record_versions_round_trip_and_old_records_have_none() -> None:
+    records = [
+        Record(1, OP_SET, "a", b"\x01", 41),
+        Record(2, OP_DELETE, "b", b"", 2**62),
+        Record(3, OP_SET, "c", b"\x02"),  # no version: written as before versions were kept
+    ]
+    data = b"SCJ\x00\x01\x00\x00\x00" + b"".join(
+        encode_record(r.seq, r.op, r.key, r.value, r.version) for r in records
+    )
+    assert len(encode_record(3, OP_SET, "c", b"\x02")) < len(
+        encode_record(3, OP_SET, "c", b"\x02", 1)
+    )
+    found, end, problem = scan_records(data)
+    assert (found, end, problem) == (records, len(data), "")
+
+
+def test_queued_versions_survive_a_replay(tmp_path: Path) -> None:
+    queue = WriteBehind(DictOrigin(), tmp_path, start=False)
+    queue.submit({"a": 1, "b": 2}, versions={"a": 7})
+    queue.submit_deletes(["c"], versions={"c": 9})
+    queue.close(timeout=0)
+    seen: list[dict[str, Any]] = []
+
+    def order(batch: dict[str, Any], send: Any) -> list[str]:
+        seen.append(dict(batch))
+        send(list(batch))
+        return []
+
+    origin = DictOrigin()
+    replay = WriteBehind(origin, tmp_path, order=order)
+    assert replay.flush(5)
+    replay.close()
+    assert seen == [{"a": (7, 1), "b": (None, 2), "c": (9, DELETED)}]
+    assert origin.data == {"a": 1, "b": 2}
 
 
 def test_journal_appends_with_increasing_seqs(tmp_path: Path) -> None:
@@ -826,3 +864,27 @@ def test_a_forked_child_cannot_use_the_parents_queue(tmp_path: Path) -> None:
     queue.submit({"a": 1})
     assert queue.pending(["a"]) == {"a": 1}
     queue.close(timeout=0)
+
+
+def test_order_leaves_out_superseded_writes_and_never_drops_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def leave_out_a(batch: dict[str, Any], send: Any) -> list[str]:
+        send([key for key in batch if key != "a"])
+        return ["a"]
+
+    def forgets_to_send(batch: dict[str, Any], send: Any) -> list[str]:
+        return ["a"]
+
+    def broken(batch: dict[str, Any], send: Any) -> list[str]:
+        raise RuntimeError("the shared level's answer made no sense")
+
+    for order, superseded in ((leave_out_a, 1), (forgets_to_send, 1), (broken, 0)):
+        origin = DictOrigin()
+        with WriteBehind(origin, tmp_path / order.__name__, order=order) as queue:
+            queue.submit({"a": 1, "b": 2}, versions={"a": 1, "b": 2})
+            assert queue.flush(5)
+            assert queue.stats.superseded == superseded
+            assert queue.stats.depth == 0
+        assert origin.data == ({"b": 2} if superseded else {"a": 1, "b": 2}), order.__name__
+    assert "storing it unordered" in caplog.text
