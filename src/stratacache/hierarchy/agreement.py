@@ -367,10 +367,9 @@ class Agreement:
         version and value stored agrees. A key it holds at a newer version that this
         process saw written is another process's write, stored after this one by the
         ordering above. Any other key is invalidated in every level of every process,
-        and the next read loads what the origin holds: a write replayed from a journal,
-        a value loaded from the origin before this store, a level that cannot be read.
-        The keys that agree are announced all the same: another process's in-process
-        copy of them may come from such a load."""
+        and the next read loads what the origin holds: a value loaded from the origin
+        before this store (through a lease, so it shows in the shared level), a write
+        replayed without a version, a level that cannot be read."""
         doubtful: list[str] = []
         agreeing: list[str] = []
         for key in stored:
@@ -382,7 +381,10 @@ class Agreement:
         if doubtful:
             yield from self.invalidate(doubtful)
         announce = self.announce
-        if agreeing and announce is not None:
+        if agreeing and announce is not None and found is None:
+            # Nothing was compared (no level coordinates): another process may hold a
+            # copy it loaded from the origin before this store; the bus drops it. With a
+            # shared level such a load went through a lease and shows there.
             announce.publish_keys(agreeing, [batch[key][0] or 0 for key in agreeing])
 
     def _flushed_verdict(

@@ -944,13 +944,9 @@ class Hierarchy(FailSafe, Agreement):
         self.prepare_levels(self.entries_for(items, ttl, tags=tags))  # refuse what fits nowhere
         origin = self.origin
         to_origin = self.write_policy.writes_origin and origin is not None and origin.writable
-        # Write-behind holds the lock too, until the levels have the value: its flusher
-        # takes the same lock to order its stores against other processes' and to
-        # compare what the origin got with what the levels hold (see store_in_order),
-        # and must not look between the journal and the levels.
-        versions, token = yield from self._versions(
-            list(items), lock=to_origin or self.behind is not None
-        )
+        # Write-behind takes versions without the lock: its flushers lock the keys when
+        # they store them (see Agreement.store_in_order).
+        versions, token = yield from self._versions(list(items), lock=to_origin)
         if to_origin and self.coordinator is not None and not versions:
             # The shared level that orders writes did not answer: this write cannot be
             # ordered against other processes' writes of the same keys, so no level may
@@ -1070,7 +1066,8 @@ class Hierarchy(FailSafe, Agreement):
         token = None
         versions: Mapping[str, int] = {}
         if self.origin is not None and self.coordinator is not None:
-            versions, token = yield from self.coordinator.versions(keys, lock=True)
+            # locked unless queued: write-behind's flusher locks the keys it stores
+            versions, token = yield from self.coordinator.versions(keys, lock=self.behind is None)
         self.fence.mark(keys)
         try:
             if self.behind is not None:  # queued behind the writes of the same keys
