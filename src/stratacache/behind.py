@@ -186,8 +186,8 @@ class WriteBehindStats:
         self.batches = 0
         #: writes loaded from the journal at start
         self.replayed = 0
-        #: writes not stored because the origin already had a newer write of the key
-        #: (another process's, see ``order``)
+        #: writes not stored because a newer write of the key (by version) was waiting
+        #: or already stored (another process's, see ``order``)
         self.superseded = 0
 
     @property
@@ -449,8 +449,15 @@ class WriteBehind:
             flight = self._flight
             was_idle = not self._fresh
             for seq, (kind, key, data) in enumerate(entries, first):
-                old = ops.pop(key, None)
                 version = versions.get(key) if versions else None
+                old = ops.get(key)
+                if old is not None and version is not None and (old.version or 0) > version:
+                    # Another thread's write of the key, journaled first, took a newer
+                    # version: the levels keep that one, and so does the queue (replay
+                    # chooses the same way, see journal.supersedes).
+                    self.stats.superseded += 1
+                    continue
+                ops.pop(key, None)
                 if old is None:
                     op = _Op(key, kind, data, seq, seq, now, version)
                     self._fresh[key] = now

@@ -53,17 +53,18 @@ much larger than what waits, and the old segments go.
 Replay
 ------
 :meth:`Journal.recover` (run once, when a queue starts) takes every segment of the same
-name that no live journal holds: leftovers of a process that crashed, or of one that closed
-while its origin was down. It reads each file's valid records in order and stops at the
-first record that is torn (the file ends inside it) or corrupt (its CRC does not match, or
-the payload does not decode): a crash can tear the last write, and after a corrupt record
-the framing of the rest cannot be trusted. The file is truncated there and a warning says
-how many bytes were dropped. Then writes are coalesced per key (the highest seq wins, across
-all files), a key whose latest write is below its file's watermark is dropped (already
-stored), and the survivors are appended, with their seqs, to this journal's own segment,
-which is fsynced before the adopted files are deleted. A crash at any point of this leaves
-either the old files or the new copy (or both: the copy has the same seqs, so it coalesces
-away), so replay loses nothing either.
+name that no live journal holds: leftovers of a process that crashed, or of one that
+closed while its origin was down. It reads each file's valid records in order and stops at
+the first record that is torn (the file ends inside it) or corrupt (its CRC does not
+match, or the payload does not decode): a crash can tear the last write, and after a
+corrupt record the framing of the rest cannot be trusted. The file is truncated there and
+a warning says how many bytes were dropped. Then writes are coalesced per key (the highest
+version wins when both writes have one, else the highest seq, across all files), a key
+whose latest write is below its file's watermark is dropped (already stored), and the
+survivors are appended, with their seqs, to this journal's own segment, which is fsynced
+before the adopted files are deleted. A crash at any point of this leaves either the old
+files or the new copy (or both: the copy has the same seqs, so it coalesces away), so
+replay loses nothing either.
 
 Delivery is at least once: a write the origin stored just before a crash, whose mark did
 not reach the disk, is stored again after the restart. Stores and deletes are idempotent
@@ -212,6 +213,15 @@ class Record:
     value: bytes
     #: the write's version from the cache, None when it gave none
     version: int | None = None
+
+
+def supersedes(new: Record, old: Record) -> bool:
+    """Whether ``new`` replaces ``old``, a write of the same key: the higher version when
+    both have one (the order the cache's levels keep; two threads can journal their
+    writes in the other order), else the later record."""
+    if new.version is not None and old.version is not None and new.version != old.version:
+        return new.version > old.version
+    return new.seq >= old.seq
 
 
 def encode_record(seq: int, op: int, key: str, value: bytes, version: int | None = None) -> bytes:
@@ -738,7 +748,7 @@ class Journal:
                 # Coalesce before looking at marks: a key whose latest write is stored
                 # must not get an older, unstored write of it replayed instead.
                 seen = best.get(record.key)
-                if seen is None or record.seq >= seen[0].seq:
+                if seen is None or supersedes(record, seen[0]):
                     best[record.key] = (record, instance)
         live = [
             record for record, instance in best.values() if record.seq >= marks.get(instance, 0)

@@ -888,3 +888,33 @@ def test_order_leaves_out_superseded_writes_and_never_drops_the_rest(
             assert queue.stats.depth == 0
         assert origin.data == ({"b": 2} if superseded else {"a": 1, "b": 2}), order.__name__
     assert "storing it unordered" in caplog.text
+
+
+def test_a_write_journaled_after_a_newer_version_of_its_key_is_superseded(
+    tmp_path: Path,
+) -> None:
+    """Two threads: one takes version 8 and journals first, the other took version 7
+    and journals second. The levels keep version 8; so must the queue, and a replay."""
+    queue = WriteBehind(DictOrigin(), tmp_path, start=False)
+    queue.submit({"k": "newer"}, versions={"k": 8})
+    queue.submit({"k": "older"}, versions={"k": 7})
+    queue.submit({"j": "unversioned"})
+    queue.submit({"j": "unversioned, later"})
+    assert queue.pending(["k", "j"]) == {"k": "newer", "j": "unversioned, later"}
+    assert queue.stats.superseded == 1
+    queue.close(timeout=0)
+    origin = DictOrigin()
+    with WriteBehind(origin, tmp_path) as replay:
+        assert replay.flush(5)
+    assert origin.data == {"k": "newer", "j": "unversioned, later"}
+
+
+def test_replay_keeps_the_higher_version_whatever_the_record_order() -> None:
+    from stratacache.journal import supersedes
+
+    older_later = Record(20, OP_SET, "k", b"a", 7)
+    newer_earlier = Record(10, OP_SET, "k", b"b", 8)
+    assert supersedes(newer_earlier, older_later) and not supersedes(older_later, newer_earlier)
+    unversioned = Record(30, OP_SET, "k", b"c")
+    assert supersedes(unversioned, newer_earlier)  # no version to compare: the later record
+    assert not supersedes(Record(5, OP_SET, "k", b"d"), newer_earlier)
