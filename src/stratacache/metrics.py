@@ -282,6 +282,10 @@ class CacheStats:
     early_refreshes: int = 0
     #: keys another process loaded while this one waited on its lease (no origin load)
     lease_waits: int = 0
+    #: keys whose wait on another process's lease ran out (loaded here, or served stale)
+    lease_wait_timeouts: int = 0
+    #: keys whose lease holder went away without a fill while this process waited
+    lease_retakes: int = 0
     #: writes that waited for another process's write lock on a key
     lock_waits: int = 0
     #: the invalidation bus (see stratacache.coherence), when the cache has one
@@ -355,6 +359,8 @@ class CacheStats:
             "load_timeouts": self.load_timeouts,
             "early_refreshes": self.early_refreshes,
             "lease_waits": self.lease_waits,
+            "lease_wait_timeouts": self.lease_wait_timeouts,
+            "lease_retakes": self.lease_retakes,
             "lock_waits": self.lock_waits,
             "bus": dict(self.bus),
             "write_behind": dict(self.write_behind),

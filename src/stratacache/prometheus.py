@@ -84,6 +84,16 @@ _CACHE_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("load_timeouts", "stratacache_load_timeouts", "Reads that gave up at hard_timeout."),
     ("early_refreshes", "stratacache_early_refreshes", "Background reloads before expiry."),
     ("lease_waits", "stratacache_lease_waits", "Keys another process loaded during a wait."),
+    (
+        "lease_wait_timeouts",
+        "stratacache_lease_wait_timeouts",
+        "Keys whose wait on another process's lease ran out.",
+    ),
+    (
+        "lease_retakes",
+        "stratacache_lease_retakes",
+        "Keys whose lease holder went away without a fill.",
+    ),
     ("lock_waits", "stratacache_lock_waits", "Writes that waited for another's write lock."),
     ("origin_loads", "stratacache_origin_loads", "Keys asked of the origin."),
     ("origin_calls", "stratacache_origin_calls", "Calls made to the origin (a batch is one)."),

@@ -503,6 +503,8 @@ def test_a_lease_left_by_a_killed_process_expires(
     waited = time.monotonic() - began
     assert loads == ["orphan"]
     assert waited < 3.0 + 1.0  # at most the lease's lifetime (3 s by default), then loads
+    stats = cache.stats()
+    assert (stats.lease_retakes, stats.lease_waits, stats.lease_wait_timeouts) == (1, 0, 0)
     cache.close()
 
 
@@ -624,6 +626,7 @@ def test_a_lease_waiter_gets_a_stale_value_under_the_fail_safe(
     assert waiter.get("k") == "old"  # the other process's load is late: the stale value
     assert time.monotonic() - began < 0.6
     assert loads["waiter"] == 0 and waiter.stats().stale_served == 1
+    assert waiter.stats().lease_wait_timeouts == 1  # its wait ran out at soft_timeout
     slow.join()  # the holder was served the stale value too; its load goes on
     deadline = time.monotonic() + 5.0
     while waiter.get("k") != "fresh-holder" and time.monotonic() < deadline:

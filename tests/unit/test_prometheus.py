@@ -197,7 +197,7 @@ def check_against_stats(samples: Samples, name: str, cache: Cache) -> None:
     assert value(samples, "stratacache_origin_errors_total", cache=name) == stats.origin_errors
     for field in ("stale_served", "loads_coalesced", "load_timeouts", "early_refreshes"):
         assert value(samples, f"stratacache_{field}_total", cache=name) == getattr(stats, field)
-    for field in ("lease_waits", "lock_waits"):
+    for field in ("lease_waits", "lease_wait_timeouts", "lease_retakes", "lock_waits"):
         assert value(samples, f"stratacache_{field}_total", cache=name) == getattr(stats, field)
     origin_latency = cache._hierarchy.origin_stats.latency
     assert origin_latency.count == stats.origin_calls

@@ -88,6 +88,11 @@ class Coordinator:
         self._believed = believed
         #: keys other processes filled while this one waited on their lease
         self.lease_waits = 0
+        #: keys still held by another process when the wait for them ran out
+        self.lease_wait_timeouts = 0
+        #: keys whose lease was freed without a fill while this process waited (its
+        #: holder died, failed, or lost the fill to a write): claimed again
+        self.lease_retakes = 0
         #: writes that found a key locked by another writer and waited
         self.lock_waits = 0
 
@@ -183,11 +188,15 @@ class Coordinator:
                     self.lease_waits += len(found)
                     lease.filled.update(found)
                     held = [key for key in held if key not in found]
-                if any(key not in still for key in held):
+                freed = sum(1 for key in held if key not in still)
+                if freed:
+                    # The holder died, failed or lost its fill to a write: no value came.
+                    self.lease_retakes += freed
                     todo = held  # claim them all again: some are free
                     over = True
                     break
             if not todo:
                 lease.waiting.update(held)  # still held past the deadline
+                self.lease_wait_timeouts += len(held)
                 break
         return lease

@@ -1156,6 +1156,8 @@ class Hierarchy(FailSafe, Agreement):
             load_timeouts=self.load_timeouts,
             early_refreshes=self.early_refreshes,
             lease_waits=self.coordinator.lease_waits if self.coordinator else 0,
+            lease_wait_timeouts=self.coordinator.lease_wait_timeouts if self.coordinator else 0,
+            lease_retakes=self.coordinator.lease_retakes if self.coordinator else 0,
             lock_waits=self.coordinator.lock_waits if self.coordinator else 0,
             bus=self.announce.snapshot() if self.announce is not None else {},
             write_behind=self.behind.stats.snapshot() if self.behind is not None else {},
@@ -1172,7 +1174,10 @@ class Hierarchy(FailSafe, Agreement):
         self.single_flight.coalesced = 0
         self.stale_served = self.load_timeouts = self.early_refreshes = 0
         if self.coordinator is not None:
-            self.coordinator.lease_waits = self.coordinator.lock_waits = 0
+            coordinator = self.coordinator
+            coordinator.lease_waits = coordinator.lease_wait_timeouts = 0
+            coordinator.lease_retakes = 0
+            coordinator.lock_waits = 0
 
     def close(self) -> Flow:
         """Close every level, then the origin; closing goes on past a failure, and the
