@@ -258,3 +258,35 @@ def test_a_replayed_write_older_than_a_later_one_is_not_stored(tmp_path: Path) -
             replaying.close()
     finally:
         other.close()
+
+
+def test_a_store_that_outlives_its_lock_leaves_the_levels_to_reload(tmp_path: Path) -> None:
+    """A flusher whose origin call took longer than lock_ttl cannot know whether another
+    flusher stored the same keys meanwhile: it drops them from every level, and the next
+    read loads what the origin holds."""
+    origin_path = tmp_path / "origin.db"
+    origin = SQLOrigin(make_origin_db(origin_path), "items", value_column="value")
+
+    def slow_store(items: Any) -> Any:
+        time.sleep(0.4)
+        return origin.store_many(items)
+
+    slow = CallableOrigin(origin.load_many, slow_store, origin.delete_many)
+    level2 = f"sqlite:///{tmp_path}/l2.db"
+    cache = Cache(
+        [MemoryTier(100), level2], slow, write="behind", journal=tmp_path / "j", lock_ttl=0.2
+    )
+    quick = Cache(
+        [MemoryTier(100), level2], origin, write="behind", journal=tmp_path / "q", lock_ttl=0.2
+    )
+    try:
+        cache.set("acct", "stored slowly")
+        quick.set("calm", "stored at once")
+        _drained(cache)
+        _drained(quick)
+        assert cache.levels[1].get_many(["acct"]) == {}  # dropped after the late store
+        assert set(quick.levels[1].get_many(["calm"])) == {"calm"}  # kept: it was on time
+        assert cache.get("acct") == "stored slowly" == origin_rows(origin_path)["acct"]
+    finally:
+        cache.close()
+        quick.close()

@@ -9,6 +9,7 @@ up there). The shared level's side is :mod:`.claims`; the bus is
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -314,14 +315,14 @@ class Agreement:
             return ()
         level = coordinator.level
         _, token = yield from coordinator.versions(keys, lock=True)
+        locked_at = time.monotonic()
         found: Mapping[str, Entry] | None = None
         left_out: list[str] = []
         try:
-            if token is not None:  # None: the level is down, or a stalled lock ran out
-                try:
-                    found = yield LevelGet(level, [*keys, *map(flush_mark, keys)])
-                except TransientError as exc:
-                    self._level_failed(level, "write-behind order", exc)
+            try:  # without the lock too (a stalled holder's ran out): marks only go up
+                found = yield LevelGet(level, [*keys, *map(flush_mark, keys)])
+            except TransientError as exc:
+                self._level_failed(level, "write-behind order", exc)
             if found is not None:
                 for key, (version, _) in batch.items():
                     mark = found.get(flush_mark(key))
@@ -336,6 +337,11 @@ class Agreement:
             yield from coordinator.release(keys, token)
             raise
         yield from coordinator.release(keys, token)
+        if token is None or time.monotonic() - locked_at >= coordinator.lock_ttl:
+            # Unlocked, or the store outlived the lock (a slow origin, a stalled
+            # process): another flusher may have stored the same keys meanwhile, in
+            # either order. Nothing the level holds can be trusted to match the origin.
+            found = None
         yield from self._after_flush(batch, stored, found)
         return left_out
 
