@@ -110,3 +110,21 @@ def test_fence_bookkeeping_is_bounded_and_errs_on_the_safe_side() -> None:
     assert fence.changed_since(["x"], recent) == set()
     fence.mark_all()
     assert fence.changed_since(["x"], recent) == {"x"}
+
+
+def test_an_in_process_copy_older_than_a_write_seen_meanwhile_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """Two threads of one process write a key without a write lock (write-behind): the
+    first to mark the fence may take the newer version, and the other's value may reach
+    L1 last. The write that settles after seeing a newer version must not leave its
+    value in L1 (the shared level keeps the newer one)."""
+    cache = Cache([MemoryTier(100), SQLiteTier(tmp_path / "l2.db")])
+    hierarchy = cache._hierarchy
+    hierarchy.fence.mark(["k"])  # the other thread started first...
+    hierarchy.seen.saw(["k"], [10**12])  # ...took a newer version, and settled
+    cache.set("k", "older")
+    assert cache.levels[0].get_many(["k"]) == {}
+    cache.set("j", "alone")  # nothing newer seen: kept
+    assert set(cache.levels[0].get_many(["j"])) == {"j"}
+    cache.close()

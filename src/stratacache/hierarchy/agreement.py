@@ -266,6 +266,12 @@ class Agreement:
         if announce is not None:
             announce.publish_keys(keys, numbers)
         raced = self.fence.changed_since(keys, epoch)
+        if versions:
+            # A newer write seen meanwhile (another thread's, whose in-process write may
+            # have landed before this one; or another process's, announced before this
+            # value reached L1): the in-process copy of this older one must go too.
+            latest = self.seen.latest
+            raced.update(key for key, mine in zip(keys, numbers, strict=True) if latest(key) > mine)
         if raced:
             yield from self._drop_local(sorted(raced))
 
