@@ -8,6 +8,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +155,11 @@ def _agreed(caches: list[Cache], key: str, expected: str, seconds: float = 2.0) 
         time.sleep(0.01)
 
 
-def test_an_older_write_reaching_the_flusher_last_is_not_stored(tmp_path: Path) -> None:
-    """Two caches (as two processes would) write one key under write-behind; the older
-    write's flusher gets to the origin last. The origin keeps the newer write, and every
-    level agrees with it."""
+@contextmanager
+def two_writers(tmp_path: Path) -> Iterator[tuple[Path, DownOrigin, Cache, Cache]]:
+    """Two write-behind caches over one SQLite level and origin, as two processes would
+    be: the first's origin is down until its ``down`` is cleared, the second's works.
+    Yields the origin's path, the first's origin, and the two caches."""
     origin_path = tmp_path / "origin.db"
     origin_url = make_origin_db(origin_path)
     level2 = f"sqlite:///{tmp_path}/l2.db"
@@ -169,6 +172,17 @@ def test_an_older_write_reaching_the_flusher_last_is_not_stored(tmp_path: Path) 
         journal=tmp_path / "j2",
     )
     try:
+        yield origin_path, slow, first, second
+    finally:
+        first.close()
+        second.close()
+
+
+def test_an_older_write_reaching_the_flusher_last_is_not_stored(tmp_path: Path) -> None:
+    """Two caches (as two processes would) write one key under write-behind; the older
+    write's flusher gets to the origin last. The origin keeps the newer write, and every
+    level agrees with it."""
+    with two_writers(tmp_path) as (origin_path, slow, first, second):
         first.set("acct", "older")  # queued: its origin is down
         first.set("other", "only-first")
         second.set("acct", "newer")  # a later version, stored at once
@@ -178,33 +192,17 @@ def test_an_older_write_reaching_the_flusher_last_is_not_stored(tmp_path: Path) 
         _drained(first)
         assert origin_rows(origin_path) == {"acct": "newer", "other": "only-first"}
         assert first.stats().write_behind["superseded"] == 1
-        fresh = Cache(
-            [MemoryTier(100), level2], SQLOrigin(origin_url, "items", value_column="value")
-        )
+        fresh = Cache([MemoryTier(100), f"sqlite:///{tmp_path}/l2.db"], slow.origin)
         try:
             assert _agreed([first, second, fresh], "acct", "newer") == ["newer"] * 3
         finally:
             fresh.close()
-    finally:
-        first.close()
-        second.close()
 
 
 def test_a_delete_and_a_write_in_two_caches_reach_the_origin_in_order(tmp_path: Path) -> None:
     """A write queued first, a delete of the key made later in another cache and stored
     at once: the write, reaching its flusher last, is left out."""
-    origin_path = tmp_path / "origin.db"
-    origin_url = make_origin_db(origin_path)
-    level2 = f"sqlite:///{tmp_path}/l2.db"
-    slow = DownOrigin(SQLOrigin(origin_url, "items", value_column="value"))
-    first = Cache([MemoryTier(100), level2], slow, write="behind", journal=tmp_path / "j1")
-    second = Cache(
-        [MemoryTier(100), level2],
-        SQLOrigin(origin_url, "items", value_column="value"),
-        write="behind",
-        journal=tmp_path / "j2",
-    )
-    try:
+    with two_writers(tmp_path) as (origin_path, slow, first, second):
         first.set("acct", "written")
         second.delete("acct")
         _drained(second)
@@ -212,9 +210,6 @@ def test_a_delete_and_a_write_in_two_caches_reach_the_origin_in_order(tmp_path: 
         _drained(first)
         assert origin_rows(origin_path) == {}
         assert _agreed([first, second], "acct", MISSING) == [MISSING, MISSING]
-    finally:
-        first.close()
-        second.close()
 
 
 def test_a_replayed_write_older_than_a_later_one_is_not_stored(tmp_path: Path) -> None:
