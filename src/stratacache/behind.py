@@ -116,9 +116,11 @@ class _Deleted(enum.Enum):
 #: What :meth:`WriteBehind.pending` returns for a key whose pending write is a delete.
 DELETED: Final = _Deleted.DELETED
 
-#: A queue's ``order`` hook: ``order(batch, send) -> keys left out`` (see WriteBehind)
+#: A queue's ``order`` hook: ``order(batch, send) -> keys left out`` (see WriteBehind);
+#: ``send(keys)`` returns the keys the origin took
 Order = Callable[
-    [dict[str, tuple[int | None, Any]], Callable[[Collection[str]], None]], Collection[str]
+    [dict[str, tuple[int | None, Any]], Callable[[Collection[str]], list[str]]],
+    Collection[str],
 ]
 
 
@@ -269,8 +271,9 @@ class WriteBehind:
     :meth:`submit_deletes` and kept in the journal, None if none was; the value as the
     origin gets it, :data:`DELETED` for a delete), must call ``send(keys)`` once with the
     keys to store, and returns the keys it left out because the origin already holds a
-    newer write of them (they leave the queue, counted in ``stats.superseded``). An
-    exception raised by ``send`` is the origin's failure (the batch is retried); ``order``
+    newer write of them (they leave the queue, counted in ``stats.superseded``). ``send``
+    returns the keys the origin took; when the origin fails it returns those it took
+    before failing, and the rest of the batch is retried once ``order`` returns. ``order``
     failing before it sent anything is logged and the batch is stored unordered.
     """
 
@@ -675,10 +678,16 @@ class WriteBehind:
                 return False
             ops = [self._ops[key] for key in unit.keys]
             self._flight = {op.key: op for op in ops}
-        done, error = self._store(ops) if self.order is None else self._store_in_order(ops)
+        if self.order is None:
+            done, error = self._store(ops)
+            superseded = 0
+        else:
+            done, error, superseded = self._store_in_order(ops)
         dead: _Op | None = None
         with self._lock:
             self._flight = {}
+            self.stats.superseded += superseded
+            self.stats.stored -= superseded  # counted in done, never sent
             dead = self._settle(unit, ops, done, error)
             watermark = self._watermark()
             self._progress.notify_all()
@@ -741,16 +750,18 @@ class WriteBehind:
             return done, exc
         return done, None
 
-    def _store_in_order(self, ops: list[_Op]) -> tuple[list[_Op], Exception | None]:
-        """:meth:`_store` through ``order`` (see the class docstring)."""
+    def _store_in_order(self, ops: list[_Op]) -> tuple[list[_Op], Exception | None, int]:
+        """:meth:`_store` through ``order`` (see the class docstring); also returns how
+        many of the writes done were left out as superseded."""
         assert self.order is not None
         loads = self._serializer.loads
         values = {op.key: loads(op.data) for op in ops if op.kind == OP_SET}
         batch = {op.key: (op.version, values.get(op.key, DELETED)) for op in ops}
         sent: list[_Op] = []
+        failures: list[Exception] = []
         called = False
 
-        def send(keys: Collection[str]) -> None:
+        def send(keys: Collection[str]) -> list[str]:
             nonlocal called
             if called:
                 raise RuntimeError("write-behind order: send() is called once per batch")
@@ -759,13 +770,14 @@ class WriteBehind:
             done, error = self._store([op for op in ops if op.key in chosen], values)
             sent.extend(done)
             if error is not None:
-                raise error
+                failures.append(error)  # handed to the retry once order() is done
+            return [op.key for op in done]
 
         try:
             left_out = set(self.order(batch, send))
         except Exception as exc:
             if called:
-                return sent, exc
+                return sent, (failures[0] if failures else exc), 0
             self._warnings.warning(
                 "order",
                 "write-behind %r: ordering a batch against other processes failed (%r); "
@@ -773,14 +785,15 @@ class WriteBehind:
                 self.name,
                 exc,
             )
-            return self._store(ops, values)
-        superseded = [op for op in ops if op.key in left_out]
-        self.stats.superseded += len(superseded)
+            done, error = self._store(ops, values)
+            return done, error, 0
+        sent_ids = {id(op) for op in sent}
+        superseded = [op for op in ops if op.key in left_out and id(op) not in sent_ids]
         if not called:  # nothing sent: whatever it did not leave out is stored now
             rest = [op for op in ops if op.key not in left_out]
             done, error = self._store(rest, values) if rest else ([], None)
-            return superseded + done, error
-        return [*sent, *(op for op in superseded if op not in sent)], None
+            return superseded + done, error, len(superseded)
+        return [*sent, *superseded], (failures[0] if failures else None), len(superseded)
 
     def _settle(
         self, unit: _Unit, ops: list[_Op], done: list[_Op], error: Exception | None

@@ -122,7 +122,7 @@ def test_an_in_process_copy_older_than_a_write_seen_meanwhile_is_dropped(
     cache = Cache([MemoryTier(100), SQLiteTier(tmp_path / "l2.db")])
     hierarchy = cache._hierarchy
     hierarchy.fence.mark(["k"])  # the other thread started first...
-    hierarchy.seen.saw(["k"], [10**12])  # ...took a newer version, and settled
+    hierarchy.seen.saw(["k"], [2**62])  # ...took a newer version, and settled
     cache.set("k", "older")
     assert cache.levels[0].get_many(["k"]) == {}
     cache.set("j", "alone")  # nothing newer seen: kept

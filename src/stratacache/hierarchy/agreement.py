@@ -283,7 +283,7 @@ class Agreement:
     def flush_in_order(
         self,
         batch: dict[str, tuple[int | None, Any]],
-        send: Callable[[Collection[str]], None],
+        send: Callable[[Collection[str]], list[str]],
     ) -> Collection[str]:
         """The write-behind queue's ``order`` hook: :meth:`store_in_order`, run in the
         flusher's thread (in-process levels are thread-safe, and remote ones have a
@@ -294,15 +294,15 @@ class Agreement:
     def store_in_order(
         self,
         batch: Mapping[str, tuple[int | None, Any]],
-        send: Callable[[Collection[str]], None],
+        send: Callable[[Collection[str]], list[str]],
     ) -> Flow:
         """Store a write-behind batch in the origin in the order of its writes' versions,
         across processes, and leave the levels agreeing with what the origin then holds.
 
         ``batch`` maps each key to the ``(version, value)`` of this process's write
-        (version None: a write replayed from a journal, whose version is not kept;
+        (version None: the cache gave it none, as a write journaled by an older release;
         value :data:`~stratacache.behind.DELETED`: a delete); ``send(keys)`` stores the
-        keys given. Returns the keys left out.
+        keys given and returns those the origin took. Returns the keys left out.
 
         Each process's flusher stores its own writes when it gets to them, so without
         this the origin would keep whichever process's write of a key was stored last,
@@ -316,12 +316,12 @@ class Agreement:
         keys = list(batch)
         coordinator = self.coordinator
         if coordinator is None:  # nothing to order through
-            yield Blocking(partial(send, keys))
-            yield from self._after_flush(batch, keys, None)
+            taken = yield Blocking(partial(send, keys))
+            yield from self._after_flush(batch, taken, None)
             return ()
         level = coordinator.level
+        locked_at = time.monotonic()  # the lock's lifetime starts at most here
         _, token = yield from coordinator.versions(keys, lock=True)
-        locked_at = time.monotonic()
         found: Mapping[str, Entry] | None = None
         left_out: list[str] = []
         try:
@@ -334,9 +334,10 @@ class Agreement:
                     mark = found.get(flush_mark(key))
                     if version is not None and mark is not None and mark.version > version:
                         left_out.append(key)
-            stored = [key for key in keys if key not in left_out]
-            if stored:
-                yield Blocking(partial(send, stored))
+            stored: list[str] = []
+            todo = [key for key in keys if key not in left_out]
+            if todo:
+                stored = yield Blocking(partial(send, todo))  # less what the origin failed
             if found is not None:
                 yield from self._raise_marks(level, batch, stored)
         except BaseException:
@@ -404,15 +405,20 @@ class Agreement:
     ) -> str:
         """AGREES, DOUBTFUL or NEWER (another process's newer write, which its flusher
         stores after this one) for a key just stored (see :meth:`_after_flush`)."""
-        if version is None:
+        if self.coordinator is None:
+            return AGREES  # nothing to compare with: announced on the bus
+        if version is None or found is None:
             return DOUBTFUL
-        if found is None:
-            return AGREES if self.coordinator is None else DOUBTFUL
         entry = found.get(key)
         if entry is None:
-            return AGREES
-        if value is not DELETED and entry.version == version and _same(entry.value, value):
-            return AGREES
+            # Not in the level: a read that missed it meanwhile may hold a lease and be
+            # loading what the origin held before this store; invalidating drops the
+            # lease with the key, so that fill is refused.
+            return DOUBTFUL
+        if entry.version == version and (
+            entry.negative if value is DELETED else _same(entry.value, value)
+        ):
+            return AGREES  # what was stored, or a delete's tombstone (see Hierarchy._bury)
         if entry.version > version and self.seen.latest(key) >= entry.version:
             return NEWER
         return DOUBTFUL

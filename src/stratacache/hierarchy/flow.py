@@ -1084,9 +1084,30 @@ class Hierarchy(FailSafe, Agreement):
                     ) from exc
                 self.origin_stats.deletes += len(keys)
             yield from self.invalidate(keys)
+            if self.behind is not None and versions:
+                yield from self._bury(keys, versions)
         finally:
             if token is not None and self.coordinator is not None:
                 yield from self.coordinator.release(keys, token)
+
+    def _bury(self, keys: list[str], versions: Mapping[str, int]) -> Flow:
+        """A write-behind delete leaves a tombstone in the shared level that orders
+        writes: a negative entry at the delete's version, expiring as a set's value
+        would. A set takes no lock under write-behind, so an older one may still be on
+        its way to the level (its process slowed between its version and its write);
+        without the tombstone nothing there would refuse it after the delete."""
+        coordinator = self.coordinator
+        assert coordinator is not None
+        level = coordinator.level
+        entries = self.entries_for(dict.fromkeys(keys), None, versions=versions)
+        tombstones = {
+            key: entry._replace(negative=True) for key, entry in entries[coordinator.index].items()
+        }
+        try:
+            yield LevelWrite(level, level.prepare(tombstones))
+        except TransientError as exc:
+            self._level_failed(level, "delete", exc)
+            self.repairs[coordinator.index].add(keys)
 
     def clear(self) -> Flow:
         self.fence.mark_all()

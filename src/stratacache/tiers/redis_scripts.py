@@ -36,6 +36,18 @@ LOCK_SUFFIX: Final = "\x00W"
 FLOOR_SUFFIX: Final = "\x00F"
 COUNTER: Final = "\x00version"
 
+#: A missing counter starts at the server's clock in microseconds, not at 0: after a
+#: clear(), or a restart of a server that keeps nothing, new versions still come after
+#: those a process saw, a journal kept or a flush mark holds.
+_SEED = """
+local function seed(counter)
+  if redis.call('EXISTS', counter) == 0 then
+    local now = redis.call('TIME')
+    redis.call('SET', counter, now[1] .. string.format('%06d', tonumber(now[2])))
+  end
+end
+"""
+
 _VERSION_OF = """
 local function version_of(blob)
   if not blob or string.len(blob) < 22 or string.sub(blob, 1, 2) ~= 'SC' then
@@ -59,6 +71,7 @@ end
 #: loads what the origin holds, under a lease numbered above the floor.
 WRITE: Final = (
     _VERSION_OF
+    + _SEED
     + """
 local version = tonumber(ARGV[3])
 local current = redis.pcall('GET', KEYS[1])
@@ -76,6 +89,7 @@ else
   local mine = ARGV[5] ~= '' and redis.call('GET', KEYS[3]) == ARGV[5]
   if ARGV[5] ~= '' and not mine then
     redis.call('DEL', KEYS[1], KEYS[2])
+    seed(KEYS[5])
     local raised = redis.call('INCR', KEYS[5])
     redis.call('SET', KEYS[4], raised, 'PX', ARGV[6])
     return 0
@@ -101,10 +115,13 @@ return 1
 #: filled since the caller missed it, is not leased (it is reported held: the caller
 #: reads it), unless the kind is 'lease-over' (the caller read it and could not use it).
 #: Returns ``{version, held index, held pttl, held index, held pttl, ...}``.
-CLAIM: Final = """
+CLAIM: Final = (
+    _SEED
+    + """
 local n = #KEYS - 1
 local counter = KEYS[#KEYS]
 local kind = ARGV[3]
+seed(counter)
 if kind == 'version' then
   return {redis.call('INCRBY', counter, n)}
 end
@@ -131,6 +148,7 @@ for i = 1, n do
 end
 return answer
 """
+)
 
 #: KEYS: claim names. ARGV: token. Deletes each claim the token still holds.
 RELEASE: Final = """

@@ -542,9 +542,9 @@ class SQLiteTier(SharedTier):
 
     def _raise_floor(self, conn: sqlite3.Connection, column: str | bytes, now: float) -> None:
         conn.execute(
-            "INSERT INTO stratacache_counters (namespace, value) VALUES (?, 1) "
+            "INSERT INTO stratacache_counters (namespace, value) VALUES (?, ?) "
             "ON CONFLICT (namespace) DO UPDATE SET value = value + 1",
-            (self.namespace,),
+            (self.namespace, _counter_seed() + 1),
         )
         (raised,) = conn.execute(
             "SELECT value FROM stratacache_counters WHERE namespace = ?", (self.namespace,)
@@ -673,10 +673,11 @@ class SQLiteTier(SharedTier):
                         ],
                     )
                 step = len(keys) if kind != LEASE else 0
+                step = step if not (kind == LOCK and answer.held) else 0
                 conn.execute(
                     "INSERT INTO stratacache_counters (namespace, value) VALUES (?, ?) "
-                    "ON CONFLICT (namespace) DO UPDATE SET value = value + excluded.value",
-                    (namespace, step if not (kind == LOCK and answer.held) else 0),
+                    "ON CONFLICT (namespace) DO UPDATE SET value = value + ?",
+                    (namespace, _counter_seed() + step, step),
                 )
                 answer.version = conn.execute(
                     "SELECT value FROM stratacache_counters WHERE namespace = ?", (namespace,)
@@ -791,3 +792,10 @@ class SQLiteTier(SharedTier):
             f"<SQLiteTier {self.name!r} path={str(self.path)!r} namespace={self.namespace!r} "
             f"max_entries={self.max_entries} ttl={self.ttl}>"
         )
+
+
+def _counter_seed() -> int:
+    """Where a namespace's version counter starts: the clock in microseconds, so that a
+    file made anew (deleted, or another path) still numbers its writes after those a
+    process saw, a journal kept or a flush mark holds (see tiers.redis_scripts)."""
+    return time.time_ns() // 1000

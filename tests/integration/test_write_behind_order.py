@@ -1,0 +1,222 @@
+"""Write-behind across processes: every level ends where the origin ends, whatever order
+the writes, deletes, loads, failures and clears of several caches take. Each test uses two
+caches over one shared level (an embedded SQLite file, or a real Redis started by the
+suite), as two processes would, and forces one interleaving with events."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stratacache import MISSING, Cache, CallableOrigin, MemoryTier
+from stratacache.origin import SQLOrigin
+
+from ..servers import RedisServer
+from .origin_table import make_origin_db, origin_rows
+
+
+class Switch:
+    """An origin around ``base`` whose stores (and deletes) fail while ``down`` is set."""
+
+    def __init__(self, base: SQLOrigin, *, deletes_too: bool = True) -> None:
+        self.base = base
+        self.down = threading.Event()
+        self.down.set()
+        self.deletes_down = threading.Event()
+        if deletes_too:
+            self.deletes_down.set()
+
+    def _store(self, items: Any) -> Any:
+        if self.down.is_set():
+            raise ConnectionError("the origin is down")
+        return self.base.store_many(items)
+
+    def _delete(self, keys: Sequence[str]) -> Any:
+        if self.deletes_down.is_set():
+            raise ConnectionError("the origin refuses deletes")
+        return self.base.delete_many(keys)
+
+    def origin(self, load: Any = None) -> CallableOrigin:
+        return CallableOrigin(load or self.base.load_many, self._store, self._delete)
+
+
+class World:
+    def __init__(self, tmp: Path, level2: str) -> None:
+        self.tmp = tmp
+        self.level2 = level2
+        self.path = tmp / "origin.db"
+        self.base = SQLOrigin(make_origin_db(self.path), "items", value_column="value")
+        self.caches: list[Cache] = []
+
+    def cache(self, origin: Any = None, **options: Any) -> Cache:
+        made = Cache(
+            [MemoryTier(100), self.level2],
+            origin or self.base,
+            write="behind",
+            journal=self.tmp / f"journal{len(self.caches)}",
+            **options,
+        )
+        self.caches.append(made)
+        return made
+
+    def reader(self) -> Cache:
+        made = Cache([MemoryTier(100), self.level2], self.base)
+        self.caches.append(made)
+        return made
+
+    def rows(self) -> dict[str, str]:
+        return origin_rows(self.path)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def world(request: Any, tmp_path: Path) -> Iterator[World]:
+    server = RedisServer().start() if request.param == "redis" else None
+    level2 = server.url if server is not None else f"sqlite:///{tmp_path}/l2.db"
+    made = World(tmp_path, level2)
+    yield made
+    for cache in made.caches:
+        cache.close()
+    if server is not None:
+        server.stop()
+
+
+def drained(cache: Cache, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while cache.stats().write_behind["depth"]:
+        assert time.monotonic() < deadline, cache.stats().write_behind
+        time.sleep(0.01)
+
+
+def test_a_load_from_before_a_flush_does_not_fill_after_it(world: World) -> None:
+    """The shared level lost a key written under write-behind; another cache reads the
+    origin's older row under a lease; the write is flushed; the read's fill must not
+    land (it would keep the older row in the levels for their whole TTL)."""
+    world.base.store_many({"k": "old"})
+    writer_origin = Switch(world.base)
+    writer = world.cache(writer_origin.origin())
+    loading, finish = threading.Event(), threading.Event()
+
+    def slow_load(keys: Sequence[str]) -> Any:
+        rows = world.base.load_many(keys)
+        loading.set()
+        finish.wait(10)
+        return rows
+
+    reader = world.cache(CallableOrigin(slow_load, world.base.store_many))
+    writer.set("k", "new")  # queued: its origin is down
+    time.sleep(0.2)  # the bus has told the reader, before its read starts
+    writer.levels[1].delete_many(["k"])  # evicted from the shared level
+    read = threading.Thread(target=reader.get, args=("k",))
+    read.start()
+    assert loading.wait(10)  # the reader holds the lease and has the old row
+    writer_origin.down.clear()
+    writer_origin.deletes_down.clear()
+    drained(writer)
+    finish.set()
+    read.join()
+    assert world.rows() == {"k": "new"}
+    late = world.reader()
+    assert [writer.get("k"), reader.get("k"), late.get("k")] == ["new"] * 3
+
+
+def test_a_set_older_than_a_delete_cannot_land_after_it(world: World) -> None:
+    """A set takes its version, then its process stalls; another cache deletes the key
+    (a later version) and flushes. When the set reaches the shared level, the delete's
+    tombstone refuses it, so no level keeps a value the origin no longer has."""
+    world.base.store_many({"k": "orig"})
+    slow, quick = world.cache(), world.cache()
+    hierarchy = slow._hierarchy
+    numbered, resume = threading.Event(), threading.Event()
+    take_versions = hierarchy._versions
+
+    def stalled(keys: list[str], *, lock: bool) -> Any:
+        got = yield from take_versions(keys, lock=lock)
+        numbered.set()
+        resume.wait(10)
+        return got
+
+    hierarchy._versions = stalled
+    setter = threading.Thread(target=slow.set, args=("k", "stale"))
+    setter.start()
+    assert numbered.wait(10)
+    quick.delete("k")
+    drained(quick)
+    assert world.rows() == {}
+    resume.set()
+    setter.join()
+    drained(slow)
+    assert world.rows() == {}
+    assert slow.stats().write_behind["superseded"] == 1
+    late = world.reader()
+    assert [slow.get("k"), quick.get("k"), late.get("k")] == [MISSING] * 3
+
+
+def test_a_batch_the_origin_takes_in_part_keeps_its_order(world: World) -> None:
+    """The origin takes a batch's set and fails its delete: the set's mark is raised
+    all the same, so an older write of the key queued elsewhere is left out later."""
+    older_origin = Switch(world.base)
+    newer_origin = Switch(world.base)
+    older = world.cache(older_origin.origin())
+    newer = world.cache(newer_origin.origin())
+    older.set("k1", "older")
+    newer.set("k1", "newer")
+    newer.delete("k2")  # in the same batch as k1's write
+    newer_origin.down.clear()  # sets go through, deletes still fail
+    deadline = time.monotonic() + 10
+    while world.rows().get("k1") != "newer":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    older_origin.down.clear()
+    older_origin.deletes_down.clear()
+    drained(older)
+    newer_origin.deletes_down.clear()
+    drained(newer)
+    assert world.rows() == {"k1": "newer"}
+    assert older.stats().write_behind["superseded"] == 1
+    assert older.stats().write_behind["stored"] == 0
+    assert [older.get("k1"), newer.get("k1"), world.reader().get("k1")] == ["newer"] * 3
+
+
+def test_a_write_after_clear_is_newer_than_one_queued_before(world: World) -> None:
+    """clear() empties the shared level (on Redis its version counter too); versions
+    must still move forward, or the queue would keep the write from before the clear."""
+    switch = Switch(world.base)
+    cache = world.cache(switch.origin())
+    cache.set_many({f"x{i}": str(i) for i in range(5)})  # the counter moves on
+    cache.set("k", "before the clear")
+    cache.clear()
+    cache.set("k", "after the clear")
+    switch.down.clear()
+    switch.deletes_down.clear()
+    drained(cache)
+    assert world.rows() == {**{f"x{i}": str(i) for i in range(5)}, "k": "after the clear"}
+    assert cache.stats().write_behind["superseded"] == 0
+    assert cache.get("k") == world.reader().get("k") == "after the clear"
+
+
+def test_without_a_shared_level_a_flushed_key_stays_cached(tmp_path: Path) -> None:
+    base = SQLOrigin(make_origin_db(tmp_path / "origin.db"), "items", value_column="value")
+    loads: list[str] = []
+
+    def load(keys: Sequence[str]) -> Any:
+        loads.extend(keys)
+        return base.load_many(keys)
+
+    cache = Cache(
+        [MemoryTier(100)],
+        CallableOrigin(load, base.store_many),
+        write="behind",
+        journal=tmp_path / "journal",
+    )
+    try:
+        cache.set("k", "v")
+        drained(cache)
+        assert set(cache.levels[0].get_many(["k"])) == {"k"}
+        assert cache.get("k") == "v" and loads == []
+    finally:
+        cache.close()
