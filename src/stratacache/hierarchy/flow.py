@@ -763,9 +763,11 @@ class Hierarchy(FailSafe, Agreement):
 
     def _write_fill(self, per_level: list[dict[str, Entry]], token: str | None) -> Flow:
         """Write a fill; returns the keys whose lease (``token``) the fill settled on the
-        shared level (stored, or refused because the lease was lost). Any other key of
-        the lease (too large for that level, not encodable, the level down) still holds
-        it and is released by the caller, so nobody waits for a fill that never comes."""
+        shared level (stored there). Any other key of the lease (refused because a write
+        holds the key or the lease was lost, too large for that level, not encodable,
+        the level down) may still hold it and is released by the caller, so nobody
+        waits for a fill that never comes (releasing a lease already lost does
+        nothing)."""
         if not any(per_level):
             return set()
         prepared = self._prepare_some(per_level)
@@ -780,7 +782,7 @@ class Hierarchy(FailSafe, Agreement):
         )
         if coordinator is None or coordinator.level.stats.errors != errors:
             return set()
-        return set(prepared[coordinator.index].items) | refused
+        return set(prepared[coordinator.index].items) - refused
 
     def _unfill_raced(self, filled: Collection[str], epoch: int) -> Flow:
         """A write that raced with the fill we just made may have been overwritten by it:
