@@ -686,9 +686,7 @@ class WriteBehind:
         dead: _Op | None = None
         with self._lock:
             self._flight = {}
-            self.stats.superseded += superseded
-            self.stats.stored -= superseded  # counted in done, never sent
-            dead = self._settle(unit, ops, done, error)
+            dead = self._settle(unit, ops, done, error, superseded)
             watermark = self._watermark()
             self._progress.notify_all()
         if dead is not None:
@@ -796,9 +794,16 @@ class WriteBehind:
         return [*sent, *superseded], (failures[0] if failures else None), len(superseded)
 
     def _settle(
-        self, unit: _Unit, ops: list[_Op], done: list[_Op], error: Exception | None
+        self,
+        unit: _Unit,
+        ops: list[_Op],
+        done: list[_Op],
+        error: Exception | None,
+        superseded: int = 0,
     ) -> _Op | None:
-        """Account for an origin call (under _lock); returns a write to dead-letter."""
+        """Account for an origin call (under _lock); returns a write to dead-letter.
+        ``done`` holds the writes that leave the queue, ``superseded`` of them left out
+        rather than stored."""
         now = time.monotonic()
         for op in done:
             key = op.key
@@ -807,8 +812,9 @@ class WriteBehind:
                 self._live_bytes -= _weight(op.key, op.data)
             else:
                 self._fresh[key] = now  # rewritten meanwhile: the new write goes next
+        self.stats.superseded += superseded
         if done:
-            self.stats.stored += len(done)
+            self.stats.stored += len(done) - superseded
             self._ok_calls += 1
             self._failing = 0
             self._gate = 0.0
