@@ -1,14 +1,26 @@
-"""Auto-recovery on a real Redis: an invalidate that a paused (unreachable) server missed is
-replayed when it answers again, so the old value never comes back."""
+"""Auto-recovery on a real Redis: an invalidate or a write that a paused (unreachable)
+server missed is replayed when it answers again, so the old value never comes back, not
+even in another process while the one that owes the repair sits idle."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import time
+from pathlib import Path
 from typing import Any
 
 from stratacache import Cache, CallableOrigin, MemoryTier
 from stratacache.config import tier_from_url
+from stratacache.origin import SQLOrigin
 
 from ..conftest import FakeClock, wait_rejoined
+from .origin_table import make_origin_db, origin_rows
+
+SPAWN = mp.get_context("spawn")
+
+
+def _build(level2: str, origin_url: str) -> Cache:
+    return Cache([MemoryTier(1000), level2], SQLOrigin(origin_url, "items", value_column="value"))
 
 
 def test_invalidate_missed_while_redis_was_paused(
@@ -45,3 +57,46 @@ def test_invalidate_missed_while_redis_was_paused(
         or redis_level.get_many(["k"])["k"].value == "v2"
     )
     cache.close()
+
+
+def _read_until(level2: str, origin_url: str, key: str, want: str, within: float, q: Any) -> None:
+    """In another process: read ``key`` until it is ``want``; report the last value read
+    and how long it took (None: it never was)."""
+    cache = _build(level2, origin_url)
+    started = time.monotonic()
+    got = cache.get(key)
+    while got != want and time.monotonic() - started < within:
+        time.sleep(0.05)
+        got = cache.get(key)
+    q.put((got, time.monotonic() - started if got == want else None))
+    cache.close()
+
+
+def test_a_write_that_missed_a_paused_redis_is_repaired_without_the_writer_using_it_again(
+    fresh_redis_server: Any, tmp_path: Path
+) -> None:
+    """The writer's breaker to Redis opened during the pause and its write went around
+    the level, which now owes a delete of the older value it holds. The writer does
+    nothing more; a reader in another process must still stop reading the old value."""
+    origin_url = make_origin_db(tmp_path / "origin.db")
+    level2 = fresh_redis_server.url + "?socket_timeout=0.3&connect_timeout=0.3"
+    writer = _build(level2, origin_url)
+    writer.set("k", "before")
+    fresh_redis_server.pause()
+    try:
+        writer.set("k", "during")  # origin written; the level times out and is skipped
+    finally:
+        fresh_redis_server.resume()
+    assert writer.stats().levels[1].breaker_opens >= 1
+    assert origin_rows(tmp_path / "origin.db")["k"] == "during"
+    q = SPAWN.Queue()
+    reader = SPAWN.Process(target=_read_until, args=(level2, origin_url, "k", "during", 10.0, q))
+    reader.start()
+    try:
+        got, took = q.get(timeout=60)
+    finally:
+        reader.join(30)
+    assert got == "during", f"the reader still read {got!r} 10 s after Redis came back"
+    assert took is not None and took < 10
+    assert not writer._hierarchy.repairs[1], "the writer still owes the level its deletes"
+    writer.close()

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
 
 from stratacache.errors import TierUnavailableError
 from stratacache.metrics import LevelStats
-from stratacache.tiers.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, is_timeout
+from stratacache.tiers.breaker import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    PROBE_POLL,
+    CircuitBreaker,
+    is_timeout,
+)
 
 from ..conftest import FakeClock
 
@@ -103,6 +111,47 @@ def test_a_probe_that_ends_without_an_answer_frees_the_next_one(clock: FakeClock
     breaker.abandoned()
     breaker.check()  # another caller may probe
     assert breaker.state is HALF_OPEN
+
+
+def test_retry_in_tells_the_wait_without_counting_a_skip(clock: FakeClock) -> None:
+    breaker, stats, _ = make(clock, failures=1, reset_after=2.0)
+    assert breaker.retry_in() == 0.0
+    breaker.failed(refused())
+    clock.advance(0.5)
+    assert breaker.retry_in() == pytest.approx(1.5)
+    assert stats.skipped == 0 and breaker.state is OPEN
+    clock.advance(1.5)
+    assert breaker.retry_in() == 0.0  # due, no probe of its own: the next call probes
+    assert breaker.state is HALF_OPEN
+    breaker.check()
+    assert breaker.retry_in() == PROBE_POLL  # that call is under way
+    breaker.succeeded()
+    assert breaker.retry_in() == 0.0 and stats.skipped == 0
+
+
+def test_retry_in_wakes_the_background_probe_when_due(clock: FakeClock) -> None:
+    store_answers = threading.Event()
+    asked = threading.Event()
+
+    def probe() -> None:
+        asked.set()
+        if not store_answers.wait(5):
+            raise ConnectionRefusedError(111, "still down")
+
+    breaker, stats, moves = make(clock, failures=1, reset_after=1.0, probe=probe)
+    breaker.failed(timed_out())
+    assert breaker.retry_in() == pytest.approx(1.0)
+    clock.advance(1.0)
+    assert breaker.retry_in() == PROBE_POLL  # started the probe; look again shortly
+    assert asked.wait(5)
+    assert breaker.retry_in() == PROBE_POLL  # one probe at a time
+    store_answers.set()
+    deadline = time.monotonic() + 5
+    while breaker.state is not CLOSED and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert breaker.retry_in() == 0.0
+    assert moves == ["closed->open", "open->half-open", "half-open->closed"]
+    assert stats.skipped == 0
 
 
 def test_timeouts_are_told_from_other_failures() -> None:

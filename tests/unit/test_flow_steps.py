@@ -36,6 +36,8 @@ from stratacache.hierarchy.ops import (
     OriginClose,
     OriginDelete,
     OriginStore,
+    Pause,
+    Spawn,
     WaitFlights,
 )
 from stratacache.logs import Throttle
@@ -69,10 +71,14 @@ class StubLevel:
         self.max_size = max_size
         self.stats = LevelStats(self.name, self.kind)
         self.warnings = Throttle(logging.getLogger("stratacache"))
+        self.breaker_wait = 0.0
 
     def rename(self, name: str) -> None:
         self.name = name
         self.stats.name = name
+
+    def retry_in(self) -> float:  # no I/O: what its breaker would answer
+        return self.breaker_wait
 
     def size_limit(self) -> int | None:
         return self.max_size
@@ -232,6 +238,16 @@ def delete(level: StubLevel, keys: list[str], **kw: Any) -> Step:
 
 def load(loader: Any, keys: list[str], reply: Any = None, **kw: Any) -> Step:
     return Step(LoadCall, loader, keys, reply, **kw)
+
+
+def watch(level: StubLevel) -> Step:
+    """The background watcher of a shared level that now owes repairs starts."""
+
+    def of_level(op: Spawn) -> None:
+        assert op.flow.gi_code.co_name == "_repair_when_back"
+        assert op.flow.gi_frame.f_locals["index"] == int(level.name[1:]) - 1
+
+    return Step(Spawn, check=of_level)
 
 
 def down(level: StubLevel) -> TierUnavailableError:
@@ -477,6 +493,7 @@ def test_a_failed_write_makes_the_next_read_of_that_level_delete_the_owed_keys_f
     drive(
         h.write({"a": 1, "b": 2}, None),
         write(l2, ["a", "b"], error=down(l2)),
+        watch(l2),
         write(l1, ["a", "b"]),
     )
     assert l2.stats.errors == 1
@@ -515,7 +532,7 @@ def test_a_level_whose_repair_fails_is_not_read_nor_filled():
 def test_a_failed_clear_makes_the_next_read_clear_the_level_first():
     l1, l2 = levels(10, 100)
     h = hierarchy([l1, l2])
-    drive(h.clear(), Step(LevelClear, l2, error=down(l2)), Step(LevelClear, l1))
+    drive(h.clear(), Step(LevelClear, l2, error=down(l2)), watch(l2), Step(LevelClear, l1))
     assert h.repairs[1].clear_all
     drive(
         h.read(["k"], load=False),
@@ -662,6 +679,7 @@ def test_a_level_down_on_write_is_skipped_and_owed_the_keys():
         h.write({"a": 1}, None),
         Step(OriginStore, origin, ["a"]),
         write(l2, ["a"], error=down(l2)),
+        watch(l2),
         write(l1, ["a"]),
     )
     assert (l2.stats.errors, l2.stats.writes) == (1, 0)
@@ -694,9 +712,64 @@ def test_invalidate_deletes_bottom_up_and_never_the_origin():
 def test_invalidate_goes_past_a_level_that_is_down_and_owes_it_the_keys():
     l1, l2 = levels(10, 100)
     h = hierarchy([l1, l2])
-    drive(h.invalidate(["a"]), delete(l2, ["a"], error=down(l2)), delete(l1, ["a"]))
+    drive(h.invalidate(["a"]), delete(l2, ["a"], error=down(l2)), watch(l2), delete(l1, ["a"]))
     assert list(h.repairs[1].keys) == ["a"]
     assert l2.stats.errors == 1
+
+
+def test_a_second_miss_while_the_watcher_runs_starts_no_other():
+    l1, l2 = levels(10, 100)
+    h = hierarchy([l1, l2])
+    drive(h.invalidate(["a"]), delete(l2, ["a"], error=down(l2)), watch(l2), delete(l1, ["a"]))
+    drive(h.invalidate(["b"]), delete(l2, ["b"], error=down(l2)), delete(l1, ["b"]))
+    assert list(h.repairs[1].keys) == ["a", "b"]
+
+
+def test_the_watcher_waits_for_the_breaker_then_pays_and_lets_the_watch_go():
+    l1, l2 = levels(10, 100)
+    h = hierarchy([l1, l2])
+    h.repairs[1].add(["a", "b"])
+    assert h.repairs[1].watch()
+
+    def waits(seconds: float) -> Step:
+        return Step(Pause, check=lambda op: op.seconds == pytest.approx(seconds))
+
+    def breaker(wait: float) -> Callable[[], None]:
+        def set_wait() -> None:
+            l2.breaker_wait = wait
+
+        return set_wait
+
+    l2.breaker_wait = 2.5  # open for another 2.5 s
+    drive(
+        h._repair_when_back(1),
+        waits(0.25),  # the call that owed the keys has just failed
+        Step(Pause, check=lambda op: op.seconds == 1.0, meanwhile=breaker(1.5)),
+        Step(Pause, check=lambda op: op.seconds == 1.0, meanwhile=breaker(0.0)),
+        delete(l2, ["a", "b"], error=down(l2)),  # due, yet the store still fails
+        waits(0.25),
+        delete(l2, ["a", "b"], error=down(l2)),
+        waits(0.5),  # backing off
+        delete(l2, ["a", "b"], meanwhile=lambda: h.repairs[1].add(["c"])),
+        delete(l2, ["c"]),  # owed while the first repair ran: paid too
+    )
+    assert not h.repairs[1]
+    assert not h.repairs[1].watched  # a later miss starts a watcher again
+    assert l2.stats.errors == 2
+
+
+def test_the_watcher_stops_when_the_cache_closes():
+    l1, l2 = levels(10, 100)
+    h = hierarchy([l1, l2])
+    h.repairs[1].add(["a"])
+    assert h.repairs[1].watch()
+    l2.breaker_wait = 5.0
+    drive(
+        h._repair_when_back(1),
+        Step(Pause),
+        Step(Pause, meanwhile=h.background.close),
+    )
+    assert h.repairs[1].owed and not h.repairs[1].watched
 
 
 def test_delete_removes_from_the_origin_then_every_level():

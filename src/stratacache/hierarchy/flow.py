@@ -81,7 +81,7 @@ from .ops import (
     WaitReads,
 )
 from .plan import Loader, _Load, _Stale
-from .recovery import PendingRepairs
+from .recovery import PendingRepairs, Recovery
 from .rules import LevelRule
 from .safety import Safety
 from .tags import TagIndex
@@ -94,7 +94,7 @@ logger = logging.getLogger("stratacache")
 Flow = Generator[Op, Any, Any]
 
 
-class Hierarchy(FailSafe, Agreement):
+class Hierarchy(FailSafe, Agreement, Recovery):
     """Levels (top first), an optional origin, and the rules between them."""
 
     def __init__(
@@ -895,14 +895,14 @@ class Hierarchy(FailSafe, Agreement):
             level.stats.too_large += sum(1 for size in item.rejected.values() if size)
             if self.repairs[index] and not (yield from self._repair(index)):
                 if owed:
-                    self.repairs[index].add([*item.items, *item.rejected])
+                    yield from self._owe(index, [*item.items, *item.rejected])
                 continue
             try:
                 kept = yield LevelWrite(level, item)
             except TransientError as exc:
                 self._level_failed(level, "write" if owed else "fill", exc)
                 if owed:  # it may still hold an older value for these keys
-                    self.repairs[index].add([*item.items, *item.rejected])
+                    yield from self._owe(index, [*item.items, *item.rejected])
             else:
                 level.stats.writes += len(item.items)
                 if kept:
@@ -1056,7 +1056,7 @@ class Hierarchy(FailSafe, Agreement):
                 yield LevelDelete(level, keys)
             except TransientError as exc:
                 self._level_failed(level, "invalidate", exc)
-                self.repairs[index].add(keys)
+                yield from self._owe(index, keys)
         if self.announce is not None:
             self.announce.publish_keys(keys)
 
@@ -1109,7 +1109,7 @@ class Hierarchy(FailSafe, Agreement):
             yield LevelWrite(level, level.prepare(tombstones))
         except TransientError as exc:
             self._level_failed(level, "delete", exc)
-            self.repairs[coordinator.index].add(keys)
+            yield from self._owe(coordinator.index, keys)
 
     def clear(self) -> Flow:
         self.fence.mark_all()
@@ -1119,45 +1119,13 @@ class Hierarchy(FailSafe, Agreement):
                 yield LevelClear(level)
             except TransientError as exc:
                 self._level_failed(level, "clear", exc)
-                self.repairs[index].overflow()
+                yield from self._owe(index, None)
             else:
                 self.repairs[index].done((), cleared=True)
         if self.announce is not None:
             self.announce.publish_clear()
 
     # ------------------------------------------------------------------ misc
-
-    def _repair(self, index: int) -> Flow:
-        """Pay what level ``index`` is owed (see :mod:`.recovery`) before using it.
-        Returns False when the level is still unreachable: it must not be used yet."""
-        pending = self.repairs[index]
-        level = self.levels[index]
-        keys = list(pending.keys)
-        clearing = pending.clear_all
-        try:
-            if clearing:
-                yield LevelClear(level)
-            elif keys:
-                yield LevelDelete(level, keys)
-        except TransientError as exc:
-            self._level_failed(level, "repair", exc)
-            return False
-        pending.done(keys, cleared=clearing)
-        if not level.local and self.announce is not None and (clearing or keys):
-            # Other processes may have copied into their L1 what this level held instead
-            # of the writes it missed: they drop those keys too.
-            if clearing:
-                self.announce.publish_clear()
-            else:
-                self.announce.publish_keys(keys)
-        if clearing or keys:
-            logger.info(
-                "level %s (%s) is back: %s",
-                level.name,
-                level.kind,
-                "cleared its namespace" if clearing else f"dropped {len(keys)} stale key(s)",
-            )
-        return True
 
     def _level_failed(self, level: Tier, what: str, exc: BaseException) -> None:
         level.stats.errors += 1

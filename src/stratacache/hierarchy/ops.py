@@ -385,7 +385,8 @@ class _Failed:
 
 @dataclass
 class Spawn(Op):
-    """Run ``flow`` in the background (a refresh-ahead reload); returns at once."""
+    """Run ``flow`` in the background (a refresh-ahead reload, a level's repair once it is
+    back); returns at once."""
 
     flow: Generator[Any, Any, Any]
     background: Background

@@ -11,13 +11,47 @@ The list is bounded. When it overflows (a long outage under heavy writes), the k
 forgotten and the whole level is marked for clearing instead: this cache's namespace in
 that level is emptied before the level is used again. That costs hit ratio, never
 correctness.
+
+Paying only at the next use is not enough for a level that other processes share. The
+level holds the old values for every process, and the other processes have nothing to
+repair: the deletes are owed by this one. If it stops using the level (its writers are
+done, its breaker is still open after a pause of the server), the other processes read
+the old values until they expire. So a shared level that owes anything is also watched
+in the background: as soon as its breaker lets a call through again (asking wakes the
+breaker's probe, see :meth:`.CircuitBreaker.retry_in`), the deletes are paid and
+announced, without waiting for this process to need the level. One watcher per level, on
+the cache's background threads (or tasks); it ends when nothing is owed or the cache
+closes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import threading
+from collections.abc import Callable, Generator, Iterable
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["PendingRepairs"]
+from ..errors import TransientError
+from ..tiers.base import Tier
+from .background import Background
+from .ops import LevelClear, LevelDelete, Op, Pause, Spawn
+
+if TYPE_CHECKING:
+    from .agreement import Announcer
+
+__all__ = ["PendingRepairs", "Recovery"]
+
+logger = logging.getLogger("stratacache")
+
+Flow = Generator[Op, Any, Any]
+
+#: the watcher's first wait, after the failure that owed the deletes, and after each
+#: failed repair, doubling up to ``REPAIR_BACKOFF_MAX`` while the store keeps failing
+REPAIR_BACKOFF = 0.25
+REPAIR_BACKOFF_MAX = 5.0
+#: the longest single wait, so a cache closed meanwhile (or a process exiting) stops
+#: its watcher promptly
+REPAIR_WAIT_MAX = 1.0
 
 
 class PendingRepairs:
@@ -27,6 +61,9 @@ class PendingRepairs:
         self.clear_all = False
         #: anything owed: a plain attribute, since every read of every level checks it
         self.owed = False
+        #: a background watcher pays this level as soon as it answers (see the module)
+        self.watched = False
+        self._watch_lock = threading.Lock()
 
     def __bool__(self) -> bool:
         return self.owed
@@ -55,3 +92,105 @@ class PendingRepairs:
         for key in keys:
             self.keys.pop(key, None)
         self.owed = self.clear_all or bool(self.keys)
+
+    def watch(self) -> bool:
+        """Take the watch of this level: True for the one caller that should start a
+        watcher, False when one runs already."""
+        with self._watch_lock:
+            if self.watched:
+                return False
+            self.watched = True
+            return True
+
+    def unwatch(self) -> bool:
+        """The watcher stops: True when something was owed meanwhile and it must go on
+        (it keeps the watch), False when it has let the watch go."""
+        with self._watch_lock:
+            if self.owed:
+                return True
+            self.watched = False
+            return False
+
+
+class Recovery:
+    """The hierarchy's repair of levels that missed writes (a mixin of
+    :class:`~.flow.Hierarchy`, which sets up the attributes declared here)."""
+
+    levels: list[Tier]
+    repairs: list[PendingRepairs]
+    background: Background
+    announce: Announcer | None
+    _level_failed: Callable[[Tier, str, BaseException], None]
+
+    def _owe(self, index: int, keys: Iterable[str] | None) -> Flow:
+        """Level ``index`` missed a change of ``keys`` (None: of anything, it must be
+        cleared). It is repaired before this process uses it again, and a shared level
+        also as soon as it answers (see the module)."""
+        pending = self.repairs[index]
+        if keys is None:
+            pending.overflow()
+        else:
+            pending.add(keys)
+        shared = not self.levels[index].local
+        if pending.owed and shared and not self.background.closed and pending.watch():
+            yield Spawn(self._repair_when_back(index), self.background)
+
+    def _repair_when_back(self, index: int) -> Flow:
+        """The watcher of level ``index``: pay its repairs once its breaker lets a call
+        through, retrying with a backoff while the store still fails."""
+        pending = self.repairs[index]
+        level = self.levels[index]
+        backoff = REPAIR_BACKOFF
+        yield Pause(backoff)  # a call has just failed: no use asking at once
+        while True:
+            while pending.owed and self._watching():
+                wait = level.retry_in()
+                if wait > 0:
+                    yield Pause(min(wait, REPAIR_WAIT_MAX))
+                elif (yield from self._repair(index)):
+                    backoff = REPAIR_BACKOFF
+                else:
+                    yield Pause(min(backoff, REPAIR_WAIT_MAX))
+                    backoff = min(2 * backoff, REPAIR_BACKOFF_MAX)
+            if not self._watching():
+                pending.watched = False
+                return
+            if not pending.unwatch():
+                return
+
+    def _watching(self) -> bool:
+        # A process that exits has stopped its main thread before it joins the
+        # background threads: a watcher of a level that is still down must not hold it.
+        return not self.background.closed and threading.main_thread().is_alive()
+
+    def _repair(self, index: int) -> Flow:
+        """Pay what level ``index`` is owed before using it. Returns False when the
+        level is still unreachable: it must not be used yet."""
+        pending = self.repairs[index]
+        level = self.levels[index]
+        keys = list(pending.keys)
+        clearing = pending.clear_all
+        try:
+            if clearing:
+                yield LevelClear(level)
+            elif keys:
+                yield LevelDelete(level, keys)
+        except TransientError as exc:
+            self._level_failed(level, "repair", exc)
+            return False
+        pending.done(keys, cleared=clearing)
+        if not level.local and self.announce is not None and (clearing or keys):
+            # Other processes may have copied into their L1 what this level held instead
+            # of the writes it missed: they drop those keys too.
+            if clearing:
+                self.announce.publish_clear()
+            else:
+                self.announce.publish_keys(keys)
+        if clearing or keys:
+            logger.info(
+                "level %s (%s) is back: %s",
+                level.name,
+                level.kind,
+                "cleared its namespace" if clearing else f"dropped {len(keys)} stale key(s)",
+            )
+        return True

@@ -223,6 +223,11 @@ class Tier(ABC):
     def close(self) -> None:
         self.closed = True
 
+    def retry_in(self) -> float:
+        """Seconds before a delete could reach the store (0: now); its circuit breaker
+        may be refusing calls. Asked by work that can wait, never counted as a skip."""
+        return 0.0
+
     def _breaker_moved(self, before: str, after: str, why: str) -> None:
         """A circuit breaker's transition, logged (the breaker's ``on_change``); when it
         opens, the callers waiting for a connection skip the level at once."""
@@ -337,6 +342,9 @@ class CommandTier(Tier):
     #: the bound on calls in flight, with a wait for a turn (see :mod:`.permits`); None:
     #: the transport needs none (its connections are per thread, or it waits itself)
     permits: Permits | None = None
+
+    def retry_in(self) -> float:
+        return 0.0 if self.breaker is None else self.breaker.retry_in()
 
     # -- both faces, from one operation (see stratacache.steps)
 

@@ -36,6 +36,9 @@ CLOSED: Final = "closed"
 OPEN: Final = "open"
 HALF_OPEN: Final = "half-open"
 
+#: how often :meth:`CircuitBreaker.retry_in` suggests looking again while a probe runs
+PROBE_POLL: Final = 0.05
+
 
 def is_timeout(exc: BaseException) -> bool:
     """Whether a tier's failure was a timeout (the store did not answer in time), from the
@@ -85,14 +88,7 @@ class CircuitBreaker:
             return
         with self._lock:
             if self.state is OPEN and self.clock() - self._opened_at >= self.reset_after:
-                if self.probe is not None:
-                    self._probing = True
-                    self._move(HALF_OPEN, "probing the store in the background")
-                    threading.Thread(
-                        target=self._run_probe, name=f"stratacache-probe-{self.tier}", daemon=True
-                    ).start()
-                else:
-                    self._move(HALF_OPEN, "probing the store with one call")
+                self._half_open()
             if self.state is HALF_OPEN and not self._probing:
                 self._probing = True
                 return
@@ -102,6 +98,36 @@ class CircuitBreaker:
         raise TierUnavailableError(
             self.tier, f"circuit breaker {self.state}: skipped without calling the store"
         )
+
+    def retry_in(self) -> float:
+        """Seconds before a call would reach the store (0: now), for work that can wait
+        for it, such as the deletes a level is owed after an outage. Unlike
+        :meth:`check` it never counts a skip. When the breaker is due and has a probe,
+        asking starts the probe (a caller would have) and answers a short wait: look
+        again once it has decided."""
+        if self.state is CLOSED:
+            return 0.0
+        with self._lock:
+            if self.state is OPEN:
+                left = self._opened_at + self.reset_after - self.clock()
+                if left > 0:
+                    return left
+                self._half_open()
+            if self.state is HALF_OPEN:
+                # without a probe of its own the breaker lets the next call be the probe
+                return PROBE_POLL if self._probing or self.probe is not None else 0.0
+        return 0.0
+
+    def _half_open(self) -> None:
+        """``reset_after`` has passed since the breaker opened (the lock is held)."""
+        if self.probe is not None:
+            self._probing = True
+            self._move(HALF_OPEN, "probing the store in the background")
+            threading.Thread(
+                target=self._run_probe, name=f"stratacache-probe-{self.tier}", daemon=True
+            ).start()
+        else:
+            self._move(HALF_OPEN, "probing the store with one call")
 
     @contextmanager
     def guard(self) -> Iterator[None]:

@@ -289,6 +289,9 @@ class SQLiteTier(SharedTier):
         if self.write_breaker is not None:
             self.write_breaker.tier = name
 
+    def retry_in(self) -> float:
+        return 0.0 if self.write_breaker is None else self.write_breaker.retry_in()
+
     @classmethod
     def url_arguments(cls, url: str) -> tuple[Any, ...]:
         # sqlite:///relative.db -> "relative.db"; sqlite:////abs/path.db -> "/abs/path.db"
