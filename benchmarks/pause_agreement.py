@@ -5,16 +5,20 @@ Redis], SQLOrigin)`` for 6 s; 3 s in, the Redis server (started here, never the 
 own) is stopped with SIGSTOP for 3 s. Once both are done (write-behind queues drained),
 each reads every key 1 s later and compares with the origin's rows; a third, late process
 reads too. Prints every disagreement with what that process's L1 and L2 held right after
-the read, and the count (0 is the goal)::
+the read, and the count (0 is the goal). ``--pause writer`` stops the first writer process
+instead of Redis (its locks, leases and half-done writes stall mid-flight), ``both`` stops
+both at once::
 
-    python benchmarks/pause_agreement.py [through|behind] [--runs N]
+    python benchmarks/pause_agreement.py [through|behind] [--runs N] [--pause redis|writer|both]
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import random
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -87,7 +91,7 @@ def writer(
     cache.close()
 
 
-def one_run(policy: str) -> int:
+def one_run(policy: str, pause: str) -> int:
     from tests.integration.origin_table import make_origin_db, origin_rows
     from tests.servers import RedisServer
 
@@ -106,9 +110,16 @@ def one_run(policy: str) -> int:
     for proc in procs:
         proc.start()
     time.sleep(3.0)
-    server.pause()
+    stopped = procs[0].pid if pause in ("writer", "both") else None
+    if pause in ("redis", "both"):
+        server.pause()
+    if stopped is not None:
+        os.kill(stopped, signal.SIGSTOP)
     time.sleep(3.0)
-    server.resume()
+    if pause in ("redis", "both"):
+        server.resume()
+    if stopped is not None:
+        os.kill(stopped, signal.SIGCONT)
     errors = [q.get(timeout=180) for q in queues]
     truth = origin_rows(tmp / "origin.db")
     for inbox in inboxes:
@@ -121,7 +132,10 @@ def one_run(policy: str) -> int:
     late.close()
     server.stop()
     bad = sum(1 for got in seen for key in truth if got.get(key) != truth[key])
-    print(f"{policy}: set() errors {errors}; disagreements {bad} of {3 * len(truth)} reads")
+    print(
+        f"{policy}, {pause} paused: set() errors {errors}; "
+        f"disagreements {bad} of {3 * len(truth)} reads"
+    )
     return bad
 
 
@@ -129,8 +143,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("policy", nargs="?", default="through", choices=["through", "behind"])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--pause", default="redis", choices=["redis", "writer", "both"])
     args = parser.parse_args()
-    total = sum(one_run(args.policy) for _ in range(args.runs))
+    total = sum(one_run(args.policy, args.pause) for _ in range(args.runs))
     print(f"total disagreements over {args.runs} runs: {total}")
 
 
