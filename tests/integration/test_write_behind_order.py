@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from stratacache import MISSING, Cache, CallableOrigin, MemoryTier
+from stratacache.hierarchy.ops import perform
 from stratacache.origin import SQLOrigin
+from stratacache.steps import drive
 
 from ..servers import RedisServer
 from .origin_table import make_origin_db, origin_rows
@@ -220,3 +222,52 @@ def test_without_a_shared_level_a_flushed_key_stays_cached(tmp_path: Path) -> No
         assert cache.get("k") == "v" and loads == []
     finally:
         cache.close()
+
+
+def test_a_flush_puts_back_the_value_the_shared_level_lost(world: World) -> None:
+    """The shared level dropped a queued write (evicted, or invalidated by another
+    flusher). Its flush puts the stored value back at its version rather than leaving
+    the key to be loaded: other processes' reads are served from the level again."""
+    switch = Switch(world.base)
+    writer = world.cache(switch.origin())
+    writer.set("k", "new")
+    version = writer._hierarchy.seen.latest("k")
+    writer.levels[1].delete_many(["k"])
+    switch.down.clear()
+    switch.deletes_down.clear()
+    drained(writer)
+    held = writer.levels[1].get_many(["k"])["k"]
+    assert (held.value, held.version) == ("new", version)
+    assert world.rows() == {"k": "new"}
+    assert world.reader().get("k") == "new"
+
+
+def test_a_newer_write_announced_late_is_not_dropped_by_an_older_flush(world: World) -> None:
+    """Cache B's write of k is in the shared level, newer than A's, and queued (its
+    origin is down); its announcement has not reached A yet when A's flusher compares.
+    A waits a moment for the announcement instead of invalidating k: invalidating would
+    drop B's write from every level, and every read would load A's older value from the
+    origin until B's flusher stores."""
+    a = world.cache()
+    b_switch = Switch(world.base)
+    b = world.cache(b_switch.origin())
+    a.set("k", "a")
+    drained(a)
+    a_version = a._hierarchy.seen.latest("k")
+    b.set("k", "b")
+    b_version = b._hierarchy.seen.latest("k")
+    assert b_version > a_version
+    hierarchy = a._hierarchy
+    hierarchy.seen.forget(["k"])  # as if B's announcement were still on its way
+    late = threading.Timer(0.05, hierarchy.seen.saw, args=(["k"], [b_version]))
+    late.start()
+    found = a.levels[1].get_many(["k"])
+    drive(hierarchy._after_flush({"k": (a_version, "a")}, ["k"], found), perform)
+    late.join()
+    assert a.levels[1].get_many(["k"])["k"].value == "b"
+    assert world.reader().get("k") == "b"  # not the origin's older "a"
+    b_switch.down.clear()
+    b_switch.deletes_down.clear()
+    drained(b)
+    assert world.rows() == {"k": "b"}
+    assert [a.get("k"), b.get("k"), world.reader().get("k")] == ["b"] * 3

@@ -23,7 +23,7 @@ from ..tiers.base import Prepared, Tier
 from ..tiers.shared import LEASE
 from .claims import Coordinator, Lease
 from .fence import SeenVersions, WriteFence
-from .ops import Blocking, LevelDelete, LevelGet, LevelWrite, Op, perform
+from .ops import Blocking, LevelDelete, LevelGet, LevelWrite, Op, Pause, perform
 from .plan import _Load
 from .tags import TagIndex, tag_key
 
@@ -45,7 +45,13 @@ FLUSH_MARK_TTL = 600.0
 _FLUSH_MARK = "__stratacache_flushed__:"
 
 #: what a flusher concludes of a key it stored (see Agreement._flushed_verdict)
-AGREES, DOUBTFUL, NEWER = "agrees", "doubtful", "newer"
+AGREES, DOUBTFUL, NEWER, STALE = "agrees", "doubtful", "newer", "stale"
+
+#: how long a flusher waits for the announcement of a newer write it found in the shared
+#: level before it takes that value for a stale load (see Agreement._flushed_verdicts):
+#: the bus delivers in a few milliseconds on one host, tens under heavy load
+ANNOUNCEMENT_GRACE = 0.2
+ANNOUNCEMENT_POLL = 0.005
 
 
 def flush_mark(key: str) -> str:
@@ -89,6 +95,8 @@ class Agreement:
     _stale: Callable[[list[str], float], Flow]
     stale_served: int
     invalidate: Callable[[Sequence[str]], Flow]
+    entries_for: Callable[..., list[dict[str, Entry]]]
+    _owe: Callable[[int, Iterable[str] | None], Flow]
 
     def _believed(self, level: Tier, entries: Mapping[str, Entry]) -> Flow:
         """What a shared level answered, less entries older than a write this process
@@ -379,49 +387,119 @@ class Agreement:
         level held meanwhile (None: nothing to compare with). A key it holds at the
         version and value stored agrees. A key it holds at a newer version that this
         process saw written is another process's write, stored after this one by the
-        ordering above. Any other key is invalidated in every level of every process,
-        and the next read loads what the origin holds: a value loaded from the origin
-        before this store (through a lease, so it shows in the shared level), a write
-        replayed without a version, a level that cannot be read."""
-        doubtful: list[str] = []
-        agreeing: list[str] = []
-        for key in stored:
-            verdict = self._flushed_verdict(key, *batch[key], found)
-            if verdict is AGREES:
-                agreeing.append(key)
-            elif verdict is DOUBTFUL:
-                doubtful.append(key)
+        ordering above. A key it holds at an older version, or not at all, gets the value
+        stored, at its version (see :meth:`_restate`). Any other key is invalidated in
+        every level of every process, and the next read loads what the origin holds: a
+        value the level holds at a newer version that no write announced (loaded from the
+        origin before this store, through a lease), a write replayed without a version,
+        a level that cannot be read."""
+        verdicts = yield from self._flushed_verdicts(batch, stored, found)
+        restate = [key for key in stored if verdicts[key] is STALE]
+        doubtful = [key for key in stored if verdicts[key] is DOUBTFUL]
+        if restate:
+            yield from self._restate(batch, restate)
         if doubtful:
             yield from self.invalidate(doubtful)
         announce = self.announce
+        agreeing = [key for key in stored if verdicts[key] is AGREES]
         if agreeing and announce is not None and found is None:
             # Nothing was compared (no level coordinates): another process may hold a
             # copy it loaded from the origin before this store; the bus drops it. With a
             # shared level such a load went through a lease and shows there.
             announce.publish_keys(agreeing, [batch[key][0] or 0 for key in agreeing])
 
+    def _flushed_verdicts(
+        self,
+        batch: Mapping[str, tuple[int | None, Any]],
+        stored: list[str],
+        found: Mapping[str, Entry] | None,
+    ) -> Flow:
+        """The verdict on each stored key (see :meth:`_flushed_verdict`). A newer version
+        no write announced yet is given a moment: another process's write reaches the
+        level a little before its announcement reaches this one, and invalidating it
+        would drop a write its process has not stored in the origin yet (every read
+        would load the older value until that process's flusher stores it)."""
+        waited_until = time.monotonic() + ANNOUNCEMENT_GRACE
+        while True:
+            verdicts = {key: self._flushed_verdict(key, *batch[key], found) for key in stored}
+            unannounced = DOUBTFUL in verdicts.values() and any(
+                self._newer_unannounced(key, batch[key][0], found) for key in stored
+            )
+            bus = self.announce
+            if not unannounced or bus is None or not bus.healthy:
+                return verdicts
+            if time.monotonic() >= waited_until:
+                return verdicts
+            yield Pause(ANNOUNCEMENT_POLL)
+
+    def _newer_unannounced(
+        self, key: str, version: int | None, found: Mapping[str, Entry] | None
+    ) -> bool:
+        entry = None if found is None else found.get(key)
+        return (
+            entry is not None
+            and version is not None
+            and entry.version > version
+            and self.seen.latest(key) < entry.version
+        )
+
     def _flushed_verdict(
         self, key: str, version: int | None, value: Any, found: Mapping[str, Entry] | None
     ) -> str:
-        """AGREES, DOUBTFUL or NEWER (another process's newer write, which its flusher
-        stores after this one) for a key just stored (see :meth:`_after_flush`)."""
+        """AGREES, NEWER (another process's newer write, which its flusher stores after
+        this one), STALE (the level holds an older version or nothing) or DOUBTFUL for a
+        key just stored (see :meth:`_after_flush`)."""
         if self.coordinator is None:
             return AGREES  # nothing to compare with: announced on the bus
         if version is None or found is None:
             return DOUBTFUL
         entry = found.get(key)
-        if entry is None:
-            # Not in the level: a read that missed it meanwhile may hold a lease and be
-            # loading what the origin held before this store; invalidating drops the
-            # lease with the key, so that fill is refused.
-            return DOUBTFUL
-        if entry.version == version and (
-            entry.negative if value is DELETED else _same(entry.value, value)
-        ):
-            return AGREES  # what was stored, or a delete's tombstone (see Hierarchy._bury)
-        if entry.version > version and self.seen.latest(key) >= entry.version:
-            return NEWER
-        return DOUBTFUL
+        if entry is not None and entry.version == version:
+            same = entry.negative if value is DELETED else _same(entry.value, value)
+            return AGREES if same else DOUBTFUL  # AGREES: a delete's tombstone too
+        if entry is not None and entry.version > version:
+            return NEWER if self.seen.latest(key) >= entry.version else DOUBTFUL
+        # Older or absent: this process's own write of the level may not have landed
+        # yet, or was dropped (an invalidation, eviction). Restating the stored value is
+        # exact, unless the write had tags the journal does not keep.
+        return DOUBTFUL if self.tags.used else STALE
+
+    def _restate(self, batch: Mapping[str, tuple[int | None, Any]], keys: list[str]) -> Flow:
+        """Put what the origin now holds for ``keys`` into the shared level that orders
+        writes, at the versions stored. The level's compare-and-set keeps a newer write
+        that lands first, and the write drops a lease, so a load of what the origin held
+        before this store cannot fill over it. Unlike an invalidation it never removes a
+        newer write another process has not stored in the origin yet. Every other level
+        of every process drops the keys (the fence keeps reads in flight from filling
+        them back)."""
+        coordinator = self.coordinator
+        assert coordinator is not None
+        index = coordinator.index
+        versions = {key: batch[key][0] or 0 for key in keys}
+        values = {key: None if batch[key][1] is DELETED else batch[key][1] for key in keys}
+        entries = {
+            key: entry._replace(negative=True) if batch[key][1] is DELETED else entry
+            for key, entry in self.entries_for(values, None, versions=versions)[index].items()
+        }
+        self.fence.mark(keys)
+        level = coordinator.level
+        prepared = level.prepare(entries)
+        if prepared.rejected:  # too large for the level: it must not keep an older one
+            yield from self.invalidate(list(prepared.rejected))
+        try:
+            yield LevelWrite(level, prepared)
+        except TransientError as exc:
+            self._level_failed(level, "write-behind restate", exc)
+            yield from self._owe(index, list(prepared.items))
+        for other in range(len(self.levels) - 1, -1, -1):
+            if other != index:
+                try:
+                    yield LevelDelete(self.levels[other], keys)
+                except TransientError as exc:
+                    self._level_failed(self.levels[other], "invalidate", exc)
+                    yield from self._owe(other, keys)
+        if self.announce is not None:
+            self.announce.publish_keys(keys, [versions[key] for key in keys])
 
     def dropped_elsewhere(self, keys: Sequence[str], versions: Sequence[int] = ()) -> None:
         """Another process wrote, deleted or invalidated ``keys`` (the bus said so, with
