@@ -271,3 +271,48 @@ def test_a_newer_write_announced_late_is_not_dropped_by_an_older_flush(world: Wo
     drained(b)
     assert world.rows() == {"k": "b"}
     assert [a.get("k"), b.get("k"), world.reader().get("k")] == ["b"] * 3
+
+
+def test_a_write_a_fill_of_the_older_row_refused_is_numbered_again(world: World) -> None:
+    """A write-behind set takes its version, then stalls before its value reaches the
+    shared level; meanwhile a read in another cache misses, takes a lease (numbered after
+    the set's version, as writes take no lock), loads the origin's older row and fills it.
+    The set's value is refused there as older. It must still land, with a new version:
+    otherwise the writer itself would read the older row after its own set returned."""
+    world.base.store_many({"k": "old"})
+    switch = Switch(world.base)
+    writer = world.cache(switch.origin())
+    hierarchy = writer._hierarchy
+    numbered, resume = threading.Event(), threading.Event()
+    take_versions = hierarchy._versions
+    taken: list[int] = []
+
+    def stalled(keys: list[str], *, lock: bool) -> Any:
+        got = yield from take_versions(keys, lock=lock)
+        taken.append(got[0]["k"])
+        numbered.set()
+        resume.wait(10)
+        return got
+
+    hierarchy._versions = stalled
+    setter = threading.Thread(target=writer.set, args=("k", "new"))
+    setter.start()
+    assert numbered.wait(10)
+    reader = world.reader()
+    reader.set("other", "x")  # another write moves the counter past the set's version
+    assert reader.get("k") == "old"  # filled in the shared level under its lease
+    filled = reader.levels[1].get_many(["k"])["k"]
+    assert filled.version > taken[0] > 0
+    resume.set()
+    setter.join()
+    assert writer.get("k") == "new"
+    deadline = time.monotonic() + 5
+    while reader.get("k") != "new":  # the writer's announcement drops the reader's copy
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert world.reader().get("k") == "new"
+    switch.down.clear()
+    switch.deletes_down.clear()
+    drained(writer)
+    assert world.rows() == {"k": "new", "other": "x"}
+    assert [writer.get("k"), reader.get("k"), world.reader().get("k")] == ["new"] * 3

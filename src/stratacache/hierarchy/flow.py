@@ -990,11 +990,50 @@ class Hierarchy(FailSafe, Agreement, Recovery):
         if tags:
             self.tags.used = True
             self.tags.index_local(dict.fromkeys(items, Entry(None, tags=tags)))
-        yield from self._write_levels(prepared, range(len(self.levels) - 1, -1, -1))
+        refused = yield from self._write_levels(prepared, range(len(self.levels) - 1, -1, -1))
+        if refused and self.behind is not None and self.coordinator is not None:
+            versions = yield from self._number_again(items, refused, ttl, tags, versions)
         if token is not None and self.coordinator is not None:
             unwritten = list(prepared[self.coordinator.index].rejected)
             yield from self.coordinator.release(unwritten, token)  # not settled by a write
         yield from self._settle_write(list(items), epoch, versions)
+
+    def _number_again(
+        self,
+        items: Mapping[str, Any],
+        refused: Collection[str],
+        ttl: float | None,
+        tags: tuple[str, ...],
+        versions: Mapping[str, int],
+    ) -> Flow:
+        """A write-behind ``set`` whose value the shared level refused as older: takes
+        new versions for those keys, journals them again and writes the levels again.
+        Returns the versions the write ends with.
+
+        A write-behind set holds no lock, so between its version and its write of the
+        level a read elsewhere may miss, take a lease numbered after it, load the
+        origin's row from before the set (the set is only queued) and fill it. That fill
+        would refuse the set's value and serve the older row to every process, the
+        writer's included, until the flush. A key a newer write this process heard of
+        refused is left alone: that write is newer indeed. Another concurrent write
+        of the key that this one now overtakes was concurrent, so either order is
+        right; the queue keeps the higher version (see ``journal.supersedes``)."""
+        latest = self.seen.latest
+        again = {
+            key: value
+            for key, value in items.items()
+            if key in refused and latest(key) <= versions.get(key, 0)
+        }
+        if not again:
+            return versions
+        fresh, _ = yield from self._versions(list(again), lock=False)
+        if not fresh:
+            return versions
+        self.fence.mark(again)
+        yield JournalWrite(self.behind, again, versions=fresh)
+        prepared = self.prepare_levels(self.entries_for(again, ttl, versions=fresh, tags=tags))
+        yield from self._write_levels(prepared, range(len(self.levels) - 1, -1, -1))
+        return {**versions, **fresh}
 
     def _write_around(self, items: Mapping[str, Any]) -> Flow:
         """Write-around: store in the origin only, then drop the keys from every level
@@ -1044,12 +1083,17 @@ class Hierarchy(FailSafe, Agreement, Recovery):
 
     # ------------------------------------------------------------------ deletes
 
-    def invalidate(self, keys: Sequence[str]) -> Flow:
+    def invalidate(self, keys: Sequence[str], versions: Mapping[str, int] | None = None) -> Flow:
         """Drop the keys from every level (never the origin), bottom-up: an upper level
-        cannot be refilled from a lower one that still has the old value."""
+        cannot be refilled from a lower one that still has the old value. ``versions``:
+        a write-behind delete's, announced with the keys (see :meth:`_number_again`)."""
         keys = list(dict.fromkeys(keys))
         self.fence.mark(keys)
-        self.seen.forget(keys)  # a row deleted and made again starts its versions anew
+        numbers = [versions.get(key, 0) for key in keys] if versions else None
+        if numbers is not None:
+            self.seen.saw(keys, numbers)
+        else:
+            self.seen.forget(keys)  # a row deleted and made again starts its versions anew
         for index in range(len(self.levels) - 1, -1, -1):
             level = self.levels[index]
             try:
@@ -1058,7 +1102,7 @@ class Hierarchy(FailSafe, Agreement, Recovery):
                 self._level_failed(level, "invalidate", exc)
                 yield from self._owe(index, keys)
         if self.announce is not None:
-            self.announce.publish_keys(keys)
+            self.announce.publish_keys(keys, numbers)
 
     def delete(self, keys: Sequence[str]) -> Flow:
         """Remove from the origin, then from every level. With a shared level the delete
@@ -1085,7 +1129,9 @@ class Hierarchy(FailSafe, Agreement, Recovery):
                         f"deleting {len(keys)} key(s) from the origin failed: {exc!r}"
                     ) from exc
                 self.origin_stats.deletes += len(keys)
-            yield from self.invalidate(keys)
+            # A write-behind delete's versions are announced: a set that its tombstone
+            # refuses elsewhere then knows a newer write refused it, not a stale fill.
+            yield from self.invalidate(keys, versions if self.behind is not None else None)
             if self.behind is not None and versions:
                 yield from self._bury(keys, versions)
         finally:
