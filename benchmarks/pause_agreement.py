@@ -1,15 +1,16 @@
 """Do the processes agree with the origin after a Redis pause? (A try, not a timing.)
 
-Two writer processes (3 threads each) write 25 keys through their own ``Cache([MemoryTier,
-Redis], SQLOrigin)`` for 6 s; 3 s in, the Redis server (started here, never the machine's
-own) is stopped with SIGSTOP for 3 s. Once both are done (write-behind queues drained),
-each reads every key 1 s later and compares with the origin's rows; a third, late process
-reads too. Prints every disagreement with what that process's L1 and L2 held right after
-the read, and the count (0 is the goal). ``--pause writer`` stops the first writer process
-instead of Redis (its locks, leases and half-done writes stall mid-flight), ``both`` stops
-both at once::
+Two writer processes (``--writers N``: N), 3 threads each, write 25 keys through their
+own ``Cache([MemoryTier, Redis], SQLOrigin)`` for 6 s; 3 s in, the Redis server (started
+here, never the machine's own) is stopped with SIGSTOP for 3 s. Once all are done
+(write-behind queues drained), each reads every key 1 s later and compares with the
+origin's rows; a late process reads too. Prints every disagreement with what that
+process's L1 and L2 held right after the read, and the count (0 is the goal). ``--pause
+writer`` stops the first writer process instead of Redis (its locks, leases and half-done
+writes stall mid-flight), ``both`` stops both at once, ``none`` nothing::
 
-    python benchmarks/pause_agreement.py [through|behind] [--runs N] [--pause redis|writer|both]
+    python benchmarks/pause_agreement.py [through|behind] [--runs N]
+        [--pause redis|writer|both|none] [--writers N]
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def writer(
     cache.close()
 
 
-def one_run(policy: str, pause: str) -> int:
+def one_run(policy: str, pause: str, writers: int = 2) -> int:
     from tests.integration.origin_table import make_origin_db, origin_rows
     from tests.servers import RedisServer
 
@@ -99,19 +100,20 @@ def one_run(policy: str, pause: str) -> int:
     tmp = Path(tempfile.mkdtemp())
     origin_url = make_origin_db(tmp / "origin.db")
     ctx = mp.get_context("spawn")
-    queues, inboxes = [ctx.Queue() for _ in range(2)], [ctx.Queue() for _ in range(2)]
+    queues = [ctx.Queue() for _ in range(writers)]
+    inboxes = [ctx.Queue() for _ in range(writers)]
     procs = [
         ctx.Process(
             target=writer,
             args=(server.url, origin_url, str(tmp / "journal"), policy, w, queues[w], inboxes[w]),
         )
-        for w in range(2)
+        for w in range(writers)
     ]
     for proc in procs:
         proc.start()
     time.sleep(3.0)
     stopped = procs[0].pid if pause in ("writer", "both") else None
-    if pause in ("redis", "both"):
+    if pause in ("redis", "both"):  # "none": nothing stops
         server.pause()
     if stopped is not None:
         os.kill(stopped, signal.SIGSTOP)
@@ -134,7 +136,7 @@ def one_run(policy: str, pause: str) -> int:
     bad = sum(1 for got in seen for key in truth if got.get(key) != truth[key])
     print(
         f"{policy}, {pause} paused: set() errors {errors}; "
-        f"disagreements {bad} of {3 * len(truth)} reads"
+        f"disagreements {bad} of {(writers + 1) * len(truth)} reads"
     )
     return bad
 
@@ -143,9 +145,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("policy", nargs="?", default="through", choices=["through", "behind"])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--pause", default="redis", choices=["redis", "writer", "both"])
+    parser.add_argument("--pause", default="redis", choices=["redis", "writer", "both", "none"])
+    parser.add_argument("--writers", type=int, default=2, help="writer processes")
     args = parser.parse_args()
-    total = sum(one_run(args.policy, args.pause) for _ in range(args.runs))
+    total = sum(one_run(args.policy, args.pause, args.writers) for _ in range(args.runs))
     print(f"total disagreements over {args.runs} runs: {total}")
 
 

@@ -126,30 +126,40 @@ def test_a_load_from_before_a_flush_does_not_fill_after_it(world: World) -> None
     assert [writer.get("k"), reader.get("k"), late.get("k")] == ["new"] * 3
 
 
+class Stall:
+    """Stops a cache's writes right after they take their versions (its process stalls
+    there), until ``resume`` is set; ``taken`` has the versions each took."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.numbered, self.resume = threading.Event(), threading.Event()
+        self.taken: list[dict[str, int]] = []
+        hierarchy = cache._hierarchy
+        take_versions = hierarchy._versions
+
+        def stalled(keys: list[str], *, lock: bool) -> Any:
+            got = yield from take_versions(keys, lock=lock)
+            self.taken.append(dict(got[0]))
+            self.numbered.set()
+            self.resume.wait(10)
+            return got
+
+        hierarchy._versions = stalled
+
+
 def test_a_set_older_than_a_delete_cannot_land_after_it(world: World) -> None:
     """A set takes its version, then its process stalls; another cache deletes the key
     (a later version) and flushes. When the set reaches the shared level, the delete's
     tombstone refuses it, so no level keeps a value the origin no longer has."""
     world.base.store_many({"k": "orig"})
     slow, quick = world.cache(), world.cache()
-    hierarchy = slow._hierarchy
-    numbered, resume = threading.Event(), threading.Event()
-    take_versions = hierarchy._versions
-
-    def stalled(keys: list[str], *, lock: bool) -> Any:
-        got = yield from take_versions(keys, lock=lock)
-        numbered.set()
-        resume.wait(10)
-        return got
-
-    hierarchy._versions = stalled
+    stall = Stall(slow)
     setter = threading.Thread(target=slow.set, args=("k", "stale"))
     setter.start()
-    assert numbered.wait(10)
+    assert stall.numbered.wait(10)
     quick.delete("k")
     drained(quick)
     assert world.rows() == {}
-    resume.set()
+    stall.resume.set()
     setter.join()
     drained(slow)
     assert world.rows() == {}
@@ -282,28 +292,16 @@ def test_a_write_a_fill_of_the_older_row_refused_is_numbered_again(world: World)
     world.base.store_many({"k": "old"})
     switch = Switch(world.base)
     writer = world.cache(switch.origin())
-    hierarchy = writer._hierarchy
-    numbered, resume = threading.Event(), threading.Event()
-    take_versions = hierarchy._versions
-    taken: list[int] = []
-
-    def stalled(keys: list[str], *, lock: bool) -> Any:
-        got = yield from take_versions(keys, lock=lock)
-        taken.append(got[0]["k"])
-        numbered.set()
-        resume.wait(10)
-        return got
-
-    hierarchy._versions = stalled
+    stall = Stall(writer)
     setter = threading.Thread(target=writer.set, args=("k", "new"))
     setter.start()
-    assert numbered.wait(10)
+    assert stall.numbered.wait(10)
     reader = world.reader()
     reader.set("other", "x")  # another write moves the counter past the set's version
     assert reader.get("k") == "old"  # filled in the shared level under its lease
     filled = reader.levels[1].get_many(["k"])["k"]
-    assert filled.version > taken[0] > 0
-    resume.set()
+    assert filled.version > stall.taken[0]["k"] > 0
+    stall.resume.set()
     setter.join()
     assert writer.get("k") == "new"
     deadline = time.monotonic() + 5
