@@ -100,3 +100,35 @@ def test_a_write_that_missed_a_paused_redis_is_repaired_without_the_writer_using
     assert took is not None and took < 10
     assert not writer._hierarchy.repairs[1], "the writer still owes the level its deletes"
     writer.close()
+
+
+_EXITS = """
+import time
+from stratacache import Cache, MemoryTier
+cache = Cache([MemoryTier(100), "redis://127.0.0.1:{port}/0?socket_timeout=0.2&connect_timeout=0.2"])
+cache.set("k", "v")  # Redis is gone: the level owes a delete, and is watched
+assert cache._hierarchy.repairs[1].watched
+print("leaving", flush=True)
+"""
+
+
+def test_a_process_that_owes_a_level_still_down_exits_without_close(
+    fresh_redis_server: Any,
+) -> None:
+    """The background watcher of a level that owes repairs must not keep a process from
+    exiting while the level stays down (a worker shut down during a Redis outage)."""
+    import subprocess
+    import sys
+
+    port = int(fresh_redis_server.url.rsplit(":", 1)[1].split("/")[0])
+    fresh_redis_server.stop()
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", _EXITS.format(port=port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "leaving" in done.stdout
+    assert time.monotonic() - started < 20

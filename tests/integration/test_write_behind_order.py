@@ -234,22 +234,45 @@ def test_without_a_shared_level_a_flushed_key_stays_cached(tmp_path: Path) -> No
         cache.close()
 
 
-def test_a_flush_puts_back_the_value_the_shared_level_lost(world: World) -> None:
-    """The shared level dropped a queued write (evicted, or invalidated by another
-    flusher). Its flush puts the stored value back at its version rather than leaving
-    the key to be loaded: other processes' reads are served from the level again."""
-    switch = Switch(world.base)
-    writer = world.cache(switch.origin())
-    writer.set("k", "new")
-    version = writer._hierarchy.seen.latest("k")
-    writer.levels[1].delete_many(["k"])
-    switch.down.clear()
-    switch.deletes_down.clear()
-    drained(writer)
-    held = writer.levels[1].get_many(["k"])["k"]
-    assert (held.value, held.version) == ("new", version)
-    assert world.rows() == {"k": "new"}
-    assert world.reader().get("k") == "new"
+def test_a_flush_leaves_the_shared_level_to_its_own_set_still_on_its_way(world: World) -> None:
+    """A write-behind set is journaled before it writes the levels, so its flusher may
+    store it in the origin first and find the shared level still holding the older
+    value. The set is on its way and the level's compare-and-set will take it: the
+    flusher must not invalidate the key (that would also drop another process's newer
+    write landing there meanwhile, which its flusher has not stored yet)."""
+    world.base.store_many({"k": "old"})
+    reader = world.reader()
+    assert reader.get("k") == "old"  # in the shared level
+    writer = world.cache()
+    hierarchy = writer._hierarchy
+    write_levels = hierarchy._write_levels
+    flushed, go_on = threading.Event(), threading.Event()
+
+    def after_the_flush(*args: Any, **kwargs: Any) -> Any:
+        assert flushed.wait(10)  # the flusher has stored and compared meanwhile
+        go_on.wait(10)
+        return (yield from write_levels(*args, **kwargs))
+
+    hierarchy._write_levels = after_the_flush
+    setter = threading.Thread(target=writer.set, args=("k", "new"))
+    setter.start()
+    deadline = time.monotonic() + 10
+    while world.rows() != {"k": "new"}:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.3)  # the verdict comes right after the store
+    flushed.set()
+    held = writer.levels[1].get_many(["k"])
+    assert "k" in held and held["k"].value == "old"  # not invalidated: the set will land
+    go_on.set()
+    setter.join()
+    hierarchy._write_levels = write_levels
+    assert writer.levels[1].get_many(["k"])["k"].value == "new"
+    deadline = time.monotonic() + 5
+    while reader.get("k") != "new":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert [writer.get("k"), world.reader().get("k")] == ["new"] * 2
 
 
 def test_a_newer_write_announced_late_is_not_dropped_by_an_older_flush(world: World) -> None:
@@ -314,3 +337,65 @@ def test_a_write_a_fill_of_the_older_row_refused_is_numbered_again(world: World)
     drained(writer)
     assert world.rows() == {"k": "new", "other": "x"}
     assert [writer.get("k"), reader.get("k"), world.reader().get("k")] == ["new"] * 3
+
+
+def test_a_load_of_the_older_row_cannot_fill_over_a_restated_value(world: World) -> None:
+    """The shared level lost a queued write; a read elsewhere leases the key (numbered
+    after the write) and loads the origin's older row. The flusher stores the write and
+    puts it back in the level while it still holds the key's lock, which drops the
+    lease: the load's fill, landing after the lock is released, is refused."""
+    world.base.store_many({"k": "old"})
+    switch = Switch(world.base)
+    writer = world.cache(switch.origin())
+    loading, finish = threading.Event(), threading.Event()
+
+    def slow_load(keys: Sequence[str]) -> Any:
+        rows = world.base.load_many(keys)
+        loading.set()
+        finish.wait(10)
+        return rows
+
+    reader = world.cache(CallableOrigin(slow_load, world.base.store_many))
+    writer.set("k", "new")
+    time.sleep(0.2)
+    writer.levels[1].delete_many(["k"])  # lost from the shared level
+    reader.set("other", "x")  # moves the counter past the set's version
+    read = threading.Thread(target=reader.get, args=("k",))
+    read.start()
+    assert loading.wait(10)  # leased, the old row loaded
+    hierarchy = writer._hierarchy
+    after_flush = hierarchy._after_flush
+    released, filled = threading.Event(), threading.Event()
+
+    def late_fill(batch: Any, stored: Any, found: Any) -> Any:
+        if "k" in stored:
+            released.set()  # store_in_order has released the lock
+            filled.wait(10)
+        return (yield from after_flush(batch, stored, found))
+
+    hierarchy._after_flush = late_fill
+    switch.down.clear()
+    switch.deletes_down.clear()
+    assert released.wait(10)
+    finish.set()
+    read.join()  # its fill came after the lock was released
+    filled.set()
+    drained(writer)
+    assert world.rows()["k"] == "new"
+    assert writer.levels[1].get_many(["k"])["k"].value == "new"
+    assert world.reader().get("k") == "new"
+
+
+def test_a_write_with_a_ttl_is_not_put_back_without_it(world: World) -> None:
+    """The journal keeps no ttl: a flush that finds the level lost a write made with
+    one drops the key everywhere rather than put it back with the level's own TTL."""
+    switch = Switch(world.base)
+    writer = world.cache(switch.origin())
+    writer.set("k", "v", ttl=2.0)
+    writer.levels[1].delete_many(["k"])
+    switch.down.clear()
+    switch.deletes_down.clear()
+    drained(writer)
+    held = writer.levels[1].get_many(["k"])
+    assert "k" not in held or held["k"].expires_at <= time.time() + 2.5
+    assert world.reader().get("k") == "v"

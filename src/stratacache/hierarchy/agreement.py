@@ -46,6 +46,7 @@ _FLUSH_MARK = "__stratacache_flushed__:"
 
 #: what a flusher concludes of a key it stored (see Agreement._flushed_verdict)
 AGREES, DOUBTFUL, NEWER, STALE = "agrees", "doubtful", "newer", "stale"
+RESTATE = "restate"
 
 #: how long a flusher waits for the announcement of a newer write it found in the shared
 #: level before it takes that value for a stale load (see Agreement._flushed_verdicts):
@@ -95,6 +96,11 @@ class Agreement:
     _stale: Callable[[list[str], float], Flow]
     stale_served: int
     invalidate: Callable[[Sequence[str]], Flow]
+    #: per key, the version of this process's write-behind set on its way to the levels
+    landing: dict[str, int]
+    #: per key, the version of this process's queued write-behind set made without a
+    #: ttl or tags: what a flusher may write back into the shared level (see _restate)
+    restatable: dict[str, int]
     entries_for: Callable[..., list[dict[str, Entry]]]
     _owe: Callable[[int, Iterable[str] | None], Flow]
 
@@ -348,6 +354,16 @@ class Agreement:
                 stored = yield Blocking(partial(send, todo))  # less what the origin failed
             if found is not None:
                 yield from self._raise_marks(level, batch, stored)
+                if token is not None and time.monotonic() - locked_at < coordinator.lock_ttl:
+                    # Still holding the keys: no fill of what the origin held before this
+                    # store can land in between (a fill of a locked key is refused).
+                    restate = [
+                        key
+                        for key in stored
+                        if self._flushed_verdict(key, *batch[key], found) is RESTATE
+                    ]
+                    if restate:
+                        yield from self._restate(batch, restate)
         except BaseException:
             yield from coordinator.release(keys, token)
             raise
@@ -357,8 +373,16 @@ class Agreement:
             # process): another flusher may have stored the same keys meanwhile, in
             # either order. Nothing the level holds can be trusted to match the origin.
             found = None
+        self._settled(batch, left_out)
         yield from self._after_flush(batch, stored, found)
         return left_out
+
+    def _settled(self, batch: Mapping[str, tuple[int | None, Any]], keys: list[str]) -> None:
+        """``keys`` of ``batch`` are done with: stored, or left out as superseded."""
+        restatable = self.restatable
+        for key in keys:
+            if restatable.get(key) == batch[key][0]:
+                del restatable[key]
 
     def _raise_marks(
         self, level: Tier, batch: Mapping[str, tuple[int | None, Any]], stored: list[str]
@@ -387,17 +411,20 @@ class Agreement:
         level held meanwhile (None: nothing to compare with). A key it holds at the
         version and value stored agrees. A key it holds at a newer version that this
         process saw written is another process's write, stored after this one by the
-        ordering above. A key it holds at an older version, or not at all, gets the value
-        stored, at its version (see :meth:`_restate`). Any other key is invalidated in
-        every level of every process, and the next read loads what the origin holds: a
-        value the level holds at a newer version that no write announced (loaded from the
-        origin before this store, through a lease), a write replayed without a version,
-        a level that cannot be read."""
+        ordering above. A key it holds at an older version, or not at all, while this
+        process's own set of it is still on its way to the level (STALE) is left to that
+        set. Any other key is invalidated in every level of every process, and the next
+        read loads what the origin holds: a value the level holds at a newer version
+        that no write announced (loaded from the origin before this store, through a
+        lease), a key the level lost, a write replayed without a version, a level that
+        cannot be read. Invalidating a key whose set was on its way could drop another
+        process's newer write that landed meanwhile, still queued there: every read
+        would load the older origin row until that write was stored."""
         verdicts = yield from self._flushed_verdicts(batch, stored, found)
-        restate = [key for key in stored if verdicts[key] is STALE]
+        self._settled(batch, stored)
+        # RESTATE keys were written back while the flusher held their locks; without a
+        # comparison (found None) nothing was, and every verdict is DOUBTFUL
         doubtful = [key for key in stored if verdicts[key] is DOUBTFUL]
-        if restate:
-            yield from self._restate(batch, restate)
         if doubtful:
             yield from self.invalidate(doubtful)
         announce = self.announce
@@ -447,8 +474,8 @@ class Agreement:
         self, key: str, version: int | None, value: Any, found: Mapping[str, Entry] | None
     ) -> str:
         """AGREES, NEWER (another process's newer write, which its flusher stores after
-        this one), STALE (the level holds an older version or nothing) or DOUBTFUL for a
-        key just stored (see :meth:`_after_flush`)."""
+        this one), STALE (this process's set of the key is still on its way to the
+        level) or DOUBTFUL for a key just stored (see :meth:`_after_flush`)."""
         if self.coordinator is None:
             return AGREES  # nothing to compare with: announced on the bus
         if version is None or found is None:
@@ -459,10 +486,15 @@ class Agreement:
             return AGREES if same else DOUBTFUL  # AGREES: a delete's tombstone too
         if entry is not None and entry.version > version:
             return NEWER if self.seen.latest(key) >= entry.version else DOUBTFUL
-        # Older or absent: this process's own write of the level may not have landed
-        # yet, or was dropped (an invalidation, eviction). Restating the stored value is
-        # exact, unless the write had tags the journal does not keep.
-        return DOUBTFUL if self.tags.used else STALE
+        # Older or absent: when this process's own set of that version has not reached
+        # the level yet (the journal comes first), it is on its way and the level's
+        # compare-and-set takes it. Otherwise the level lost the value (an invalidation,
+        # an eviction), or a load may be filling what the origin held before this store.
+        if self.landing.get(key) == version:
+            return STALE
+        if self.restatable.get(key) == version and not self.tags.used:
+            return RESTATE
+        return DOUBTFUL
 
     def _restate(self, batch: Mapping[str, tuple[int | None, Any]], keys: list[str]) -> Flow:
         """Put what the origin now holds for ``keys`` into the shared level that orders

@@ -150,6 +150,8 @@ class Hierarchy(FailSafe, Agreement, Recovery):
             None if level.local else ReadFlights() for level in self.levels
         ]
         self.repairs = [PendingRepairs() for _ in self.levels]
+        self.landing: dict[str, int] = {}
+        self.restatable: dict[str, int] = {}
         self.fence = WriteFence()
         self._loaders: list[tuple[str, Loader]] = []
         self.safety = safety or Safety()
@@ -982,21 +984,35 @@ class Hierarchy(FailSafe, Agreement, Recovery):
                 if stored is not None:
                     prepared = self._prepare_stored(items, stored, ttl, versions, token, tags)
             elif self.behind is not None:
+                self.landing.update(versions)  # until the levels have it (see _after_flush)
+                if ttl is None and not tags:
+                    self.restatable.update(versions)
                 yield JournalWrite(self.behind, items, versions=versions)
         except BaseException:
+            self._landed(versions)
             if self.coordinator is not None:
                 yield from self.coordinator.release(list(items), token)
             raise
         if tags:
             self.tags.used = True
             self.tags.index_local(dict.fromkeys(items, Entry(None, tags=tags)))
-        refused = yield from self._write_levels(prepared, range(len(self.levels) - 1, -1, -1))
-        if refused and self.behind is not None and self.coordinator is not None:
-            versions = yield from self._number_again(items, refused, ttl, tags, versions)
+        try:
+            refused = yield from self._write_levels(prepared, range(len(self.levels) - 1, -1, -1))
+            if refused and self.behind is not None and self.coordinator is not None:
+                versions = yield from self._number_again(items, refused, ttl, tags, versions)
+        finally:
+            self._landed(versions)
         if token is not None and self.coordinator is not None:
             unwritten = list(prepared[self.coordinator.index].rejected)
             yield from self.coordinator.release(unwritten, token)  # not settled by a write
         yield from self._settle_write(list(items), epoch, versions)
+
+    def _landed(self, versions: Mapping[str, int]) -> None:
+        landing = self.landing
+        if landing:
+            for key, version in versions.items():
+                if landing.get(key) == version:
+                    del landing[key]
 
     def _number_again(
         self,
@@ -1030,6 +1046,9 @@ class Hierarchy(FailSafe, Agreement, Recovery):
         if not fresh:
             return versions
         self.fence.mark(again)
+        self.landing.update(fresh)
+        if ttl is None and not tags:
+            self.restatable.update(fresh)
         yield JournalWrite(self.behind, again, versions=fresh)
         prepared = self.prepare_levels(self.entries_for(again, ttl, versions=fresh, tags=tags))
         yield from self._write_levels(prepared, range(len(self.levels) - 1, -1, -1))

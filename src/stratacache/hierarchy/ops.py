@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -386,18 +387,33 @@ class _Failed:
 @dataclass
 class Spawn(Op):
     """Run ``flow`` in the background (a refresh-ahead reload, a level's repair once it is
-    back); returns at once."""
+    back); returns at once. ``daemon``: a sync cache runs it on a daemon thread of its
+    own, not the pool, for work that may wait for long and must not keep the process
+    from exiting (the pool's threads are joined at exit)."""
 
     flow: Generator[Any, Any, Any]
     background: Background
+    what: str = "refresh"
+    daemon: bool = False
 
     def run(self) -> Any:
+        if self.daemon:
+            flow, failed = self.flow, log_failure(self.what)
+
+            def body() -> None:
+                try:
+                    drive(flow, perform)
+                except Exception as exc:
+                    failed(_Failed(exc))
+
+            threading.Thread(target=body, name=f"stratacache-{self.what}", daemon=True).start()
+            return
         future = self.background.submit(drive, self.flow, perform)
-        future.add_done_callback(log_failure("refresh"))
+        future.add_done_callback(log_failure(self.what))
 
     async def arun(self) -> Any:
         task = self.background.task(adrive(self.flow, aperform))
-        task.add_done_callback(log_failure("refresh"))
+        task.add_done_callback(log_failure(self.what))
 
 
 class LevelGetStale(Op):

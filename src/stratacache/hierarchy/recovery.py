@@ -20,8 +20,8 @@ the old values until they expire. So a shared level that owes anything is also w
 in the background: as soon as its breaker lets a call through again (asking wakes the
 breaker's probe, see :meth:`.CircuitBreaker.retry_in`), the deletes are paid and
 announced, without waiting for this process to need the level. One watcher per level, on
-the cache's background threads (or tasks); it ends when nothing is owed or the cache
-closes.
+a daemon thread of its own (a task on an async cache's loop), so that it never keeps a
+process from exiting; it ends when nothing is owed or the cache closes.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ Flow = Generator[Op, Any, Any]
 #: failed repair, doubling up to ``REPAIR_BACKOFF_MAX`` while the store keeps failing
 REPAIR_BACKOFF = 0.25
 REPAIR_BACKOFF_MAX = 5.0
-#: the longest single wait, so a cache closed meanwhile (or a process exiting) stops
-#: its watcher promptly
+#: the longest single wait while the breaker is open, so that a cache closed meanwhile
+#: stops its watcher promptly
 REPAIR_WAIT_MAX = 1.0
 
 
@@ -133,7 +133,11 @@ class Recovery:
             pending.add(keys)
         shared = not self.levels[index].local
         if pending.owed and shared and not self.background.closed and pending.watch():
-            yield Spawn(self._repair_when_back(index), self.background)
+            try:
+                yield Spawn(self._repair_when_back(index), self.background, "repair", True)
+            except RuntimeError as exc:  # no thread to be had (the interpreter is exiting)
+                pending.watched = False
+                logger.debug("level %s: no background repair: %s", self.levels[index].name, exc)
 
     def _repair_when_back(self, index: int) -> Flow:
         """The watcher of level ``index``: pay its repairs once its breaker lets a call
@@ -141,27 +145,24 @@ class Recovery:
         pending = self.repairs[index]
         level = self.levels[index]
         backoff = REPAIR_BACKOFF
-        yield Pause(backoff)  # a call has just failed: no use asking at once
-        while True:
-            while pending.owed and self._watching():
-                wait = level.retry_in()
-                if wait > 0:
-                    yield Pause(min(wait, REPAIR_WAIT_MAX))
-                elif (yield from self._repair(index)):
-                    backoff = REPAIR_BACKOFF
-                else:
-                    yield Pause(min(backoff, REPAIR_WAIT_MAX))
-                    backoff = min(2 * backoff, REPAIR_BACKOFF_MAX)
-            if not self._watching():
-                pending.watched = False
-                return
-            if not pending.unwatch():
-                return
-
-    def _watching(self) -> bool:
-        # A process that exits has stopped its main thread before it joins the
-        # background threads: a watcher of a level that is still down must not hold it.
-        return not self.background.closed and threading.main_thread().is_alive()
+        try:
+            yield Pause(backoff)  # a call has just failed: no use asking at once
+            while True:
+                while pending.owed and not self.background.closed:
+                    wait = level.retry_in()
+                    if wait > 0:
+                        yield Pause(min(wait, REPAIR_WAIT_MAX))
+                    elif (yield from self._repair(index)):
+                        backoff = REPAIR_BACKOFF
+                    else:
+                        yield Pause(backoff)
+                        backoff = min(2 * backoff, REPAIR_BACKOFF_MAX)
+                if self.background.closed or not pending.unwatch():
+                    return
+        finally:
+            # Whatever ended it (done, the cache closed, an error, a cancelled task):
+            # the next miss may start a watcher again.
+            pending.watched = False
 
     def _repair(self, index: int) -> Flow:
         """Pay what level ``index`` is owed before using it. Returns False when the
