@@ -87,6 +87,21 @@ def world(request: Any, tmp_path: Path) -> Iterator[World]:
         server.stop()
 
 
+class SlowLoad:
+    """A loader of the world's origin that reads the rows, sets ``loading``, then waits
+    for ``finish`` before it answers (a load that read the origin, not yet filled)."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.loading, self.finish = threading.Event(), threading.Event()
+
+    def load(self, keys: Sequence[str]) -> Any:
+        rows = self.world.base.load_many(keys)
+        self.loading.set()
+        self.finish.wait(10)
+        return rows
+
+
 def drained(cache: Cache, seconds: float = 20.0) -> None:
     deadline = time.monotonic() + seconds
     while cache.stats().write_behind["depth"]:
@@ -101,15 +116,10 @@ def test_a_load_from_before_a_flush_does_not_fill_after_it(world: World) -> None
     world.base.store_many({"k": "old"})
     writer_origin = Switch(world.base)
     writer = world.cache(writer_origin.origin())
-    loading, finish = threading.Event(), threading.Event()
+    slow = SlowLoad(world)
+    loading, finish = slow.loading, slow.finish
 
-    def slow_load(keys: Sequence[str]) -> Any:
-        rows = world.base.load_many(keys)
-        loading.set()
-        finish.wait(10)
-        return rows
-
-    reader = world.cache(CallableOrigin(slow_load, world.base.store_many))
+    reader = world.cache(CallableOrigin(slow.load, world.base.store_many))
     writer.set("k", "new")  # queued: its origin is down
     time.sleep(0.2)  # the bus has told the reader, before its read starts
     writer.levels[1].delete_many(["k"])  # evicted from the shared level
@@ -347,15 +357,10 @@ def test_a_load_of_the_older_row_cannot_fill_over_a_restated_value(world: World)
     world.base.store_many({"k": "old"})
     switch = Switch(world.base)
     writer = world.cache(switch.origin())
-    loading, finish = threading.Event(), threading.Event()
+    slow = SlowLoad(world)
+    loading, finish = slow.loading, slow.finish
 
-    def slow_load(keys: Sequence[str]) -> Any:
-        rows = world.base.load_many(keys)
-        loading.set()
-        finish.wait(10)
-        return rows
-
-    reader = world.cache(CallableOrigin(slow_load, world.base.store_many))
+    reader = world.cache(CallableOrigin(slow.load, world.base.store_many))
     writer.set("k", "new")
     time.sleep(0.2)
     writer.levels[1].delete_many(["k"])  # lost from the shared level
