@@ -666,3 +666,48 @@ def test_a_cache_made_before_a_fork_keeps_its_bus_in_the_child(
     child.join(timeout=30)
     writer.close()
     parent.close()
+
+
+def test_a_write_whose_lock_wait_ran_out_leaves_no_value_the_origin_lacks(
+    tmp_path: Path, redis_server: Any
+) -> None:
+    """Three writers of one key, as under a burst: the first holds the lock almost all of
+    ``lock_ttl`` (a slow origin), so of the two waiting behind it, one takes the lock
+    when it is released and the other's wait runs out: that one goes on without the
+    lock, and the origin gets the two writes in no known order. The level must not keep
+    either value over the other: after they all return, every cache reads what the
+    origin ends with."""
+    origin_url = make_origin_db(tmp_path / "origin.db")
+    base = SQLOrigin(origin_url, "items", value_column="value")
+    from stratacache import CallableOrigin
+
+    def writer(store_seconds: float) -> Cache:
+        def store(items: Any) -> Any:
+            time.sleep(store_seconds)
+            return base.store_many(items)
+
+        return Cache(
+            [MemoryTier(100), redis_server.url],
+            CallableOrigin(base.load_many, store),
+            lock_ttl=0.5,
+        )
+
+    import threading
+
+    for trial in range(4):
+        key = f"contended{trial}"
+        caches = [writer(0.45), writer(0.3), writer(0.02)]
+        threads = []
+        for name, cache, delay in zip(("H", "W1", "W2"), caches, (0.0, 0.05, 0.15), strict=True):
+            threads.append(threading.Timer(delay, cache.set, args=(key, name)))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        time.sleep(0.5)  # the bus
+        truth = origin_rows(tmp_path / "origin.db")[key]
+        late = build(redis_server.url, origin_url)
+        got = [cache.get(key) for cache in caches] + [late.get(key)]
+        assert got == [truth] * 4, f"trial {trial}: origin {truth!r}, caches read {got}"
+        for cache in [*caches, late]:
+            cache.close()

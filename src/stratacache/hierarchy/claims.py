@@ -103,8 +103,16 @@ class Coordinator:
 
     def versions(self, keys: Sequence[str], *, lock: bool) -> Flow:
         """Versions for a write of ``keys``, with their write lock when ``lock``.
-        Returns ``(versions, token)``: the token releases the lock (None: no lock held,
-        and empty versions when the level is down)."""
+        Returns ``(versions, token)``: the token releases the lock (None: no lock asked
+        for, and empty versions when the level is down).
+
+        A wait for the lock that runs out (``lock_ttl``: the holder stalled, or it is
+        merely slow, as under a burst of hundreds of writers) goes on without the lock
+        but still returns the token. The write then reaches the origin in no known order
+        against the holder's, so neither value may stay in the level: the token, which
+        holds no lock there, makes the level drop the key and raise a floor under it
+        (see :data:`~stratacache.tiers.redis_scripts.WRITE`), which refuses the holder's
+        write as well. The next read loads what the origin ends with."""
         token = uuid.uuid4().hex
         kind = LOCK if lock else VERSION
         deadline: float | None = None
@@ -116,14 +124,14 @@ class Coordinator:
                 self._failed(self.level, "lock", exc)
                 return {}, None
             if claim.granted:
-                return claim.versions(), (token if kind == LOCK else None)
+                return claim.versions(), (token if lock else None)
             now = time.monotonic()
             if deadline is None:
                 self.lock_waits += 1
                 deadline = now + self.lock_ttl
             elif now >= deadline:
                 # The holder outlived its lock's lifetime on our clock: go on unlocked
-                # (its lock has expired or is about to) rather than wait forever.
+                # rather than wait forever; the token tells the level (see above).
                 kind = VERSION
                 continue
             yield Pause(min(look, max(0.0, deadline - now)))
