@@ -117,8 +117,28 @@ def test_pending_repairs_are_bounded() -> None:
     assert pending.clear_all and len(pending) == 0
     pending.add(["e"])
     assert len(pending) == 0  # a clear is owed: single keys no longer matter
-    pending.done([], cleared=True)
+    pending.done([], cleared=pending.clears)
     assert not pending
+
+
+def test_a_clear_pays_only_the_overflows_before_it_began() -> None:
+    pending = PendingRepairs(limit=10)
+    pending.overflow()
+    began = pending.clears  # a clear starts...
+    pending.overflow()  # ...and another write misses the level meanwhile
+    pending.done([], cleared=began)
+    assert pending.owed and pending.clear_all  # the later miss is still owed
+    pending.done([], cleared=pending.clears)
+    assert not pending
+
+
+def test_keys_added_while_a_repair_settles_stay_owed() -> None:
+    pending = PendingRepairs()
+    pending.add(["a"])
+    paid = list(pending.keys)
+    pending.add(["b"])  # another thread, while the delete of "a" was in flight
+    pending.done(paid)
+    assert pending.owed and list(pending.keys) == ["b"]
 
 
 def test_a_down_level_logs_one_line_per_interval_with_a_count(

@@ -1180,13 +1180,14 @@ class Hierarchy(FailSafe, Agreement, Recovery):
         self.fence.mark_all()
         for index in range(len(self.levels) - 1, -1, -1):
             level = self.levels[index]
+            generation = self.repairs[index].clears
             try:
                 yield LevelClear(level)
             except TransientError as exc:
                 self._level_failed(level, "clear", exc)
                 yield from self._owe(index, None)
             else:
-                self.repairs[index].done((), cleared=True)
+                self.repairs[index].done((), cleared=generation)
         if self.announce is not None:
             self.announce.publish_clear()
 

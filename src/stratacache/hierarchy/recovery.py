@@ -63,7 +63,12 @@ class PendingRepairs:
         self.owed = False
         #: a background watcher pays this level as soon as it answers (see the module)
         self.watched = False
-        self._watch_lock = threading.Lock()
+        #: overflows so far: a clear pays only those it started after
+        self.clears = 0
+        # The watcher and foreground calls change these from several threads: without
+        # the lock, a watcher's done() could compute "nothing owed" just before another
+        # thread's add() and then store it, losing the keys added.
+        self._lock = threading.Lock()
 
     def __bool__(self) -> bool:
         return self.owed
@@ -72,31 +77,39 @@ class PendingRepairs:
         return len(self.keys)
 
     def add(self, keys: Iterable[str]) -> None:
-        if self.clear_all:
-            return
-        self.keys.update(dict.fromkeys(keys))
-        self.owed = bool(self.keys)
-        if len(self.keys) > self.limit:
-            self.overflow()
+        with self._lock:
+            if self.clear_all:
+                return
+            self.keys.update(dict.fromkeys(keys))
+            self.owed = bool(self.keys)
+            if len(self.keys) > self.limit:
+                self._overflow()
 
     def overflow(self) -> None:
         """Too much to track (or a failed clear): empty the whole level before reuse."""
+        with self._lock:
+            self._overflow()
+
+    def _overflow(self) -> None:
         self.clear_all = True
+        self.clears += 1
         self.owed = True
         self.keys.clear()
 
-    def done(self, keys: Iterable[str], cleared: bool) -> None:
-        """The repair of ``keys`` (or a clear) succeeded. Keys noted meanwhile stay owed."""
-        if cleared:
-            self.clear_all = False
-        for key in keys:
-            self.keys.pop(key, None)
-        self.owed = self.clear_all or bool(self.keys)
+    def done(self, keys: Iterable[str], cleared: int | None = None) -> None:
+        """The repair of ``keys`` succeeded, or a clear that began when ``clears`` was
+        ``cleared``. Keys noted meanwhile stay owed, and so does a clear owed since."""
+        with self._lock:
+            if cleared is not None and cleared == self.clears:
+                self.clear_all = False
+            for key in keys:
+                self.keys.pop(key, None)
+            self.owed = self.clear_all or bool(self.keys)
 
     def watch(self) -> bool:
         """Take the watch of this level: True for the one caller that should start a
         watcher, False when one runs already."""
-        with self._watch_lock:
+        with self._lock:
             if self.watched:
                 return False
             self.watched = True
@@ -105,7 +118,7 @@ class PendingRepairs:
     def unwatch(self) -> bool:
         """The watcher stops: True when something was owed meanwhile and it must go on
         (it keeps the watch), False when it has let the watch go."""
-        with self._watch_lock:
+        with self._lock:
             if self.owed:
                 return True
             self.watched = False
@@ -169,8 +182,10 @@ class Recovery:
         level is still unreachable: it must not be used yet."""
         pending = self.repairs[index]
         level = self.levels[index]
-        keys = list(pending.keys)
-        clearing = pending.clear_all
+        with pending._lock:
+            keys = list(pending.keys)
+            clearing = pending.clear_all
+            generation = pending.clears
         try:
             if clearing:
                 yield LevelClear(level)
@@ -179,7 +194,7 @@ class Recovery:
         except TransientError as exc:
             self._level_failed(level, "repair", exc)
             return False
-        pending.done(keys, cleared=clearing)
+        pending.done(keys, cleared=generation if clearing else None)
         if not level.local and self.announce is not None and (clearing or keys):
             # Other processes may have copied into their L1 what this level held instead
             # of the writes it missed: they drop those keys too.
