@@ -521,8 +521,9 @@ class Hierarchy(FailSafe, Agreement, Recovery):
         prepared = self._prepare_some(per_level + [{}] * (len(self.levels) - index))
         for item in prepared:
             item.mode = FILL  # a copy: never over a newer value a shared level has
-        yield from self._write_levels(prepared, range(index - 1, -1, -1), owed=False)
-        yield from self._unfill_raced(per_level[0] if per_level else {}, epoch)
+        landed: list[set[str]] = [set() for _ in self.levels]
+        yield from self._write_levels(prepared, range(index - 1, -1, -1), owed=False, landed=landed)
+        yield from self._unfill_raced(landed, epoch)
 
     def _load(self, missing: list[str], how: _Load, values: dict[str, Any]) -> Flow:
         """Load what every level lacks, once: keys another caller is already loading are
@@ -733,6 +734,7 @@ class Hierarchy(FailSafe, Agreement, Recovery):
                 for level_index, expiry in enumerate(expiries):
                     stamp = how.origin_versions.get(key, version)
                     per_level[level_index][key] = Entry(None, expiry, True, stamp)
+        landed: list[set[str]] = [set() for _ in self.levels]
         if lease is not None and lease.granted:
             leased = [
                 {k: e for k, e in entries.items() if k in lease.granted} for entries in per_level
@@ -741,14 +743,14 @@ class Hierarchy(FailSafe, Agreement, Recovery):
                 {k: e for k, e in entries.items() if k not in lease.granted}
                 for entries in per_level
             ]
-            settled = yield from self._write_fill(leased, lease.token)
+            settled = yield from self._write_fill(leased, lease.token, landed)
             lease.granted.difference_update(settled)
             per_level = rest
         if self.coordinator is not None:
             per_level = self._unleased(per_level, how)
-        yield from self._write_fill(per_level, None)
+        yield from self._write_fill(per_level, None, landed)
         yield from self._release_leases(how, answered)  # keys left without a fill
-        yield from self._unfill_raced([*found, *(not_found if self.negative_ttl else ())], epoch)
+        yield from self._unfill_raced(landed, epoch)
 
     def _unleased(self, per_level: list[dict[str, Entry]], how: _Load) -> list[dict[str, Entry]]:
         """A fill without a lease (the wait for another process's fill ran out, or the
@@ -763,13 +765,15 @@ class Hierarchy(FailSafe, Agreement, Recovery):
             for level, entries in zip(self.levels, per_level, strict=True)
         ]
 
-    def _write_fill(self, per_level: list[dict[str, Entry]], token: str | None) -> Flow:
-        """Write a fill; returns the keys whose lease (``token``) the fill settled on the
-        shared level (stored there). Any other key of the lease (refused because a write
-        holds the key or the lease was lost, too large for that level, not encodable,
-        the level down) may still hold it and is released by the caller, so nobody
-        waits for a fill that never comes (releasing a lease already lost does
-        nothing)."""
+    def _write_fill(
+        self, per_level: list[dict[str, Entry]], token: str | None, landed: list[set[str]]
+    ) -> Flow:
+        """Write a fill (``landed`` gets the keys each level stored); returns the keys
+        whose lease (``token``) the fill settled on the shared level (stored there). Any
+        other key of the lease (refused because a write holds the key or the lease was
+        lost, too large for that level, not encodable, the level down) may still hold
+        it and is released by the caller, so nobody waits for a fill that never comes
+        (releasing a lease already lost does nothing)."""
         if not any(per_level):
             return set()
         prepared = self._prepare_some(per_level)
@@ -780,18 +784,39 @@ class Hierarchy(FailSafe, Agreement, Recovery):
             prepared[coordinator.index].token = token
         errors = coordinator.level.stats.errors if coordinator is not None else 0
         refused = yield from self._write_levels(
-            prepared, range(len(self.levels) - 1, -1, -1), owed=False
+            prepared, range(len(self.levels) - 1, -1, -1), owed=False, landed=landed
         )
         if coordinator is None or coordinator.level.stats.errors != errors:
             return set()
         return set(prepared[coordinator.index].items) - refused
 
-    def _unfill_raced(self, filled: Collection[str], epoch: int) -> Flow:
-        """A write that raced with the fill we just made may have been overwritten by it:
-        drop those keys again, so the next read loads what the write left."""
+    def _unfill_raced(self, landed: list[set[str]], epoch: int) -> Flow:
+        """A write that raced with the fill (or copy) just made may have been overwritten
+        by it: drop those keys again where the fill landed (``landed``, per level), so
+        the next read finds what the write left. Where a level refused the fill (a newer
+        version, a write's lock, a lost lease) the level holds the write's doing, not
+        ours, and keeps it: dropping it there would throw away another process's newer
+        value (under write-behind, one its origin may not have yet)."""
+        filled = set().union(*landed)
         raced = self.fence.changed_since(filled, epoch) if filled else set()
-        if raced:
-            yield from self.invalidate(sorted(raced))
+        if not raced:
+            return
+        shared: set[str] = set()
+        for index in range(len(self.levels) - 1, -1, -1):
+            level, keys = self.levels[index], sorted(raced & landed[index])
+            if not keys:
+                continue
+            if not level.local:
+                shared.update(keys)
+            try:
+                yield LevelDelete(level, keys)
+            except TransientError as exc:
+                self._level_failed(level, "invalidate", exc)
+                yield from self._owe(index, keys)
+        if shared and self.announce is not None:
+            # other processes may have copied the fill from a shared level meanwhile
+            ordered = sorted(shared)
+            self.announce.publish_keys(ordered, [self.seen.latest(key) for key in ordered])
 
     # ------------------------------------------------------------------ writes
 
@@ -875,8 +900,16 @@ class Hierarchy(FailSafe, Agreement, Recovery):
             prepared.rejected.update(one.rejected)
         return prepared
 
-    def _write_levels(self, prepared: list[Prepared], order: range, *, owed: bool = True) -> Flow:
+    def _write_levels(
+        self,
+        prepared: list[Prepared],
+        order: range,
+        *,
+        owed: bool = True,
+        landed: list[set[str]] | None = None,
+    ) -> Flow:
         """Write each level in ``order``, skipping (and counting) a level that is down.
+        ``landed``, one set per level: gets the keys each level stored.
 
         ``owed``: a level that misses this write owes a delete of its keys (it may hold
         an older value). Not so for fills and promotions (``owed=False``): they copy
@@ -907,6 +940,8 @@ class Hierarchy(FailSafe, Agreement, Recovery):
                     yield from self._owe(index, [*item.items, *item.rejected])
             else:
                 level.stats.writes += len(item.items)
+                if landed is not None:
+                    landed[index].update(key for key in item.items if not kept or key not in kept)
                 if kept:
                     # A newer version is there, a write holds the key, or the fill's
                     # lease was lost: the levels above must not keep this value either.
