@@ -109,20 +109,27 @@ def drained(cache: Cache, seconds: float = 20.0) -> None:
         time.sleep(0.01)
 
 
+def lost_queued_write(world: World) -> tuple[Switch, Cache, SlowLoad, Cache]:
+    """A writer whose origin is down queues ``k = "new"`` over the origin's ``"old"``; the
+    shared level then loses the key; a reader whose loads are held (see SlowLoad) has
+    heard of the write. Returns ``(switch, writer, slow, reader)``."""
+    world.base.store_many({"k": "old"})
+    switch = Switch(world.base)
+    writer = world.cache(switch.origin())
+    slow = SlowLoad(world)
+    reader = world.cache(CallableOrigin(slow.load, world.base.store_many))
+    writer.set("k", "new")  # queued: its origin is down
+    time.sleep(0.2)  # the bus has told the reader, before its read starts
+    writer.levels[1].delete_many(["k"])  # lost from (evicted by) the shared level
+    return switch, writer, slow, reader
+
+
 def test_a_load_from_before_a_flush_does_not_fill_after_it(world: World) -> None:
     """The shared level lost a key written under write-behind; another cache reads the
     origin's older row under a lease; the write is flushed; the read's fill must not
     land (it would keep the older row in the levels for their whole TTL)."""
-    world.base.store_many({"k": "old"})
-    writer_origin = Switch(world.base)
-    writer = world.cache(writer_origin.origin())
-    slow = SlowLoad(world)
+    writer_origin, writer, slow, reader = lost_queued_write(world)
     loading, finish = slow.loading, slow.finish
-
-    reader = world.cache(CallableOrigin(slow.load, world.base.store_many))
-    writer.set("k", "new")  # queued: its origin is down
-    time.sleep(0.2)  # the bus has told the reader, before its read starts
-    writer.levels[1].delete_many(["k"])  # evicted from the shared level
     read = threading.Thread(target=reader.get, args=("k",))
     read.start()
     assert loading.wait(10)  # the reader holds the lease and has the old row
@@ -354,16 +361,8 @@ def test_a_load_of_the_older_row_cannot_fill_over_a_restated_value(world: World)
     after the write) and loads the origin's older row. The flusher stores the write and
     puts it back in the level while it still holds the key's lock, which drops the
     lease: the load's fill, landing after the lock is released, is refused."""
-    world.base.store_many({"k": "old"})
-    switch = Switch(world.base)
-    writer = world.cache(switch.origin())
-    slow = SlowLoad(world)
+    switch, writer, slow, reader = lost_queued_write(world)
     loading, finish = slow.loading, slow.finish
-
-    reader = world.cache(CallableOrigin(slow.load, world.base.store_many))
-    writer.set("k", "new")
-    time.sleep(0.2)
-    writer.levels[1].delete_many(["k"])  # lost from the shared level
     reader.set("other", "x")  # moves the counter past the set's version
     read = threading.Thread(target=reader.get, args=("k",))
     read.start()
@@ -397,14 +396,7 @@ def test_a_refused_fill_that_hears_of_the_write_keeps_the_write(world: World) ->
     matter of the bus thread's timing otherwise). The shared level refused the fill,
     so what it holds is the write: the reader drops the key only where its fill
     landed, never from the shared level (it did in 44% of runs of the test above)."""
-    world.base.store_many({"k": "old"})
-    switch = Switch(world.base)
-    writer = world.cache(switch.origin())
-    slow = SlowLoad(world)
-    reader = world.cache(CallableOrigin(slow.load, world.base.store_many))
-    writer.set("k", "new")
-    time.sleep(0.2)
-    writer.levels[1].delete_many(["k"])
+    switch, writer, slow, reader = lost_queued_write(world)
     reader.set("other", "x")
     filling, heard = threading.Event(), threading.Event()
     fence, shared = reader._hierarchy.fence, reader.levels[1]
