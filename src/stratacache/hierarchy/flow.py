@@ -93,6 +93,10 @@ logger = logging.getLogger("stratacache")
 
 Flow = Generator[Op, Any, Any]
 
+#: a level written by :meth:`Hierarchy._write_levels`: its index, what was sent, and the
+#: keys it refused (None or empty: none)
+Written = tuple[int, Prepared, Collection[str] | None]
+
 
 class Hierarchy(FailSafe, Agreement, Recovery):
     """Levels (top first), an optional origin, and the rules between them."""
@@ -521,7 +525,7 @@ class Hierarchy(FailSafe, Agreement, Recovery):
         prepared = self._prepare_some(per_level + [{}] * (len(self.levels) - index))
         for item in prepared:
             item.mode = FILL  # a copy: never over a newer value a shared level has
-        landed: list[set[str]] = [set() for _ in self.levels]
+        landed: list[Written] = []
         yield from self._write_levels(prepared, range(index - 1, -1, -1), owed=False, landed=landed)
         yield from self._unfill_raced(landed, epoch)
 
@@ -734,7 +738,7 @@ class Hierarchy(FailSafe, Agreement, Recovery):
                 for level_index, expiry in enumerate(expiries):
                     stamp = how.origin_versions.get(key, version)
                     per_level[level_index][key] = Entry(None, expiry, True, stamp)
-        landed: list[set[str]] = [set() for _ in self.levels]
+        landed: list[Written] = []
         if lease is not None and lease.granted:
             leased = [
                 {k: e for k, e in entries.items() if k in lease.granted} for entries in per_level
@@ -766,9 +770,9 @@ class Hierarchy(FailSafe, Agreement, Recovery):
         ]
 
     def _write_fill(
-        self, per_level: list[dict[str, Entry]], token: str | None, landed: list[set[str]]
+        self, per_level: list[dict[str, Entry]], token: str | None, landed: list[Written]
     ) -> Flow:
-        """Write a fill (``landed`` gets the keys each level stored); returns the keys
+        """Write a fill (``landed`` gets what each level stored); returns the keys
         whose lease (``token``) the fill settled on the shared level (stored there). Any
         other key of the lease (refused because a write holds the key or the lease was
         lost, too large for that level, not encodable, the level down) may still hold
@@ -790,20 +794,25 @@ class Hierarchy(FailSafe, Agreement, Recovery):
             return set()
         return set(prepared[coordinator.index].items) - refused
 
-    def _unfill_raced(self, landed: list[set[str]], epoch: int) -> Flow:
+    def _unfill_raced(self, landed: list[Written], epoch: int) -> Flow:
         """A write that raced with the fill (or copy) just made may have been overwritten
         by it: drop those keys again where the fill landed (``landed``, per level), so
         the next read finds what the write left. Where a level refused the fill (a newer
         version, a write's lock, a lost lease) the level holds the write's doing, not
         ours, and keeps it: dropping it there would throw away another process's newer
         value (under write-behind, one its origin may not have yet)."""
-        filled = set().union(*landed)
-        raced = self.fence.changed_since(filled, epoch) if filled else set()
+        if not landed or self.fence.epoch == epoch:  # nothing written since the read began
+            return
+        stored = {
+            index: {key for key in item.items if not kept or key not in kept}
+            for index, item, kept in landed
+        }
+        raced = self.fence.changed_since(set().union(*stored.values()), epoch)
         if not raced:
             return
         shared: set[str] = set()
-        for index in range(len(self.levels) - 1, -1, -1):
-            level, keys = self.levels[index], sorted(raced & landed[index])
+        for index in sorted(stored, reverse=True):
+            level, keys = self.levels[index], sorted(raced & stored[index])
             if not keys:
                 continue
             if not level.local:
@@ -906,10 +915,11 @@ class Hierarchy(FailSafe, Agreement, Recovery):
         order: range,
         *,
         owed: bool = True,
-        landed: list[set[str]] | None = None,
+        landed: list[Written] | None = None,
     ) -> Flow:
         """Write each level in ``order``, skipping (and counting) a level that is down.
-        ``landed``, one set per level: gets the keys each level stored.
+        ``landed`` gets ``(index, item, refused)`` for each level written: what it
+        stored is ``item``'s keys less those refused (worked out only when needed).
 
         ``owed``: a level that misses this write owes a delete of its keys (it may hold
         an older value). Not so for fills and promotions (``owed=False``): they copy
@@ -941,7 +951,7 @@ class Hierarchy(FailSafe, Agreement, Recovery):
             else:
                 level.stats.writes += len(item.items)
                 if landed is not None:
-                    landed[index].update(key for key in item.items if not kept or key not in kept)
+                    landed.append((index, item, kept))
                 if kept:
                     # A newer version is there, a write holds the key, or the fill's
                     # lease was lost: the levels above must not keep this value either.
