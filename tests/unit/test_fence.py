@@ -11,6 +11,8 @@ import pytest
 from stratacache import AsyncCache, Cache, CallableOrigin, MemoryTier, SQLiteTier
 from stratacache.entry import Entry
 from stratacache.hierarchy.fence import WriteFence
+from stratacache.hierarchy.ops import perform
+from stratacache.steps import drive
 
 from ..conftest import Driver, FakeClock
 
@@ -127,4 +129,20 @@ def test_an_in_process_copy_older_than_a_write_seen_meanwhile_is_dropped(
     assert cache.levels[0].get_many(["k"]) == {}
     cache.set("j", "alone")  # nothing newer seen: kept
     assert set(cache.levels[0].get_many(["j"])) == {"j"}
+    cache.close()
+
+
+def test_a_raced_fill_is_dropped_from_every_write_it_made_to_a_level(tmp_path: Path) -> None:
+    """A fill writes a level twice when some keys were leased and others not; a key
+    written meanwhile goes from the level whichever of the two writes put it there."""
+    cache = Cache([MemoryTier(100), SQLiteTier(tmp_path / "l2.db")], lambda keys: {})
+    hierarchy, l1 = cache._hierarchy, cache.levels[0]
+    cache.set_many({"leased": 1, "unleased": 2, "calm": 3})
+    epoch = hierarchy.fence.now()
+    first = l1.prepare({"leased": Entry(1, float("inf")), "calm": Entry(3, float("inf"))})
+    second = l1.prepare({"unleased": Entry(2, float("inf"))})
+    hierarchy.fence.mark(["leased", "unleased"])  # written while the fill was written
+    drive(hierarchy._unfill_raced([(0, first, None), (0, second, None)], epoch), perform)
+    assert l1.get_many(["leased", "unleased", "calm"]).keys() == {"calm"}
+    assert cache.levels[1].get_many(["leased", "unleased"]).keys() == {"leased", "unleased"}
     cache.close()

@@ -803,10 +803,11 @@ class Hierarchy(FailSafe, Agreement, Recovery):
         value (under write-behind, one its origin may not have yet)."""
         if not landed or self.fence.epoch == epoch:  # nothing written since the read began
             return
-        stored = {
-            index: {key for key in item.items if not kept or key not in kept}
-            for index, item, kept in landed
-        }
+        stored: dict[int, set[str]] = {}
+        for index, item, kept in landed:  # a level can be written twice (leased, then not)
+            stored.setdefault(index, set()).update(
+                key for key in item.items if not kept or key not in kept
+            )
         raced = self.fence.changed_since(set().union(*stored.values()), epoch)
         if not raced:
             return
