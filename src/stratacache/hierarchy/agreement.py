@@ -381,7 +381,10 @@ class Agreement:
         """``keys`` of ``batch`` are done with: stored, or left out as superseded."""
         restatable = self.restatable
         for key in keys:
-            if restatable.get(key) == batch[key][0]:
+            version = batch[key][0]
+            # a write made while the shared level was down has no version (None), and
+            # neither has a key that is not restatable
+            if version is not None and restatable.get(key) == version:
                 del restatable[key]
 
     def _raise_marks(
